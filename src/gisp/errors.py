@@ -1,0 +1,9 @@
+"""The one exception type for bad user input.
+
+The CLI turns a :class:`GispError` into a one-line message and exit code 2; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class GispError(Exception):
+    """Bad input or state the user can fix: unknown architecture, missing file, bad sparsity..."""

@@ -1,0 +1,213 @@
+"""Materialise a level of a trajectory as a physically smaller Hugging Face checkpoint.
+
+The export holds ``model.safetensors``, ``config.json``, the tokenizer and ``gisp_export.json``
+(provenance). When every layer has the same sizes and the stock config accepts them, it is a plain
+stock checkpoint. Otherwise it carries ``modeling_gisp.py`` (copied from :mod:`gisp.remote`), which
+subclasses the stock class and reads transformers' ``per_layer_config``; it loads with
+``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` without gisp installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gisp import models
+from gisp.adapters import ModelAdapter, adapter_for
+from gisp.errors import GispError
+from gisp.pruner import layer_shape, model_parameters
+from gisp.remote import modeling_gisp
+from gisp.structures import AttentionPlan, LayerShape, Masks, attention_plan, decoder_params, dense_layer_params
+from gisp.trajectory import Trajectory
+
+REMOTE_FILE = Path(modeling_gisp.__file__)
+EXPORT_INFO = "gisp_export.json"
+_DROP_CONFIG_KEYS = ("quantization_config", "_name_or_path", "auto_map", "architectures", "per_layer_config", "dtype")
+
+
+@dataclass(frozen=True)
+class LayerSizes:
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+
+
+@dataclass
+class ExportInfo:
+    """What an export holds, also written to ``gisp_export.json``."""
+
+    out: str
+    requested_sparsity: float
+    sparsity: float
+    step: int
+    decoder_parameters: int
+    dense_decoder_parameters: int
+    parameters: int
+    dense_parameters: int
+    remote_code: bool
+    base_model: dict
+
+
+def _rows(weight: torch.Tensor, sources: tuple[int | None, ...], block: int, dim: int) -> torch.Tensor:
+    """Gather blocks of ``block`` rows (dim 0) or columns (dim 1); ``None`` gives a zero block."""
+    parts = []
+    for src in sources:
+        if src is None:
+            shape = list(weight.shape)
+            shape[dim] = block
+            parts.append(weight.new_zeros(shape))
+        else:
+            parts.append(weight.narrow(dim, src * block, block))
+    return torch.cat(parts, dim=dim)
+
+
+def _sliced_attention(mods, plan: AttentionPlan, hd: int) -> dict[str, torch.Tensor]:
+    out = {"q.weight": _rows(mods.q.weight, plan.q_sources, hd, 0),
+           "k.weight": _rows(mods.k.weight, plan.kv_sources, hd, 0),
+           "v.weight": _rows(mods.v.weight, plan.kv_sources, hd, 0),
+           "o.weight": _rows(mods.o.weight, plan.q_sources, hd, 1)}
+    for role, sources in (("q", plan.q_sources), ("k", plan.kv_sources), ("v", plan.kv_sources)):
+        bias = getattr(mods, role).bias
+        if bias is not None:
+            out[f"{role}.bias"] = _rows(bias[:, None], sources, hd, 0)[:, 0]  # [n*hd, 1] -> [n*hd]
+    return out
+
+
+def _sliced_mlp(mods, kept: torch.Tensor) -> dict[str, torch.Tensor]:
+    idx = kept.nonzero()[:, 0]
+    out = {"gate.weight": mods.gate.weight[idx], "up.weight": mods.up.weight[idx], "down.weight": mods.down.weight[:, idx]}
+    for role in ("gate", "up"):
+        if getattr(mods, role).bias is not None:
+            out[f"{role}.bias"] = getattr(mods, role).bias[idx]
+    return out
+
+
+@torch.no_grad()
+def sliced_state_dict(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> tuple[dict[str, torch.Tensor], list[LayerSizes]]:
+    """The base state dict with every projection cut to ``masks``, and each layer's new sizes."""
+    names = {id(m): n for n, m in model.named_modules()}
+    shape = layer_shape(model, adapter)
+    state = dict(model.state_dict())
+    sizes = []
+    for layer, mods in enumerate(adapter.all_layer_modules(model)):
+        plan = attention_plan(masks.heads[layer], shape)
+        sliced = _sliced_attention(mods, plan, shape.geometry.head_dim) | _sliced_mlp(mods, masks.channels[layer])
+        linears = mods.linears()
+        for key, tensor in sliced.items():
+            role, param = key.split(".")
+            state[f"{names[id(linears[role])]}.{param}"] = tensor.clone()
+        sizes.append(LayerSizes(plan.num_heads, plan.num_kv_heads, int(masks.channels[layer].sum())))
+    return state, sizes
+
+
+def export_config(base_config, adapter: ModelAdapter, sizes: list[LayerSizes]):
+    """Config for the sliced model, and whether it needs ``modeling_gisp.py``."""
+    values = {k: v for k, v in base_config.to_dict().items() if k not in _DROP_CONFIG_KEYS}
+    values["head_dim"] = adapter.geometry().head_dim
+    uniform = len(set(sizes)) == 1
+    if uniform:
+        values.update(asdict(sizes[0]))
+        try:
+            return type(base_config)(**values), False
+        except Exception:  # stock validation, e.g. Llama's hidden_size % num_heads check
+            pass
+    prefix = adapter.remote_class_prefix
+    config = getattr(modeling_gisp, f"{prefix}Config")(**values)
+    if not uniform:
+        config.per_layer_config = {i: asdict(s) for i, s in enumerate(sizes)}
+    config.auto_map = {
+        "AutoConfig": f"modeling_gisp.{prefix}Config",
+        "AutoModelForCausalLM": f"modeling_gisp.{prefix}ForCausalLM",
+    }
+    return config, True
+
+
+def build_pruned_model(model: nn.Module, masks: Masks) -> tuple[nn.Module, bool]:
+    """A new, physically smaller model equal to ``model`` under ``masks``; and if it needs remote code."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = adapter_for(model.config)
+    state, sizes = sliced_state_dict(model, adapter, masks)
+    config, remote = export_config(model.config, adapter, sizes)
+    dtype = next(model.parameters()).dtype
+    if remote:
+        pruned = getattr(modeling_gisp, f"{adapter.remote_class_prefix}ForCausalLM")(config).to(dtype)
+    else:
+        pruned = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    pruned.load_state_dict(state, strict=True)
+    return pruned.eval(), remote
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """Refuse an existing non-empty output directory (nothing gets overwritten)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GispError(f"export directory {out} already exists and is not empty")
+    return out
+
+
+def save_export(pruned: nn.Module, tokenizer, remote: bool, info: ExportInfo, out: Path) -> None:
+    """Write everything into a temporary sibling directory, then rename it to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pruned.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if remote:
+            shutil.copyfile(REMOTE_FILE, tmp / REMOTE_FILE.name)
+        (tmp / EXPORT_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")
+        if out.exists():
+            out.rmdir()  # empty, checked before
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export(
+    run: str | Path | Trajectory, sparsity: float, out: str | Path, *,
+    model: nn.Module | None = None, tokenizer=None,
+) -> ExportInfo:
+    """Export the level of ``run`` at ``sparsity`` to ``out`` as a smaller checkpoint.
+
+    The base model is loaded from the run's record unless ``model`` (and ``tokenizer``) are given;
+    either way it must be the model the run pruned.
+    """
+    traj = run if isinstance(run, Trajectory) else Trajectory.load(run)
+    out = check_out_dir(out)
+    if not 0.0 < sparsity < 1.0:
+        raise GispError(f"sparsity must be in (0, 1), got {sparsity:g}")
+    if sparsity > traj.reached_sparsity() + 1e-9:
+        raise GispError(f"sparsity {sparsity:g} was never reached by this run (it reaches {traj.reached_sparsity():.4f})")
+    if model is None:
+        model, tokenizer = models.load(traj.model["spec"], traj.config.get("dtype", "float32"))
+    if models.fingerprint(model) != traj.model.get("fingerprint"):
+        raise GispError(
+            f"the model given is not the dense model this run pruned ({traj.model.get('spec')}); "
+            "pass the original weights, not a model already pruned in place"
+        )
+    adapter = adapter_for(model.config)
+    shape = layer_shape(model, adapter)
+    masks, step = traj.masks_at_sparsity(sparsity, shape)
+    pruned, remote = build_pruned_model(model, masks)
+    info = _info(out, sparsity, step, masks, shape, model, pruned, remote, traj.model)
+    save_export(pruned, tokenizer, remote, info, out)
+    return info
+
+
+def _info(out, requested, step, masks, shape: LayerShape, model, pruned, remote, base) -> ExportInfo:
+    dense = dense_layer_params(shape) * shape.geometry.num_layers
+    kept = decoder_params(masks, shape)
+    return ExportInfo(
+        out=str(out), requested_sparsity=requested, sparsity=1 - kept / dense, step=step,
+        decoder_parameters=kept, dense_decoder_parameters=dense,
+        parameters=model_parameters(pruned), dense_parameters=model_parameters(model),
+        remote_code=remote, base_model=base,
+    )

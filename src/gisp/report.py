@@ -1,0 +1,47 @@
+"""Plain-text tables for the CLI and the demo."""
+
+from __future__ import annotations
+
+from gisp.structures import protected_layers
+from gisp.trajectory import Trajectory
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    """A left-aligned text table."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def info_text(traj: Trajectory) -> str:
+    """What ``gisp info`` prints: the run, its steps, and what each layer keeps at the end."""
+    cfg = traj.config
+    head = [
+        f"model: {traj.model.get('spec')} ({traj.model.get('model_type')}, fingerprint {traj.model.get('fingerprint')})",
+        f"data: {cfg.get('data')}  objective: {cfg.get('objective')}  samples: {cfg.get('samples')} x {cfg.get('seq_len')} tokens  seed: {cfg.get('seed')}",
+        f"target sparsity: {cfg.get('sparsity')}  steps: {traj.completed_steps}/{cfg.get('steps')} ({cfg.get('schedule')})  "
+        f"normalize: {cfg.get('normalize')}  protect-first: {cfg.get('protect_first')}  protect-last: {cfg.get('protect_last')}",
+        "sparsity = removed / dense parameters of the decoder layers' projections; model = removed / all parameters",
+        "",
+    ]
+    steps = table(
+        ["step", "target", "sparsity", "model", "heads removed", "channels removed", "calib loss"],
+        [[r.step, r.target_sparsity, r.sparsity, r.model_sparsity, r.heads_removed, r.channels_removed, r.loss] for r in traj.steps],
+    )
+    masks = traj.masks_at_step(traj.completed_steps)
+    num_layers, num_heads = masks.heads.shape
+    protected = set(protected_layers(num_layers, cfg.get("protect_first", 0.0), cfg.get("protect_last", 0)))
+    layers = table(
+        ["layer", f"heads kept /{num_heads}", f"channels kept /{masks.channels.shape[1]}", "protected"],
+        [[layer, int(masks.heads[layer].sum()), int(masks.channels[layer].sum()), "yes" if layer in protected else ""]
+         for layer in range(num_layers)],
+    )
+    return "\n".join(head) + steps + f"\n\nafter step {traj.completed_steps}:\n" + layers

@@ -1,0 +1,185 @@
+"""The trajectory: the source of truth of a run, and what export replays.
+
+For every head and channel it records the step at which it was removed and its global removal
+order (``-1``: never removed). Any prefix of the removal order is a valid nested subnetwork, so one
+run yields a checkpoint at any sparsity up to the run's final one.
+
+On disk (a run directory): ``trajectory.safetensors`` (the four int tensors) and ``run.json``
+(config, base-model identity, per-step records). Both are written to a temporary name and renamed,
+``run.json`` last: a crash leaves the previous complete state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gisp.errors import GispError
+from gisp.selection import Structure, removal_saving, remove
+from gisp.structures import LayerShape, Masks, dense_layer_params
+
+TRAJECTORY_FILE = "trajectory.safetensors"
+RUN_FILE = "run.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class StepRecord:
+    """What one step did. ``loss`` is the mean calibration loss of the model at this step's level
+    (filled in by the next gradient pass; step 0 is the dense model)."""
+
+    step: int
+    target_sparsity: float
+    sparsity: float
+    model_sparsity: float
+    heads_removed: int
+    channels_removed: int
+    loss: float | None = None
+
+
+@dataclass
+class Trajectory:
+    """Removal step and order of every structure, plus per-step records."""
+
+    head_step: torch.Tensor  # [L, H] int32, -1 = kept
+    head_order: torch.Tensor  # [L, H] int32, -1 = kept
+    channel_step: torch.Tensor  # [L, F] int32
+    channel_order: torch.Tensor  # [L, F] int32
+    steps: list[StepRecord] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, num_layers: int, num_heads: int, intermediate_size: int) -> "Trajectory":
+        full = lambda n: torch.full((num_layers, n), -1, dtype=torch.int32)  # noqa: E731
+        return cls(full(num_heads), full(num_heads), full(intermediate_size), full(intermediate_size))
+
+    @property
+    def completed_steps(self) -> int:
+        """Number of pruning steps recorded (step 0, the dense record, excluded)."""
+        return max((r.step for r in self.steps), default=0)
+
+    @property
+    def num_removed(self) -> int:
+        return int((self.head_order >= 0).sum() + (self.channel_order >= 0).sum())
+
+    def record(self, step: int, removed: list[Structure]) -> None:
+        """Append the structures removed at ``step``, in the order they were chosen."""
+        start = self.num_removed
+        for offset, s in enumerate(removed):
+            steps, order = (self.head_step, self.head_order) if s.kind == "head" else (self.channel_step, self.channel_order)
+            steps[s.layer, s.index] = step
+            order[s.layer, s.index] = start + offset
+
+    def masks_at_step(self, step: int) -> Masks:
+        """Kept masks after ``step`` (0 = dense)."""
+        keep = lambda removal: (removal < 0) | (removal > step)  # noqa: E731
+        return Masks(keep(self.head_step), keep(self.channel_step))
+
+    def removal_order(self) -> list[Structure]:
+        """Every removed structure, in the order the run removed it."""
+        items = [(int(o), Structure("head", int(l), int(i))) for (l, i), o in _entries(self.head_order)]
+        items += [(int(o), Structure("channel", int(l), int(i))) for (l, i), o in _entries(self.channel_order)]
+        return [s for _, s in sorted(items, key=lambda x: x[0])]
+
+    @property
+    def is_complete(self) -> bool:
+        """True once every configured step has been recorded."""
+        return self.completed_steps >= int(self.config.get("steps", 0))
+
+    def reached_sparsity(self) -> float:
+        """The highest sparsity a user may export: the run's target once complete, else the last
+        step's achieved sparsity."""
+        if self.is_complete and "sparsity" in self.config:
+            return float(self.config["sparsity"])
+        return self.steps[-1].sparsity if self.steps else 0.0
+
+    def masks_at_sparsity(self, sparsity: float, shape: LayerShape) -> tuple[Masks, int]:
+        """The longest prefix of the removal order whose parameter sparsity does not exceed
+        ``sparsity``, and the last step that prefix contains completely.
+
+        At a step's target this is exactly that step's subnetwork (a step stops less than one MLP
+        channel short of its target, and nothing cheaper than a channel exists); between steps it
+        continues into the next step's removals in the order that step chose them.
+        """
+        reached = self.reached_sparsity()
+        if not 0.0 <= sparsity <= reached + 1e-9:
+            raise GispError(
+                f"sparsity {sparsity:g} was never reached by this run (it reaches {reached:.4f} "
+                f"after {self.completed_steps} steps)"
+            )
+        masks = Masks.dense(shape.geometry)
+        budget = sparsity * dense_layer_params(shape) * shape.geometry.num_layers
+        removed = 0
+        for s in self.removal_order():
+            saving = removal_saving(s, masks, shape)
+            if removed + saving > budget + 1e-6:
+                break
+            remove(s, masks)
+            removed += saving
+        step = max(
+            (r.step for r in self.steps if masks.is_subset_of(self.masks_at_step(r.step))), default=0
+        )
+        return masks, step
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def save(self, run_dir: str | Path) -> None:
+        """Write both files atomically (tensors first, then ``run.json``)."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "head_step": self.head_step, "head_order": self.head_order,
+            "channel_step": self.channel_step, "channel_order": self.channel_order,
+        }
+        _atomic(run_dir / TRAJECTORY_FILE, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "completed_steps": self.completed_steps,
+            "config": self.config,
+            "model": self.model,
+            "steps": [asdict(r) for r in self.steps],
+        }
+        _atomic(run_dir / RUN_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "Trajectory":
+        """Read a run directory; structures recorded past ``completed_steps`` are ignored."""
+        run_dir = Path(run_dir)
+        meta_path, tensor_path = run_dir / RUN_FILE, run_dir / TRAJECTORY_FILE
+        if not meta_path.is_file() or not tensor_path.is_file():
+            raise GispError(f"{run_dir} is not a gisp run directory (no {RUN_FILE} / {TRAJECTORY_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors = load_file(str(tensor_path))
+        except Exception as exc:  # corrupt files are the user's to fix, not a crash
+            raise GispError(f"cannot read run directory {run_dir}: {exc}") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise GispError(f"{run_dir}: unsupported run format {meta.get('format_version')!r}")
+        done = int(meta["completed_steps"])
+        for name in ("head", "channel"):
+            late = tensors[f"{name}_step"] > done
+            tensors[f"{name}_step"][late] = -1
+            tensors[f"{name}_order"][late] = -1
+        return cls(
+            tensors["head_step"], tensors["head_order"], tensors["channel_step"], tensors["channel_order"],
+            steps=[StepRecord(**r) for r in meta["steps"] if r["step"] <= done],
+            config=meta["config"], model=meta["model"],
+        )
+
+
+def _entries(order: torch.Tensor):
+    idx = (order >= 0).nonzero().tolist()
+    return [((l, i), order[l, i]) for l, i in idx]
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
