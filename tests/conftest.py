@@ -23,15 +23,16 @@ TINY = {
 }
 
 
-def tiny_config(name: str, vocab_size: int = 320, layers: int = 4):
+def tiny_config(name: str, vocab_size: int = 320, layers: int = 4, **overrides):
     from transformers import AutoConfig
 
     spec = dict(TINY[name])
     model_type = spec.pop("model_type")
-    return AutoConfig.for_model(
-        model_type, vocab_size=vocab_size, hidden_size=48, intermediate_size=40, num_hidden_layers=layers,
-        head_dim=8, max_position_embeddings=256, tie_word_embeddings=False, **spec,
-    )
+    values = dict(
+        vocab_size=vocab_size, hidden_size=48, intermediate_size=40, num_hidden_layers=layers,
+        head_dim=8, max_position_embeddings=256, tie_word_embeddings=False,
+    ) | spec | overrides
+    return AutoConfig.for_model(model_type, **values)
 
 
 def tiny_model(name: str, seed: int = 0, **kw):
@@ -42,7 +43,7 @@ def tiny_model(name: str, seed: int = 0, **kw):
     model = AutoModelForCausalLM.from_config(tiny_config(name, **kw), dtype=torch.float32).eval()
     with torch.no_grad():
         for p in model.parameters():
-            if p.dim() == 1 and p.shape[0] != 48:  # biases (norm weights stay at 1)
+            if p.dim() == 1 and p.shape[0] != model.config.hidden_size:  # biases (norm weights stay at 1)
                 p.normal_(0, 0.1)
             elif p.dim() == 2:
                 p.normal_(0, 0.2)

@@ -138,7 +138,7 @@ def consecutive_windows(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
     return tokens[: n * seq_len].view(n, seq_len)  # [n*T] -> [n, T]
 
 
-def calibration_batches(tokenizer, spec: str, samples: int, seq_len: int, seed: int, batch_size: int) -> list[dict]:
-    """Micro-batches of seeded random windows for the LM objective."""
-    windows = random_windows(tokenize(tokenizer, joined_text(spec, "calibration")), samples, seq_len, seed)
+def calibration_batches(tokenizer, text: str, samples: int, seq_len: int, seed: int, batch_size: int) -> list[dict]:
+    """Micro-batches of seeded random windows of ``text`` for the LM objective."""
+    windows = random_windows(tokenize(tokenizer, text), samples, seq_len, seed)
     return [{"input_ids": chunk} for chunk in windows.split(batch_size)]

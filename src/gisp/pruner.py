@@ -20,7 +20,7 @@ from gisp.masking import apply_masks
 from gisp.saliency import normalize
 from gisp.schedule import target_sparsity
 from gisp.selection import global_ranking, select_under_budget
-from gisp.structures import LayerShape, Masks, decoder_params, dense_layer_params, protected_layers
+from gisp.structures import LayerShape, Masks, decoder_params, dense_layer_params, max_sparsity, protected_layers
 from gisp.trajectory import RUN_FILE, StepRecord, Trajectory
 
 
@@ -75,6 +75,12 @@ def run_schedule(
     protected = protected_layers(geo.num_layers, config.protect_first, config.protect_last)
     if len(protected) >= geo.num_layers:
         raise GispError(f"all {geo.num_layers} layers are protected; lower --protect-first/--protect-last")
+    reachable = max_sparsity(shape, protected)
+    if config.sparsity > reachable:
+        raise GispError(
+            f"sparsity {config.sparsity:g} is out of reach with {len(protected)} protected layers "
+            f"(at most {reachable:.4f}); lower --sparsity or --protect-first/--protect-last"
+        )
     dense_total = dense_layer_params(shape) * geo.num_layers
     model_total = model_parameters(model)
     traj = open_run(run_dir, config, identity) or Trajectory.empty(geo.num_layers, geo.num_heads, geo.intermediate_size)

@@ -177,6 +177,14 @@ def parameter_sparsity(masks: Masks, shape: LayerShape) -> float:
     return 1.0 - decoder_params(masks, shape) / dense
 
 
+def max_sparsity(shape: LayerShape, protected: list[int]) -> float:
+    """The highest parameter sparsity reachable when every unprotected layer is emptied."""
+    g = shape.geometry
+    empty_layer = _attention_cost(1, 1, shape) + mlp_params(0, shape)
+    prunable = g.num_layers - len(protected)
+    return prunable * (dense_layer_params(shape) - empty_layer) / (dense_layer_params(shape) * g.num_layers)
+
+
 def protected_layers(num_layers: int, protect_first: float, protect_last: int) -> list[int]:
     """Layers never pruned: the first ``floor(protect_first * L)`` and the last ``protect_last``.
 

@@ -1,0 +1,152 @@
+"""The CLI end to end on a tiny model, and one-line errors with exit code 2 for bad input."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gisp.cli import main
+from gisp.evaluate import perplexity
+from gisp.trajectory import Trajectory
+import gisp
+
+from conftest import CORPUS, tiny_config
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _prune_args(model, data, out, **extra):
+    args = ["prune", "--model", model, "--data", data, "--sparsity", "0.4", "--steps", "3",
+            "--samples", "6", "--seq-len", "24", "--batch-size", "3", "--protect-first", "0", "--out", out]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", v]
+    return args
+
+
+@pytest.fixture
+def run_dir(tiny_dir, corpus_file, tmp_path, capsys):
+    model = tiny_dir("llama-gqa")
+    code, out, err = _run(capsys, *_prune_args(model, f"text:{corpus_file}", tmp_path / "run"))
+    assert code == 0, err
+    assert "heads kept /6" in out
+    return tmp_path / "run"
+
+
+def test_prune_info_export_eval(run_dir, corpus_file, tmp_path, capsys):
+    code, out, _ = _run(capsys, "info", run_dir)
+    assert code == 0 and "steps: 3/3" in out and "channels kept /40" in out
+    code, out, _ = _run(capsys, "info", run_dir, "--json")
+    summary = json.loads(out)
+    assert summary["completed_steps"] == 3 and summary["config"]["sparsity"] == 0.4
+
+    ppl = {}
+    for level in ("0.2", "0.4"):
+        code, out, err = _run(capsys, "export", run_dir, "--sparsity", level, "--out", tmp_path / f"exp{level}")
+        assert code == 0, err
+        info = json.loads((tmp_path / f"exp{level}" / "gisp_export.json").read_text())
+        assert info["sparsity"] <= float(level) + 1e-9 and info["parameters"] < info["dense_parameters"]
+        code, out, err = _run(capsys, "eval", tmp_path / f"exp{level}", "--task", "ppl", "--data", f"text:{corpus_file}",
+                              "--seq-len", "32", "--json")
+        assert code == 0, err
+        record = json.loads(out)
+        assert record["seq_len"] == 32 and math.isfinite(record["ppl"])
+        ppl[level] = record["ppl"]
+    small = json.loads((tmp_path / "exp0.2" / "gisp_export.json").read_text())["parameters"]
+    smaller = json.loads((tmp_path / "exp0.4" / "gisp_export.json").read_text())["parameters"]
+    assert smaller < small
+
+
+def test_eval_prints_seq_len(tiny_dir, corpus_file, capsys):
+    code, out, _ = _run(capsys, "eval", tiny_dir("qwen2"), "--data", f"text:{corpus_file}", "--seq-len", "16", "--limit-windows", "3")
+    assert code == 0 and "at seq_len 16 (3 windows, 45 predicted tokens)" in out
+
+
+def test_perplexity_follows_the_protocol(tiny_dir, corpus_file):
+    """Non-overlapping windows, remainder dropped, exp(mean NLL over seq_len-1 predictions each)."""
+    model, tok = gisp.load(str(tiny_dir("llama-mha")))
+    result = perplexity(model, tok, f"text:{corpus_file}", 20, progress=False)
+    ids = tok(CORPUS)["input_ids"]
+    n = len(ids) // 20
+    nll = 0.0
+    with torch.no_grad():
+        for w in range(n):
+            window = torch.tensor(ids[w * 20:(w + 1) * 20])[None]
+            logp = model(window).logits[0, :-1].log_softmax(-1)
+            nll -= logp.gather(1, window[0, 1:, None]).sum().item()
+    assert result.windows == n and result.tokens == n * 19
+    assert result.ppl == pytest.approx(math.exp(nll / (n * 19)), rel=1e-5)
+
+
+# --- bad input: one line on stderr, exit code 2, nothing half-written -----------------------------
+
+def _assert_error(capsys, argv, match):
+    capsys.readouterr()  # drop fixture output
+    code, _, err = _run(capsys, *argv)
+    assert code == 2, err
+    # Progress bars may precede it; the message itself is one line, the last, with no traceback.
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert "Traceback" not in err and [l for l in lines if l.startswith("gisp:")] == [lines[-1]], err
+    assert lines[-1].startswith("gisp: error:") and match in lines[-1], err
+
+
+def test_unknown_model_type(tmp_path, corpus_file, capsys):
+    from transformers import AutoConfig
+    AutoConfig.for_model("gpt2", n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path / "gpt2")
+    _assert_error(capsys, _prune_args(tmp_path / "gpt2", f"text:{corpus_file}", tmp_path / "run"),
+                  "unsupported model type 'gpt2'; gisp supports: llama, mistral, qwen2, qwen3")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_model_path(tmp_path, corpus_file, capsys):
+    _assert_error(capsys, _prune_args(tmp_path / "nope", f"text:{corpus_file}", tmp_path / "run"), "model path not found")
+    _assert_error(capsys, ["eval", "./no/such/model.gguf", "--data", f"text:{corpus_file}"], "model path not found")
+
+
+@pytest.mark.parametrize("sparsity", ["0", "1", "1.5", "-0.2"])
+def test_sparsity_out_of_range(tmp_path, corpus_file, capsys, sparsity):
+    argv = _prune_args("whatever", f"text:{corpus_file}", tmp_path / "run")
+    argv[argv.index("--sparsity") + 1] = sparsity
+    _assert_error(capsys, argv, "sparsity must be in (0, 1)")
+
+
+def test_empty_or_missing_data(tiny_dir, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n")
+    model = tiny_dir("llama-gqa")
+    _assert_error(capsys, _prune_args(model, f"text:{empty}", tmp_path / "run"), "data file is empty")
+    _assert_error(capsys, _prune_args(model, f"text:{tmp_path / 'missing.txt'}", tmp_path / "run"), "data file not found")
+    _assert_error(capsys, _prune_args(model, "c4", tmp_path / "run"), "unknown data spec 'c4'")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n{oops\n')
+    _assert_error(capsys, _prune_args(model, f"gsm8k:{bad}", tmp_path / "run"), "bad.jsonl:2: not valid JSON")
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_errors(run_dir, tmp_path, capsys, tiny_dir):
+    _assert_error(capsys, ["export", run_dir, "--sparsity", "0.5", "--out", tmp_path / "e"], "sparsity 0.5 was never reached")
+    assert not (tmp_path / "e").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    _assert_error(capsys, ["export", run_dir, "--sparsity", "0.2", "--out", busy], "already exists and is not empty")
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    _assert_error(capsys, ["export", tmp_path, "--sparsity", "0.2", "--out", tmp_path / "e"], "not a gisp run directory")
+    other = tiny_dir("llama-gqa", seed=1)
+    _assert_error(capsys, ["export", run_dir, "--sparsity", "0.2", "--out", tmp_path / "e", "--model", other],
+                  "not the dense model this run pruned")
+    assert not list(tmp_path.glob(".e.*"))
+
+
+def test_prune_into_run_of_another_model(run_dir, tiny_dir, corpus_file, capsys):
+    other = tiny_dir("llama-gqa", seed=1)
+    _assert_error(capsys, _prune_args(other, f"text:{corpus_file}", run_dir), "belongs to another model")
+
+
+def test_unknown_task(tiny_dir, corpus_file, capsys):
+    _assert_error(capsys, ["eval", tiny_dir("qwen3"), "--task", "mmlu", "--data", f"text:{corpus_file}"], "unknown task 'mmlu'")

@@ -1,0 +1,127 @@
+"""The GISP driver on tiny models: nestedness, protection, budgets, resume, no leftovers."""
+
+import pytest
+import torch
+
+from gisp import PruneConfig
+from gisp.adapters import adapter_for
+from gisp.errors import GispError
+from gisp.importance import TaylorImportance
+from gisp.pruner import layer_shape, run_schedule
+from gisp.structures import decoder_params, dense_layer_params, protected_layers
+from gisp.trajectory import Trajectory
+
+from conftest import tiny_model
+
+
+def _batches(n=6, seq=16, seed=0):
+    ids = torch.randint(0, 320, (n, seq), generator=torch.Generator().manual_seed(seed))
+    return [{"input_ids": chunk} for chunk in ids.split(4)]
+
+
+def _prune(name="llama-gqa", run_dir=None, importance=None, layers=6, **cfg):
+    model = tiny_model(name, layers=layers)
+    config = PruneConfig(model=name, data="unused", **({"sparsity": 0.5, "steps": 4, "protect_first": 0.2} | cfg))
+    importance = importance or TaylorImportance(_batches(), progress=False)
+    traj = run_schedule(model, config, importance, identity={"spec": name, "fingerprint": "x"}, run_dir=run_dir, progress=False)
+    return model, traj
+
+
+@pytest.mark.parametrize("name", ["llama-mha", "llama-gqa", "qwen2"])
+@pytest.mark.parametrize("normalize", ["reference", "params", "zscore"])
+def test_masks_are_nested_and_budgets_met(name, normalize):
+    model, traj = _prune(name, normalize=normalize)
+    shape = layer_shape(model, adapter_for(model.config))
+    dense = dense_layer_params(shape) * shape.geometry.num_layers
+    assert traj.completed_steps == 4
+    for step in range(1, 5):
+        earlier, later = traj.masks_at_step(step - 1), traj.masks_at_step(step)
+        assert later.is_subset_of(earlier)
+        record = traj.steps[step]
+        achieved = 1 - decoder_params(later, shape) / dense
+        assert record.sparsity == pytest.approx(achieved)
+        gap = (record.target_sparsity - achieved) * dense
+        assert 0 <= gap < shape.channel_params, (step, gap)
+
+
+def test_protected_layers_are_untouched():
+    model, traj = _prune(layers=10, protect_first=0.2, protect_last=2, sparsity=0.45)
+    final = traj.masks_at_step(traj.completed_steps)
+    for layer in protected_layers(10, 0.2, 2):
+        assert layer in (0, 1, 8, 9)
+        assert final.heads[layer].all() and final.channels[layer].all()
+    assert not final.channels[2:8].all()
+
+
+def test_model_is_left_masked_and_without_hooks():
+    model, traj = _prune()
+    final = traj.masks_at_step(traj.completed_steps)
+    adapter = adapter_for(model.config)
+    for layer, mods in enumerate(adapter.all_layer_modules(model)):
+        dead = ~final.channels[layer]
+        assert mods.down.weight[:, dead].abs().sum() == 0
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
+
+
+def test_losses_recorded_for_every_level():
+    _, traj = _prune()
+    assert [r.step for r in traj.steps] == [0, 1, 2, 3, 4]
+    assert all(r.loss is not None and r.loss > 0 for r in traj.steps)
+
+
+class _Crash:
+    """Wraps an importance and raises on its n-th call (a simulated kill mid-run)."""
+
+    def __init__(self, inner, at):
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def __call__(self, model, adapter):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.inner(model, adapter)
+
+
+def test_interrupted_run_resumes_to_the_same_trajectory(tmp_path):
+    _, full = _prune(run_dir=tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        _prune(run_dir=tmp_path / "resumed", importance=_Crash(TaylorImportance(_batches(), progress=False), 3))
+    assert Trajectory.load(tmp_path / "resumed").completed_steps == 2
+    _, resumed = _prune(run_dir=tmp_path / "resumed")
+    for name in ("head_step", "head_order", "channel_step", "channel_order"):
+        assert torch.equal(getattr(full, name), getattr(resumed, name))
+    assert [r.sparsity for r in full.steps] == [r.sparsity for r in resumed.steps]
+
+
+def test_resume_refuses_other_settings_or_model(tmp_path):
+    _prune(run_dir=tmp_path / "run")
+    with pytest.raises(GispError, match="other settings .*sparsity"):
+        _prune(run_dir=tmp_path / "run", sparsity=0.4)
+    model = tiny_model("llama-gqa", layers=6)
+    config = PruneConfig(model="x", data="unused", sparsity=0.5, steps=4, protect_first=0.2)
+    with pytest.raises(GispError, match="belongs to another model"):
+        run_schedule(model, config, TaylorImportance(_batches(), progress=False),
+                     identity={"spec": "x", "fingerprint": "other"}, run_dir=tmp_path / "run", progress=False)
+
+
+def test_non_run_directory_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(GispError, match="not empty and holds no gisp run"):
+        _prune(run_dir=tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(GispError, match="unknown config keys: sparsty"):
+        PruneConfig.from_dict({"model": "m", "data": "d", "sparsty": 0.3})
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(GispError, match=r"sparsity must be in \(0, 1\)"):
+            PruneConfig(model="m", data="d", sparsity=bad)
+    with pytest.raises(GispError, match="unknown normalize 'l2'"):
+        PruneConfig(model="m", data="d", normalize="l2")
+
+
+def test_unreachable_sparsity_is_refused_before_any_work():
+    with pytest.raises(GispError, match=r"out of reach with 2 protected layers \(at most 0\.58"):
+        _prune("llama-mha", sparsity=0.6, importance=_Crash(None, 1))

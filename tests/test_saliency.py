@@ -1,0 +1,104 @@
+"""Saliency, aggregation and normalisation against hand computations."""
+
+import pytest
+import torch
+
+from gisp import saliency
+from gisp.adapters import adapter_for
+from gisp.importance import TaylorImportance
+from gisp.objectives import lm_loss
+
+from conftest import tiny_model
+
+
+def test_weight_saliency_is_abs_of_product_after_averaging():
+    w = torch.tensor([[1.0, -2.0], [3.0, 0.5]])
+    g = torch.tensor([[0.5, 0.25], [-1.0, 4.0]])
+    assert torch.equal(saliency.weight_saliency(w, g), torch.tensor([[0.5, 0.5], [3.0, 2.0]]))
+
+
+def test_head_scores_sum_q_rows_and_o_columns():
+    hd, d, heads = 2, 3, 3
+    q = torch.arange(heads * hd * d, dtype=torch.float32).reshape(heads * hd, d)
+    o = torch.arange(d * heads * hd, dtype=torch.float32).reshape(d, heads * hd) * 10
+    expected = []
+    for h in range(heads):
+        rows = range(h * hd, (h + 1) * hd)
+        expected.append(sum(float(q[r].sum()) for r in rows) + sum(float(o[:, r].sum()) for r in rows))
+    assert saliency.head_scores(q, o, hd).tolist() == expected
+
+
+def test_mha_head_scores_add_own_k_and_v_rows():
+    hd, d = 2, 3
+    q, o = torch.zeros(4, d), torch.zeros(d, 4)
+    k = torch.tensor([[1.0] * d, [1.0] * d, [2.0] * d, [2.0] * d])
+    v = k * 100
+    assert saliency.head_scores(q, o, hd, k=k, v=v).tolist() == [606.0, 1212.0]
+
+
+def test_channel_scores_sum_gate_up_rows_and_down_column():
+    gate = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # [F=3, d=2]
+    up = gate * 10
+    down = torch.tensor([[1.0, 0.0, 2.0], [1.0, 1.0, 1.0]])  # [d=2, F=3]
+    assert saliency.channel_scores(gate, up, down).tolist() == [35.0, 78.0, 124.0]
+
+
+def test_normalize_reference_and_params():
+    heads, channels = torch.tensor([[64.0]]), torch.tensor([[30.0]])
+    kw = dict(hidden_size=4, head_dim=2, intermediate_size=5, mha=False)
+    h, c = saliency.normalize(heads, channels, "reference", **kw)
+    assert h.item() == 64.0 / (4 * 2 * 4) and c.item() == 30.0 / (3 * 5)
+    h, c = saliency.normalize(heads, channels, "params", **kw)
+    assert h.item() == 64.0 / (2 * 2 * 4) and c.item() == 30.0 / (3 * 4)
+    h, _ = saliency.normalize(heads, channels, "params", **(kw | {"mha": True}))
+    assert h.item() == 64.0 / (4 * 2 * 4)
+
+
+def test_normalize_zscore_uses_alive_structures_only():
+    heads = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    alive = torch.tensor([[True, True, True, False]])
+    h, c = saliency.normalize(heads, torch.tensor([[5.0, 5.0]]), "zscore", hidden_size=1, head_dim=1,
+                              intermediate_size=2, mha=True, heads_alive=alive)
+    std = torch.tensor([1.0, 2.0, 3.0]).std(unbiased=False)
+    assert torch.allclose(h[0, :3], torch.tensor([-1.0, 0.0, 1.0]) / std)
+    assert h[0, 3] == float("inf")
+    assert c.tolist() == [[0.0, 0.0]]
+
+
+def test_unknown_normalization_is_refused():
+    with pytest.raises(ValueError, match="unknown normalization"):
+        saliency.normalize(torch.ones(1, 1), torch.ones(1, 1), "l2", hidden_size=1, head_dim=1, intermediate_size=1, mha=True)
+
+
+def test_taylor_importance_matches_hand_computation_on_tiny_model():
+    """Scores equal sum |W * mean-gradient| computed by hand, with uneven micro-batches."""
+    model = tiny_model("llama-gqa")
+    adapter = adapter_for(model.config)
+    torch.manual_seed(1)
+    ids = torch.randint(0, 320, (5, 12))
+    batches = [{"input_ids": ids[:2]}, {"input_ids": ids[2:]}]
+    scores = TaylorImportance(batches, progress=False)(model, adapter)
+
+    # Hand: mean over sequences of per-sequence gradients (each sequence has equal token count).
+    layer = adapter.layer_modules(adapter.layers(model)[1])
+    params = [layer.q.weight, layer.o.weight, layer.gate.weight, layer.up.weight, layer.down.weight]
+    grads = [torch.zeros_like(p) for p in params]
+    for seq in ids:
+        loss = lm_loss(model, {"input_ids": seq[None]})
+        for acc, g in zip(grads, torch.autograd.grad(loss, params)):
+            acc += g / len(ids)
+    q, o, gate, up, down = [(p * g).abs() for p, g in zip(params, grads)]
+    hd = 8
+    head0 = q[:hd].sum() + o[:, :hd].sum()
+    chan3 = gate[3].sum() + up[3].sum() + down[:, 3].sum()
+    assert torch.allclose(scores.heads[1, 0], head0, rtol=1e-4)
+    assert torch.allclose(scores.channels[1, 3], chan3, rtol=1e-4)
+    assert scores.loss == pytest.approx(sum(float(lm_loss(model, {"input_ids": s[None]}).detach()) for s in ids) / 5, rel=1e-5)
+
+
+def test_importance_leaves_requires_grad_as_it_found_it():
+    model = tiny_model("qwen2")
+    before = [p.requires_grad for p in model.parameters()]
+    TaylorImportance([{"input_ids": torch.randint(0, 320, (2, 8))}], progress=False)(model, adapter_for(model.config))
+    assert [p.requires_grad for p in model.parameters()] == before
+    assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,79 @@
+"""Trajectory persistence and level selection."""
+
+import pytest
+import torch
+
+from gisp.adapters import adapter_for
+from gisp.errors import GispError
+from gisp.pruner import layer_shape
+from gisp.structures import parameter_sparsity
+from gisp.trajectory import Trajectory
+
+from test_pruner import _prune
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    model, traj = _prune(run_dir=run_dir)
+    return model, traj, run_dir
+
+
+def test_roundtrip(pruned):
+    _, traj, run_dir = pruned
+    loaded = Trajectory.load(run_dir)
+    for name in ("head_step", "head_order", "channel_step", "channel_order"):
+        assert torch.equal(getattr(traj, name), getattr(loaded, name))
+    assert loaded.steps == traj.steps and loaded.config == traj.config
+    assert not list(run_dir.glob(".*tmp"))
+
+
+def test_level_at_step_target_is_exactly_that_step(pruned):
+    model, traj, _ = pruned
+    shape = layer_shape(model, adapter_for(model.config))
+    for record in traj.steps[1:]:
+        masks, step = traj.masks_at_sparsity(record.target_sparsity, shape)
+        expected = traj.masks_at_step(record.step)
+        assert step == record.step
+        assert torch.equal(masks.heads, expected.heads) and torch.equal(masks.channels, expected.channels)
+
+
+def test_level_between_steps_is_nested_and_within_budget(pruned):
+    model, traj, _ = pruned
+    shape = layer_shape(model, adapter_for(model.config))
+    previous = traj.masks_at_step(0)
+    for sparsity in (0.05, 0.2, 0.22, 0.35, 0.45, 0.5):
+        masks, step = traj.masks_at_sparsity(sparsity, shape)
+        assert masks.is_subset_of(previous)
+        # the level contains all of `step` and lies before the end of the next step
+        assert masks.is_subset_of(traj.masks_at_step(step))
+        if step < traj.completed_steps:
+            assert traj.masks_at_step(step + 1).is_subset_of(masks)
+        assert parameter_sparsity(masks, shape) <= sparsity + 1e-9
+        previous = masks
+
+
+def test_level_beyond_run_is_refused(pruned):
+    model, traj, _ = pruned
+    with pytest.raises(GispError, match="never reached"):
+        traj.masks_at_sparsity(0.51, layer_shape(model, adapter_for(model.config)))
+
+
+def test_steps_after_completed_steps_are_ignored(pruned, tmp_path):
+    """A crash between writing the tensors and run.json leaves the previous state."""
+    _, traj, run_dir = pruned
+    partial = Trajectory.load(run_dir)
+    partial.steps = partial.steps[:3]
+    partial.save(tmp_path)
+    # tensors still hold steps 3 and 4; run.json says 2 steps
+    from safetensors.torch import save_file
+    save_file({k: getattr(traj, k).contiguous() for k in ("head_step", "head_order", "channel_step", "channel_order")},
+              str(tmp_path / "trajectory.safetensors"))
+    loaded = Trajectory.load(tmp_path)
+    assert loaded.completed_steps == 2
+    assert int(loaded.channel_step.max()) <= 2 and not loaded.is_complete
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(GispError, match="not a gisp run directory"):
+        Trajectory.load(tmp_path)
