@@ -150,3 +150,21 @@ def test_prune_into_run_of_another_model(run_dir, tiny_dir, corpus_file, capsys)
 
 def test_unknown_task(tiny_dir, corpus_file, capsys):
     _assert_error(capsys, ["eval", tiny_dir("qwen3"), "--task", "mmlu", "--data", f"text:{corpus_file}"], "unknown task 'mmlu'")
+
+
+def test_wikitext2_without_datasets_package_is_a_clear_error(monkeypatch):
+    import sys
+    from gisp.data import documents
+    from gisp.errors import GispError
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(GispError, match=r"needs the datasets package: pip install 'gisp\[datasets\]'"):
+        documents("wikitext2")
+
+
+def test_data_slices_and_packaged_gsm8k():
+    from gisp.data import documents
+
+    docs = documents("gsm8k[1000:]")
+    assert len(docs) == 319 and docs[0].startswith("Q: ") and "\nA: " in docs[0] and "####" in docs[0]
+    assert documents("gsm8k[:2]") == documents("gsm8k")[:2]

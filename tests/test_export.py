@@ -73,10 +73,11 @@ RELOAD = textwrap.dedent('''
 ''')
 
 
-def reload_without_gisp(out: Path, logits: torch.Tensor, tmp_path: Path) -> str:
-    """Load ``out`` in a fresh interpreter that cannot import gisp; return the class name it got."""
+def reload_without_gisp(out: Path, logits: torch.Tensor, tmp_path: Path, ids: torch.Tensor = IDS) -> str:
+    """Load ``out`` in a fresh interpreter that cannot import gisp, check its logits on ``ids``
+    equal ``logits``; return the class name it got."""
     data = tmp_path / "expected.safetensors"
-    save_file({"ids": IDS, "logits": logits.contiguous()}, data)
+    save_file({"ids": ids, "logits": logits.contiguous()}, data)
     proc = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(data)], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.split()[0]

