@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gisp.cli import main
-from gisp.evaluate import perplexity
+from gisp.evaluation.perplexity import perplexity
 from gisp.trajectory import Trajectory
 import gisp
 

@@ -9,7 +9,7 @@ from torch import nn
 from gisp import models
 from gisp.adapters import adapter_for
 from gisp.config import PruneConfig
-from gisp.data import calibration_batches, joined_text
+from gisp.calibration import build_batches, read_source
 from gisp.export import ExportInfo
 from gisp.export import export as _export
 from gisp.importance import TaylorImportance
@@ -38,13 +38,13 @@ def prune(
     elif model is not None and "model" not in settings:
         settings["model"] = getattr(model, "name_or_path", "") or "in-memory model"
     config = config or PruneConfig.from_dict(settings)
-    text = joined_text(config.data, "calibration") if batches is None else ""  # bad data fails before loading
+    source = read_source(config) if batches is None else None  # bad data fails before any model loads
     if model is None:
         adapter_for(models.load_config(config.model))  # fail fast on unknown types, before loading weights
         model, tokenizer = models.load(config.model, config.dtype)
     adapter_for(model.config)
     if batches is None:
-        batches = calibration_batches(tokenizer, text, config.samples, config.seq_len, config.seed, config.batch_size)
+        batches = build_batches(config, source, tokenizer)
     importance = TaylorImportance(batches, objective or OBJECTIVES[config.objective], progress=progress)
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
     return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress)

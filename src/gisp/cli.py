@@ -12,10 +12,15 @@ from gisp.errors import GispError
 
 _HELP = {
     "model": "Hugging Face id, local directory, .gguf file, or alias smollm2-135m / qwen2.5-0.5b",
-    "data": "text:PATH, gsm8k[:PATH] or wikitext2[:SPLIT], optionally sliced: gsm8k[:1000]",
+    "data": "lm: text:PATH, gsm8k[:PATH], wikitext2[:SPLIT]; answer: gsm8k[:PATH], jsonl:PATH; "
+            "margin: piqa:PATH, mc:PATH; any spec takes a slice, e.g. gsm8k[:1000]",
     "sparsity": "final parameter sparsity of the decoder layers, in (0, 1)",
     "steps": "pruning steps (gradients are recomputed on the pruned model at each)",
-    "samples": "calibration windows", "seq_len": "tokens per calibration window",
+    "objective": "lm (every token), answer (answer tokens of prompt/answer data), margin (multiple choice)",
+    "samples": "calibration windows (lm), examples (answer) or questions (margin)",
+    "seq_len": "tokens per calibration window (lm); longest sequence (answer, margin)",
+    "max_tokens": "calibration token budget; replaces --samples when given",
+    "prompt_field": "prompt field of jsonl:PATH answer data", "answer_field": "answer field of jsonl:PATH answer data",
     "normalize": "how head and channel scores are made comparable",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
 }
@@ -25,7 +30,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`PruneConfig` field, same names and defaults."""
     for f in fields(PruneConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
         if f.default is MISSING:  # required fields
             parser.add_argument(flag, dest=f.name, type=kind, required=True, help=_HELP.get(f.name))
         else:
@@ -60,18 +65,41 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from gisp import models
-    from gisp.evaluate import perplexity
+    from pathlib import Path
 
-    if args.task != "ppl":
-        raise GispError(f"unknown task {args.task!r}; available: ppl")
-    model, tokenizer = models.load(args.model, args.dtype)
-    result = perplexity(model, tokenizer, args.data, args.seq_len, batch_size=args.batch_size, limit_windows=args.limit_windows)
-    record = {"model": args.model, "task": "ppl", "data": args.data} | asdict(result)
-    if args.json:
-        print(json.dumps(record))
-    else:
-        print(f"perplexity {result.ppl:.4f} at seq_len {result.seq_len} ({result.windows} windows, {result.tokens} predicted tokens) on {args.data}")
+    from gisp.evaluation.levels import evaluate_levels, levels_table, parse_levels
+    from gisp.evaluation.tasks import PRIMARY, EvalOptions, evaluate_spec, summary_line
+    from gisp.trajectory import RUN_FILE
+
+    opts = EvalOptions(
+        task=args.task, data=args.data, seq_len=args.seq_len, batch_size=args.batch_size,
+        limit=args.limit if args.limit is not None else args.limit_windows, shots=args.shots,
+        max_new_tokens=args.max_new_tokens, prompt_field=args.prompt_field, answer_field=args.answer_field,
+        speed_batch=args.speed_batch, new_tokens=args.new_tokens, repeats=args.repeats, dtype=args.dtype,
+        device=args.device,
+    )
+    is_run = (Path(args.model) / RUN_FILE).is_file()
+    if is_run or args.levels:
+        if not is_run:
+            raise GispError(f"--levels needs a run directory; {args.model} holds no {RUN_FILE}")
+        if not args.levels:
+            raise GispError(f"{args.model} is a run directory: pass --levels, or export a level and evaluate that")
+        rows = evaluate_levels(args.model, parse_levels(args.levels), opts, args.out)
+        print(json.dumps({"task": args.task, "data": args.data, "rows": rows}) if args.json else levels_table(rows, args.task))
+        return
+    results = [("model", args.model, evaluate_spec(args.model, opts))]
+    if args.baseline:
+        results.insert(0, ("baseline", args.baseline, evaluate_spec(args.baseline, opts)))
+    for role, name, result in results:
+        if args.json:
+            print(json.dumps({"model": name, "role": role, "task": args.task, "data": args.data} | result))
+        else:
+            print(f"{role} {name}: {summary_line(args.task, result)}" + (f" on {args.data}" if args.data else ""))
+    if args.baseline and not args.json:
+        metric, _ = PRIMARY[args.task]
+        keys = [metric] + (["prefill_tokens_per_s", "peak_memory_mb", "parameters"] if args.task == "speed" else [])
+        base, ours = results[0][2], results[1][2]
+        print("ratio model/baseline: " + ", ".join(f"{k} {ours[k] / base[k]:.3f}x" for k in keys if base[k]))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -109,15 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model location if it moved since the run (must be the same model)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("eval", help="evaluate a model or export")
-    p.add_argument("model", metavar="MODEL_OR_DIR")
-    p.add_argument("--task", default="ppl", help="ppl")
-    p.add_argument("--data", required=True, help=_HELP["data"])
-    p.add_argument("--seq-len", type=int, default=128)
+    p = sub.add_parser("eval", help="evaluate a model, an export, or several levels of a run")
+    p.add_argument("model", metavar="MODEL_OR_DIR", help="model spec, export directory, or run directory (with --levels)")
+    p.add_argument("--task", default="ppl", help="ppl, answer_ppl, mc, gsm8k or speed (default: ppl)")
+    p.add_argument("--data", help="ppl: text:PATH, gsm8k, wikitext2; answer_ppl: gsm8k, jsonl:PATH; "
+                                  "mc: piqa:PATH, mc:PATH; gsm8k: gsm8k[:PATH] (all sliceable: piqa:P[500:1000])")
+    p.add_argument("--seq-len", type=int, default=128, help="ppl window; speed prompt length (default: 128)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit-windows", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N windows / examples / questions / problems")
+    p.add_argument("--limit-windows", type=int, default=None, help="ppl: same as --limit")
+    p.add_argument("--shots", type=int, default=8, help="gsm8k: chain-of-thought exemplars (default: 8)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: generation length (default: 256)")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--answer-field", default="answer")
+    p.add_argument("--speed-batch", type=int, default=1, help="speed: batch size (default: 1)")
+    p.add_argument("--new-tokens", type=int, default=32, help="speed: decoded tokens (default: 32)")
+    p.add_argument("--repeats", type=int, default=5, help="speed: timed repeats, median reported (default: 5)")
+    p.add_argument("--baseline", help="also evaluate this model (e.g. the dense one) and print the ratio")
+    p.add_argument("--levels", help="run directory only: comma-separated sparsities, e.g. 0.1,0.2,0.3")
+    p.add_argument("--out", help="--levels: where results.json/.md and the plot go (default: RUN_DIR/eval-TASK)")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per model)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="summarise a run directory")

@@ -9,13 +9,15 @@ from gisp.errors import GispError
 from gisp.saliency import NORMALIZATIONS
 from gisp.schedule import SCHEDULES
 
-OBJECTIVE_NAMES = ("lm",)
+OBJECTIVE_NAMES = ("lm", "answer", "margin")
 
 
 @dataclass
 class PruneConfig:
     """Everything that determines a pruning run (and so its trajectory).
 
+    ``samples`` counts windows (``lm``), examples (``answer``) or questions (``margin``);
+    ``max_tokens``, when set, budgets calibration by tokens instead.
     ``sparsity`` is the final *parameter* sparsity of the decoder layers' seven projections
     (weights and biases), counted as the exported model holds them.
     """
@@ -30,6 +32,9 @@ class PruneConfig:
     seq_len: int = 128
     batch_size: int = 8
     seed: int = 0
+    max_tokens: int | None = None
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
     normalize: str = "reference"
     protect_first: float = 0.1
     protect_last: int = 1
@@ -45,6 +50,10 @@ class PruneConfig:
         for name in ("steps", "samples", "seq_len", "batch_size"):
             if getattr(self, name) < 1:
                 raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.max_tokens is not None and self.max_tokens < self.seq_len and self.objective == "lm":
+            raise GispError(f"max-tokens {self.max_tokens} is less than one window of {self.seq_len} tokens")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise GispError(f"max-tokens must be positive, got {self.max_tokens}")
         if self.seq_len < 2:
             raise GispError("seq-len must be at least 2 (one predicted token)")
         if not 0.0 <= self.protect_first < 1.0:

@@ -27,7 +27,8 @@ from gisp.errors import GispError
 _SLICE = re.compile(r"^(?P<base>.*?)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
 
 
-def _split_slice(spec: str) -> tuple[str, slice]:
+def split_slice(spec: str) -> tuple[str, slice]:
+    """``'name[a:b]'`` -> ``('name', slice(a, b))``; no brackets -> the whole."""
     m = _SLICE.match(spec)
     if not m:
         return spec, slice(None)
@@ -94,7 +95,7 @@ def _wikitext_documents(split: str) -> list[str]:
 
 def documents(spec: str, role: str = "eval") -> list[str]:
     """The documents a DATA spec names. ``role`` ('calibration' or 'eval') picks wikitext2's default split."""
-    base, part = _split_slice(spec)
+    base, part = split_slice(spec)
     kind, _, arg = base.partition(":")
     if kind == "text" and arg:
         docs = _text_documents(arg)
@@ -113,6 +114,19 @@ def documents(spec: str, role: str = "eval") -> list[str]:
 def joined_text(spec: str, role: str = "eval") -> str:
     """The documents joined by blank lines, as the perplexity protocol joins a test split."""
     return "\n\n".join(documents(spec, role))
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of a context and its continuation, the way lm-evaluation-harness splits them.
+
+    Trailing whitespace of the context moves to the continuation; the pair is encoded as one
+    string and the continuation is what follows the context's own encoding. No special tokens.
+    """
+    stripped = context.rstrip()
+    continuation = context[len(stripped):] + continuation
+    ctx = tokenizer(stripped, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(stripped + continuation, add_special_tokens=False)["input_ids"]
+    return ctx, whole[len(ctx):]
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
@@ -142,3 +156,31 @@ def calibration_batches(tokenizer, text: str, samples: int, seq_len: int, seed: 
     """Micro-batches of seeded random windows of ``text`` for the LM objective."""
     windows = random_windows(tokenize(tokenizer, text), samples, seq_len, seed)
     return [{"input_ids": chunk} for chunk in windows.split(batch_size)]
+
+
+def pad_sequences(seqs: list[list[int]], labels: list[list[int]], pad_id: int) -> dict:
+    """Right-pad token and label lists into a batch -> input_ids/attention_mask/labels [B, T]."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for row, (s, l) in enumerate(zip(seqs, labels)):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+        lab[row, : len(l)] = torch.tensor(l)
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
+def scored_sequence(tokenizer, context: str, continuation: str, max_len: int) -> tuple[list[int], list[int]]:
+    """Context + continuation ids with labels only on the continuation, cut from the left to ``max_len``."""
+    ctx, cont = encode_pair(tokenizer, context, continuation)
+    seq, lab = ctx + cont, [-100] * len(ctx) + cont
+    return seq[-max_len:], lab[-max_len:]
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its eos id, else 0 (padding is masked and ignored anyway)."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0

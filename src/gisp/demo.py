@@ -16,7 +16,7 @@ from pathlib import Path
 from gisp import models
 from gisp.api import prune
 from gisp.config import PruneConfig
-from gisp.evaluate import perplexity
+from gisp.evaluation.perplexity import perplexity
 from gisp.export import EXPORT_INFO, ExportInfo, export
 from gisp.report import table
 

@@ -10,6 +10,7 @@ subclasses the stock class and reads transformers' ``per_layer_config``; it load
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -156,6 +157,9 @@ def save_export(pruned: nn.Module, tokenizer, remote: bool, info: ExportInfo, ou
     """Write everything into a temporary sibling directory, then rename it to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary directory
     try:
         pruned.save_pretrained(tmp)
         if tokenizer is not None:

@@ -1,23 +1,113 @@
-"""Objectives: ``(model, batch) -> scalar loss`` callables that importance differentiates.
+"""Objectives: ``(model, batch) -> scalar loss`` callables that importance differentiates,
+and the builders of the batches each one expects.
 
-Any callable with this signature can be passed to :func:`gisp.prune` (``objective=...``) to prune
-for a user's own loss.
+- ``lm``: next-token cross-entropy on every token of random text windows.
+- ``answer``: cross-entropy on answer tokens only (prompt tokens are labelled ``-100``).
+- ``margin``: multiple choice, one sequence per option, loss on option tokens only;
+  ``M = mean CE(correct options) - mean CE(incorrect options)``.
+
+Any callable with the same signature can be passed to :func:`gisp.prune` (``objective=...``)
+with batches it understands.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from gisp.data import pad_id, pad_sequences, scored_sequence
+from gisp.errors import GispError
+from gisp.examples import AnswerExample, ChoiceExample
 
 Objective = Callable[[nn.Module, dict], torch.Tensor]
 
 
 def lm_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Next-token cross-entropy on every token (labels default to the inputs; ``-100`` is ignored)."""
+    """Mean next-token cross-entropy over labelled tokens (labels default to the inputs)."""
     labels = batch.get("labels", batch["input_ids"])
-    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=labels).loss
+    return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=labels,
+                 use_cache=False).loss
 
 
-OBJECTIVES: dict[str, Objective] = {"lm": lm_loss}
+def answer_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Cross-entropy on the answer tokens only: the batch labels its prompt tokens ``-100``."""
+    if "labels" not in batch:
+        raise GispError("the answer objective needs batches with labels (prompt tokens set to -100)")
+    return lm_loss(model, batch)
+
+
+def sequence_ce(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Mean cross-entropy over each sequence's labelled tokens -> [B]."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]  # [B, T-1, V]
+    labels = batch["labels"][:, 1:]  # [B, T-1]
+    ce = F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")  # [B, T-1]
+    counts = (labels != -100).sum(1).clamp(min=1)
+    return ce.sum(1) / counts
+
+
+def margin_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """``mean CE(correct options) - mean CE(incorrect options)`` over the batch's sequences."""
+    ce = sequence_ce(model, batch)
+    correct = batch["correct"]
+    return ce[correct].mean() - ce[~correct].mean()
+
+
+OBJECTIVES: dict[str, Objective] = {"lm": lm_loss, "answer": answer_loss, "margin": margin_loss}
+
+
+def _take(items: list, samples: int | None, max_tokens: int | None, cost, seed: int) -> list:
+    """A seeded shuffle of ``items``, cut at ``samples`` items or once ``max_tokens`` are used."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    chosen, used = [], 0
+    for i in order:
+        if samples is not None and len(chosen) >= samples:
+            break
+        c = cost(items[i])
+        if max_tokens is not None and chosen and used + c > max_tokens:
+            break
+        chosen.append(items[i])
+        used += c
+    return chosen
+
+
+def answer_batches(
+    tokenizer, examples: list[AnswerExample], *, samples: int | None, max_tokens: int | None,
+    seq_len: int, batch_size: int, seed: int,
+) -> list[dict]:
+    """Batches for the answer objective: prompt+answer, labels on answer tokens only."""
+    encoded = [scored_sequence(tokenizer, e.prompt, e.answer, seq_len) for e in examples]
+    chosen = _take(encoded, samples, max_tokens, lambda e: len(e[0]), seed)
+    pid = pad_id(tokenizer)
+    return [pad_sequences([s for s, _ in chunk], [l for _, l in chunk], pid)
+            for chunk in (chosen[i:i + batch_size] for i in range(0, len(chosen), batch_size))]
+
+
+def choice_batches(
+    tokenizer, examples: list[ChoiceExample], *, samples: int | None, max_tokens: int | None,
+    seq_len: int, batch_size: int, seed: int,
+) -> list[dict]:
+    """Batches for the margin objective: every option of a question in the same batch.
+
+    ``batch_size`` counts questions; each batch carries ``correct`` [B] marking the gold options.
+    """
+    questions = [[scored_sequence(tokenizer, e.context, c, seq_len) for c in e.choices] for e in examples]
+    keyed = list(zip(questions, [e.label for e in examples]))
+    chosen = _take(keyed, samples, max_tokens, lambda q: sum(len(s) for s, _ in q[0]), seed)
+    pid = pad_id(tokenizer)
+    batches = []
+    for i in range(0, len(chosen), batch_size):
+        seqs, labels, correct = [], [], []
+        for options, gold in chosen[i:i + batch_size]:
+            for j, (s, l) in enumerate(options):
+                seqs.append(s)
+                labels.append(l)
+                correct.append(j == gold)
+        batch = pad_sequences(seqs, labels, pid)
+        batch["correct"] = torch.tensor(correct)
+        batches.append(batch)
+    return batches

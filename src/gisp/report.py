@@ -45,3 +45,26 @@ def info_text(traj: Trajectory) -> str:
          for layer in range(num_layers)],
     )
     return "\n".join(head) + steps + f"\n\nafter step {traj.completed_steps}:\n" + layers
+
+
+def plot_metric(rows: list[dict], metric: str, path, *, title: str, ylabel: str) -> None:
+    """``metric`` against decoder sparsity, each point labelled with its parameter count; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["sparsity"] for r in rows], [r[metric] for r in rows], marker="o")
+    for r in rows:
+        if r.get("parameters"):
+            ax.annotate(f"{r['parameters'] / 1e6:.1f}M", (r["sparsity"], r[metric]), textcoords="offset points", xytext=(4, 6))
+    ax.set_xlabel("decoder parameter sparsity")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)

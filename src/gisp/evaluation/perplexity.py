@@ -29,7 +29,7 @@ class PerplexityResult:
 @torch.no_grad()
 def window_nll(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL of a batch of windows ([B, T] -> scalar float64)."""
-    logits = model(input_ids=windows).logits[:, :-1]  # [B, T-1, V]
+    logits = model(input_ids=windows, use_cache=False).logits[:, :-1]  # [B, T-1, V]
     targets = windows[:, 1:]  # [B, T-1]
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").double()
 

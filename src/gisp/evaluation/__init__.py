@@ -1,0 +1,1 @@
+"""Evaluation tasks: perplexity, answer perplexity, multiple choice, GSM8K, speed."""

@@ -1,0 +1,80 @@
+"""Zero-shot multiple choice by log-likelihood, the lm-evaluation-harness way.
+
+Each option is scored by the summed log-probability of its tokens given the context (split as
+lm-eval splits them, :func:`gisp.data.encode_pair`). ``acc`` takes the argmax; ``acc_norm`` the
+argmax of log-likelihood divided by the option's length in UTF-8 bytes (lm-eval divides by
+characters; the two agree on ASCII text such as PIQA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gisp.data import pad_id, pad_sequences, scored_sequence
+from gisp.examples import AnswerExample, ChoiceExample
+from gisp.objectives import sequence_ce
+
+
+@dataclass
+class ChoiceResult:
+    acc: float
+    acc_norm: float
+    questions: int
+
+
+@dataclass
+class AnswerPerplexityResult:
+    ppl: float
+    nll: float
+    tokens: int
+    examples: int
+
+
+@torch.no_grad()
+def continuation_logprobs(model: nn.Module, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16,
+                          progress: bool = True, max_len: int = 2048) -> list[tuple[float, int]]:
+    """Summed log-probability of each continuation given its context, and its token count."""
+    device = next(model.parameters()).device
+    pid = pad_id(tokenizer)
+    out: list[tuple[float, int]] = []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="scoring", disable=not progress, leave=False):
+        seqs, labels = [], []
+        for context, continuation in pairs[start:start + batch_size]:
+            s, l = scored_sequence(tokenizer, context, continuation, max_len)
+            seqs.append(s)
+            labels.append(l)
+        batch = {k: v.to(device) for k, v in pad_sequences(seqs, labels, pid).items()}
+        counts = (batch["labels"][:, 1:] != -100).sum(1)
+        mean_ce = sequence_ce(model, batch)  # [B]
+        out += [(-float(ce) * int(n), int(n)) for ce, n in zip(mean_ce, counts)]
+    return out
+
+
+def multiple_choice(model: nn.Module, tokenizer, examples: list[ChoiceExample], *, batch_size: int = 16,
+                    progress: bool = True) -> ChoiceResult:
+    """``acc`` and ``acc_norm`` over ``examples``."""
+    pairs = [(e.context, c) for e in examples for c in e.choices]
+    scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size, progress))
+    hits = hits_norm = 0
+    for e in examples:
+        ll = torch.tensor([next(scores)[0] for _ in e.choices])
+        lengths = torch.tensor([len(c.encode("utf-8")) for c in e.choices], dtype=torch.float64)
+        hits += int(ll.argmax()) == e.label
+        hits_norm += int((ll / lengths).argmax()) == e.label
+    n = len(examples)
+    return ChoiceResult(acc=hits / n, acc_norm=hits_norm / n, questions=n)
+
+
+def answer_perplexity(model: nn.Module, tokenizer, examples: list[AnswerExample], *, batch_size: int = 8,
+                      progress: bool = True) -> AnswerPerplexityResult:
+    """``exp`` of the mean NLL over all answer tokens given their prompts."""
+    import math
+
+    scored = continuation_logprobs(model, tokenizer, [(e.prompt, e.answer) for e in examples], batch_size, progress)
+    nll = -sum(lp for lp, _ in scored)
+    tokens = sum(n for _, n in scored)
+    return AnswerPerplexityResult(ppl=math.exp(nll / tokens), nll=nll / tokens, tokens=tokens, examples=len(examples))

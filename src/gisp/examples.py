@@ -1,0 +1,107 @@
+"""Structured task data: prompt/answer pairs and multiple-choice questions.
+
+Specs (each takes a trailing slice over examples, e.g. ``piqa:dev.jsonl[:500]``):
+
+- answer data: ``gsm8k`` / ``gsm8k:PATH`` (prompt ``"Q: {question}\\nA: "``, answer = the gold
+  solution), or ``jsonl:PATH`` with ``prompt_field`` / ``answer_field``;
+- multiple choice: ``piqa:PATH`` (``goal``/``sol1``/``sol2``, labels from the sibling
+  ``*-labels.lst``; prompt ``"Question: {goal}\\nAnswer:"``, options ``" {sol}"``), or ``mc:PATH``
+  with the generic schema ``{"context": ..., "choices": [...], "label": i}``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from gisp.data import packaged_gsm8k_path, read_jsonl, split_slice
+from gisp.errors import GispError
+
+GSM8K_PROMPT = "Q: {question}\nA: "
+PIQA_PROMPT = "Question: {goal}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class AnswerExample:
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class ChoiceExample:
+    context: str
+    choices: tuple[str, ...]
+    label: int
+
+
+def _field(record: dict, name: str, where: str):
+    if name not in record:
+        raise GispError(f"{where}: record has no field {name!r} (fields: {', '.join(record)})")
+    return record[name]
+
+
+def answer_examples(spec: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[AnswerExample]:
+    """Prompt/answer pairs for the answer objective and answer perplexity."""
+    base, part = split_slice(spec)
+    kind, _, path = base.partition(":")
+    if kind == "gsm8k":
+        records = read_jsonl(path or packaged_gsm8k_path())
+        out = [AnswerExample(GSM8K_PROMPT.format(question=_field(r, "question", spec)), _field(r, "answer", spec)) for r in records]
+    elif kind == "jsonl" and path:
+        out = [AnswerExample(str(_field(r, prompt_field, spec)), str(_field(r, answer_field, spec))) for r in read_jsonl(path)]
+    else:
+        raise GispError(f"unknown answer data {spec!r}; use gsm8k[:PATH] or jsonl:PATH (with --prompt-field/--answer-field)")
+    out = out[part]
+    if not out:
+        raise GispError(f"answer data {spec!r} selects no examples")
+    return out
+
+
+def _piqa_labels(path: Path) -> list[int]:
+    labels_path = path.with_name(re.sub(r"\.jsonl$", "", path.name) + "-labels.lst")
+    if not labels_path.is_file():
+        raise GispError(f"PIQA labels not found: {labels_path} (expected beside {path.name})")
+    return [int(line) for line in labels_path.read_text().split()]
+
+
+def choice_examples(spec: str) -> list[ChoiceExample]:
+    """Multiple-choice questions for the margin objective and ``mc`` evaluation."""
+    base, part = split_slice(spec)
+    kind, _, path = base.partition(":")
+    if kind == "piqa" and path:
+        records = read_jsonl(path)
+        labels = _piqa_labels(Path(path))
+        if len(labels) != len(records):
+            raise GispError(f"{path}: {len(records)} questions but {len(labels)} labels")
+        out = [ChoiceExample(PIQA_PROMPT.format(goal=_field(r, "goal", spec)), (f" {r['sol1']}", f" {r['sol2']}"), y)
+               for r, y in zip(records, labels)]
+    elif kind == "mc" and path:
+        out = []
+        for r in read_jsonl(path):
+            choices = tuple(str(c) for c in _field(r, "choices", spec))
+            label = int(_field(r, "label", spec))
+            if not 0 <= label < len(choices) or len(choices) < 2:
+                raise GispError(f"{spec}: label {label} does not index {len(choices)} choices")
+            out.append(ChoiceExample(str(_field(r, "context", spec)), choices, label))
+    else:
+        raise GispError(f"unknown multiple-choice data {spec!r}; use piqa:PATH or mc:PATH")
+    out = out[part]
+    if not out:
+        raise GispError(f"multiple-choice data {spec!r} selects no questions")
+    return out
+
+
+def gsm8k_problems(spec: str) -> list[dict]:
+    """GSM8K records (``question``/``answer``) for generation: ``gsm8k`` or ``gsm8k:PATH``, sliceable."""
+    base, part = split_slice(spec)
+    kind, _, path = base.partition(":")
+    if kind != "gsm8k":
+        raise GispError(f"the gsm8k task reads gsm8k or gsm8k:PATH data, not {spec!r}")
+    records = read_jsonl(path or packaged_gsm8k_path())[part]
+    for r in records:
+        _field(r, "question", spec)
+        _field(r, "answer", spec)
+    if not records:
+        raise GispError(f"GSM8K data {spec!r} selects no problems")
+    return records
