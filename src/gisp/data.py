@@ -158,29 +158,34 @@ def calibration_batches(tokenizer, text: str, samples: int, seq_len: int, seed: 
     return [{"input_ids": chunk} for chunk in windows.split(batch_size)]
 
 
-def pad_sequences(seqs: list[list[int]], labels: list[list[int]], pad_id: int) -> dict:
-    """Right-pad token and label lists into a batch -> input_ids/attention_mask/labels [B, T]."""
+def pad_sequences(seqs: list[list[int]], starts: list[int], pad_id: int) -> dict:
+    """Right-pad token lists into a batch.
+
+    ``starts[b]`` is where sequence ``b``'s scored tokens (answer, option) begin. Returns
+    ``input_ids``/``attention_mask`` [B, T] and ``target_mask`` [B, T] (True on scored tokens).
+    """
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for row, (s, l) in enumerate(zip(seqs, labels)):
+    target = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for row, (s, start) in enumerate(zip(seqs, starts)):
         ids[row, : len(s)] = torch.tensor(s)
         mask[row, : len(s)] = 1
-        lab[row, : len(l)] = torch.tensor(l)
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+        target[row, start: len(s)] = True
+    return {"input_ids": ids, "attention_mask": mask, "target_mask": target}
 
 
-def scored_sequence(tokenizer, context: str, continuation: str, max_len: int) -> tuple[list[int], list[int]]:
-    """Context + continuation ids with labels only on the continuation, cut from the left to ``max_len``."""
+def scored_sequence(tokenizer, context: str, continuation: str, max_len: int) -> tuple[list[int], int]:
+    """Context + continuation ids, cut from the left to ``max_len``, and where the continuation starts."""
     ctx, cont = encode_pair(tokenizer, context, continuation)
-    seq, lab = ctx + cont, [-100] * len(ctx) + cont
-    return seq[-max_len:], lab[-max_len:]
+    seq = (ctx + cont)[-max_len:]
+    return seq, max(len(seq) - len(cont), 1)  # position 0 has no prediction
 
 
 def pad_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its eos id, else 0 (padding is masked and ignored anyway)."""
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+    """An id to pad with: eos, else pad, else 0. Padding is masked out, so any real token will do;
+    eos is preferred because some tokenizers add a pad token the model's embedding does not have."""
+    for value in (tokenizer.eos_token_id, tokenizer.pad_token_id):
         if value is not None:
             return int(value)
     return 0

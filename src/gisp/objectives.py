@@ -2,7 +2,7 @@
 and the builders of the batches each one expects.
 
 - ``lm``: next-token cross-entropy on every token of random text windows.
-- ``answer``: cross-entropy on answer tokens only (prompt tokens are labelled ``-100``).
+- ``answer``: cross-entropy on answer tokens only (the batch's ``target_mask``).
 - ``margin``: multiple choice, one sequence per option, loss on option tokens only;
   ``M = mean CE(correct options) - mean CE(incorrect options)``.
 
@@ -33,20 +33,31 @@ def lm_loss(model: nn.Module, batch: dict) -> torch.Tensor:
                  use_cache=False).loss
 
 
+def token_ce(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every scored token -> ([B, T-1] CE, [B, T-1] bool mask of scored tokens).
+
+    Which tokens count comes from ``target_mask`` (answer / option tokens), never from labels, so
+    prompt tokens cannot leak into the loss whatever a batch's labels say.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]  # [B, T-1, V]
+    targets = batch["input_ids"][:, 1:]  # [B, T-1]: position t predicts token t+1
+    scored = batch["target_mask"][:, 1:]
+    ce = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")  # [B, V, T-1] -> [B, T-1]
+    return ce * scored, scored
+
+
 def answer_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Cross-entropy on the answer tokens only: the batch labels its prompt tokens ``-100``."""
-    if "labels" not in batch:
-        raise GispError("the answer objective needs batches with labels (prompt tokens set to -100)")
-    return lm_loss(model, batch)
+    """Mean cross-entropy over the answer tokens of the batch (prompt tokens are context only)."""
+    if "target_mask" not in batch:
+        raise GispError("the answer objective needs batches with a target_mask marking answer tokens")
+    ce, scored = token_ce(model, batch)
+    return ce.sum() / scored.sum().clamp(min=1)
 
 
 def sequence_ce(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over each sequence's labelled tokens -> [B]."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]  # [B, T-1, V]
-    labels = batch["labels"][:, 1:]  # [B, T-1]
-    ce = F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")  # [B, T-1]
-    counts = (labels != -100).sum(1).clamp(min=1)
-    return ce.sum(1) / counts
+    """Mean cross-entropy over each sequence's scored tokens -> [B]."""
+    ce, scored = token_ce(model, batch)
+    return ce.sum(1) / scored.sum(1).clamp(min=1)
 
 
 def margin_loss(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -83,7 +94,7 @@ def answer_batches(
     encoded = [scored_sequence(tokenizer, e.prompt, e.answer, seq_len) for e in examples]
     chosen = _take(encoded, samples, max_tokens, lambda e: len(e[0]), seed)
     pid = pad_id(tokenizer)
-    return [pad_sequences([s for s, _ in chunk], [l for _, l in chunk], pid)
+    return [pad_sequences([s for s, _ in chunk], [start for _, start in chunk], pid)
             for chunk in (chosen[i:i + batch_size] for i in range(0, len(chosen), batch_size))]
 
 
@@ -101,13 +112,13 @@ def choice_batches(
     pid = pad_id(tokenizer)
     batches = []
     for i in range(0, len(chosen), batch_size):
-        seqs, labels, correct = [], [], []
+        seqs, starts, correct = [], [], []
         for options, gold in chosen[i:i + batch_size]:
-            for j, (s, l) in enumerate(options):
+            for j, (s, start) in enumerate(options):
                 seqs.append(s)
-                labels.append(l)
+                starts.append(start)
                 correct.append(j == gold)
-        batch = pad_sequences(seqs, labels, pid)
+        batch = pad_sequences(seqs, starts, pid)
         batch["correct"] = torch.tensor(correct)
         batches.append(batch)
     return batches

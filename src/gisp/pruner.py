@@ -7,6 +7,7 @@ This file only orchestrates; the math is in :mod:`gisp.saliency`, :mod:`gisp.sel
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from torch import nn
@@ -53,7 +54,9 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
     if traj.model.get("fingerprint") != identity.get("fingerprint"):
         raise GispError(f"run directory {run_dir} belongs to another model ({traj.model.get('spec')})")
     ours = config.trajectory_keys()
-    theirs = {k: v for k, v in traj.config.items() if k in ours}
+    # Settings a run predates take their defaults, so runs of older versions still resume.
+    defaults = {f.name: f.default for f in fields(PruneConfig)}
+    theirs = {k: traj.config.get(k, defaults.get(k)) for k in ours}
     if theirs != ours:
         diff = ", ".join(f"{k}: {theirs.get(k)!r} there vs {v!r} here" for k, v in ours.items() if theirs.get(k) != v)
         raise GispError(f"run directory {run_dir} was made with other settings ({diff}); choose a new --out")

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from gisp.data import pad_id, pad_sequences, scored_sequence
 from gisp.examples import AnswerExample, ChoiceExample
-from gisp.objectives import sequence_ce
+from gisp.objectives import token_ce
 
 
 @dataclass
@@ -42,15 +42,11 @@ def continuation_logprobs(model: nn.Module, tokenizer, pairs: list[tuple[str, st
     pid = pad_id(tokenizer)
     out: list[tuple[float, int]] = []
     for start in tqdm(range(0, len(pairs), batch_size), desc="scoring", disable=not progress, leave=False):
-        seqs, labels = [], []
-        for context, continuation in pairs[start:start + batch_size]:
-            s, l = scored_sequence(tokenizer, context, continuation, max_len)
-            seqs.append(s)
-            labels.append(l)
-        batch = {k: v.to(device) for k, v in pad_sequences(seqs, labels, pid).items()}
-        counts = (batch["labels"][:, 1:] != -100).sum(1)
-        mean_ce = sequence_ce(model, batch)  # [B]
-        out += [(-float(ce) * int(n), int(n)) for ce, n in zip(mean_ce, counts)]
+        encoded = [scored_sequence(tokenizer, c, x, max_len) for c, x in pairs[start:start + batch_size]]
+        batch = pad_sequences([s for s, _ in encoded], [first for _, first in encoded], pid)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        ce, scored = token_ce(model, batch)  # [B, T-1] each
+        out += [(-float(total), int(n)) for total, n in zip(ce.sum(1), scored.sum(1))]
     return out
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gisp.data import read_jsonl
+from gisp.data import pad_id, read_jsonl
 
 EXEMPLARS = Path(__file__).resolve().parent.parent / "resources" / "gsm8k_train_exemplars.jsonl"
 _NUMBER = r"-?[\d,]*\.?\d+"
@@ -68,9 +68,9 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
     device = next(model.parameters()).device
     side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
-    if tokenizer.pad_token is None:
+    if tokenizer.eos_token is not None:  # pad with a token the model surely has (see gisp.data.pad_id)
         tokenizer.pad_token = tokenizer.eos_token
-    pad = tokenizer.pad_token_id
+    pad = pad_id(tokenizer)
     correct = 0
     try:
         for start in tqdm(range(0, len(problems), batch_size), desc="gsm8k", disable=not progress, leave=False):

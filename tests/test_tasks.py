@@ -1,0 +1,106 @@
+"""GSM8K scoring, speed measurement, multi-level evaluation and task-objective pruning via the CLI."""
+
+import json
+
+import pytest
+
+from gisp.cli import main
+from gisp.evaluation.gsm8k import chain_of_thought, extract_answer, fewshot_prefix, gold_number, gsm8k_exact_match
+from gisp.evaluation.speed import measure
+
+from conftest import tiny_model, tiny_tokenizer
+
+
+def test_gsm8k_answer_extraction():
+    assert gold_number("She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18") == "18"
+    assert gold_number("#### 1,200") == "1200"
+    assert extract_answer("So 3 + 4 = 7. The answer is 7.\n\nQ: next") == "7"
+    assert extract_answer("The answer is $1,250.50") == "1250.50"
+    assert extract_answer("First 12, then 15 apples") == "15"
+    assert extract_answer("no numbers here") == ""
+
+
+def test_chain_of_thought_exemplars():
+    cot = chain_of_thought("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72")
+    assert cot == "Natalia sold 48/2 = 24 clips in May. The answer is 72."
+    prefix = fewshot_prefix(2)
+    assert prefix.count("Q: ") == 2 and prefix.count("The answer is") == 2 and "<<" not in prefix
+
+
+def test_gsm8k_generation_runs_on_a_tiny_model():
+    model, tok = tiny_model("llama-gqa"), tiny_tokenizer()
+    problems = [{"question": "What is 3 + 4?", "answer": "#### 7"}, {"question": "2 + 2?", "answer": "#### 4"}]
+    result = gsm8k_exact_match(model, tok, problems, shots=1, max_new_tokens=4, batch_size=2, progress=False)
+    assert result.problems == 2 and result.shots == 1 and 0 <= result.correct <= 2
+    assert tok.padding_side == "right" and tok.pad_token is None  # restored
+
+
+def test_speed_measures_positive_throughput():
+    result = measure(tiny_model("qwen2"), "tiny", batch=2, seq_len=16, new_tokens=4, repeats=2, warmup=1)
+    assert result.prefill_tokens_per_s > 0 and result.decode_tokens_per_s > 0 and result.peak_memory_mb > 0
+    assert (result.batch, result.seq_len, result.new_tokens) == (2, 16, 4)
+
+
+def _cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_speed_with_baseline_prints_both_and_ratio(tiny_dir, capsys):
+    dense = tiny_dir("llama-gqa")
+    out = _cli(capsys, "eval", dense, "--task", "speed", "--baseline", dense, "--seq-len", "16", "--new-tokens", "4",
+               "--repeats", "1")
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("baseline ") and lines[1].startswith("model ") and "decode" in lines[1]
+    assert lines[2].startswith("ratio model/baseline: decode_tokens_per_s") and "parameters 1.000x" in lines[2]
+
+
+@pytest.fixture
+def answer_run(tiny_dir, tmp_path, capsys):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps({"q": f"Q: what is {i} + 1?\nA: ", "a": f"{i} + 1 = {i + 1}"}) for i in range(12)))
+    model = tiny_dir("qwen2")
+    _cli(capsys, "prune", "--model", model, "--data", f"jsonl:{qa}", "--objective", "answer", "--prompt-field", "q",
+         "--answer-field", "a", "--sparsity", "0.4", "--steps", "2", "--samples", "8", "--seq-len", "32",
+         "--protect-first", "0", "--out", tmp_path / "run")
+    return tmp_path / "run", qa
+
+
+def test_prune_with_answer_objective_and_eval_levels(answer_run, tmp_path, capsys):
+    run, qa = answer_run
+    config = json.loads((run / "run.json").read_text())["config"]
+    assert config["objective"] == "answer" and config["prompt_field"] == "q"
+    _cli(capsys, "eval", run, "--levels", "0.2,0.4", "--task", "answer_ppl", "--data", f"jsonl:{qa}",
+         "--prompt-field", "q", "--answer-field", "a", "--out", tmp_path / "ev")
+    rows = json.loads((tmp_path / "ev" / "results.json").read_text())["rows"]
+    assert [r["level"] for r in rows] == ["dense", "0.2", "0.4"]
+    assert rows[0]["parameters"] > rows[1]["parameters"] > rows[2]["parameters"]
+    assert all(r["ppl"] > 1 for r in rows) and (tmp_path / "ev" / "ppl.png").stat().st_size > 0
+    # the level's figure equals evaluating its export directly
+    _cli(capsys, "export", run, "--sparsity", "0.2", "--out", tmp_path / "e2")
+    out = _cli(capsys, "eval", tmp_path / "e2", "--task", "answer_ppl", "--data", f"jsonl:{qa}", "--prompt-field", "q",
+               "--answer-field", "a", "--json")
+    assert json.loads(out)["ppl"] == pytest.approx(rows[1]["ppl"], rel=1e-5)
+
+
+def test_prune_with_margin_objective(tiny_dir, tmp_path, capsys):
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("\n".join(json.dumps({"context": f"Pick {i}:", "choices": [" the fox", " the dog"], "label": i % 2})
+                            for i in range(10)))
+    _cli(capsys, "prune", "--model", tiny_dir("llama-mha"), "--data", f"mc:{mc}", "--objective", "margin",
+         "--sparsity", "0.3", "--steps", "2", "--samples", "6", "--batch-size", "3", "--protect-first", "0",
+         "--out", tmp_path / "run")
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["completed_steps"] == 2 and run["steps"][0]["loss"] is not None
+    out = _cli(capsys, "eval", tmp_path / "run", "--levels", "0.3", "--task", "mc", "--data", f"mc:{mc}", "--json")
+    rows = json.loads(out)["rows"]
+    assert rows[1]["questions"] == 10 and 0 <= rows[1]["acc"] <= 1
+
+
+def test_eval_errors(tiny_dir, tmp_path, capsys):
+    assert main(["eval", str(tiny_dir("qwen3")), "--task", "mc"]) == 2
+    assert "task mc needs --data" in capsys.readouterr().err
+    assert main(["eval", str(tiny_dir("qwen3")), "--levels", "0.1", "--task", "ppl", "--data", "gsm8k"]) == 2
+    assert "--levels needs a run directory" in capsys.readouterr().err
