@@ -115,6 +115,25 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(info_text(traj))
 
 
+def cmd_lm_eval_tasks(args: argparse.Namespace) -> None:
+    from gisp.lmeval import write_tasks
+
+    for path in write_tasks(args.out_dir, piqa=args.piqa, gsm8k=args.gsm8k):
+        print(f"wrote {path}")
+    print(f"use: lm_eval --model hf --model_args pretrained=EXPORT_DIR,trust_remote_code=True "
+          f"--include_path {args.out_dir} --tasks {'gisp_piqa' if args.piqa else 'gisp_gsm8k_cot'}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from gisp import models
+    from gisp.export import check_out_dir, save_dense
+
+    out = check_out_dir(args.out)
+    model, tokenizer = models.load(args.model, args.dtype)
+    save_dense(model, tokenizer, out)
+    print(f"saved {args.model} as a Hugging Face checkpoint in {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from gisp.demo import run_demo
 
@@ -165,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print run.json")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("lm-eval-tasks", help="write lm-evaluation-harness task YAMLs for local PIQA / GSM8K files")
+    p.add_argument("out_dir")
+    p.add_argument("--piqa", help="PIQA JSONL (labels read from the sibling *-labels.lst)")
+    p.add_argument("--gsm8k", help="GSM8K JSONL (question/answer)")
+    p.set_defaults(func=cmd_lm_eval_tasks)
+
+    p = sub.add_parser("convert", help="save any loadable model (e.g. a GGUF file or alias) as safetensors + config")
+    p.add_argument("model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float32")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="prune SmolLM2-135M on GSM8K and compare three nested exports")
     p.add_argument("--out", default="runs/demo", help="demo directory (resumes)")

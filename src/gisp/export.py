@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -153,26 +155,43 @@ def check_out_dir(out: str | Path) -> Path:
     return out
 
 
-def save_export(pruned: nn.Module, tokenizer, remote: bool, info: ExportInfo, out: Path) -> None:
-    """Write everything into a temporary sibling directory, then rename it to ``out``."""
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """A private temporary sibling of ``out`` to fill; renamed to ``out`` on success, removed on failure.
+
+    ``out`` must not exist or be empty (see :func:`check_out_dir`).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary directory
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_export(pruned: nn.Module, tokenizer, remote: bool, info: ExportInfo, out: Path) -> None:
+    """Write the model, tokenizer, remote code if needed and provenance into ``out``, atomically."""
+    with atomic_dir(out) as tmp:
         pruned.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if remote:
             shutil.copyfile(REMOTE_FILE, tmp / REMOTE_FILE.name)
         (tmp / EXPORT_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked before
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+def save_dense(model: nn.Module, tokenizer, out: Path) -> None:
+    """Save an unpruned model (e.g. one dequantised from GGUF) as a plain checkpoint, atomically."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def export(
