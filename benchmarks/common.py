@@ -1,0 +1,69 @@
+"""Shared by the benchmark scripts: run a real command (logged, resumable) and record the environment."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+SHARED = "../shared/data"
+
+
+def environment() -> dict:
+    """Machine, versions, date and commit, stored beside every figure."""
+    import torch
+    import transformers
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(), "git_commit": commit,
+    }
+
+
+class Recorder:
+    """Runs commands, appends their output to a log, and keeps the list of commands with timings."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        self.log = work / "log.txt"
+        self.commands: list[dict] = []
+
+    def run(self, cmd: list[str]) -> str:
+        cmd = [str(c) for c in cmd]
+        print("$", shlex.join(cmd), flush=True)
+        start = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        with self.log.open("a") as f:
+            f.write(f"$ {shlex.join(cmd)}\n{proc.stdout}\n{proc.stderr[-4000:]}\n")
+        if proc.returncode != 0:
+            sys.exit(f"failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        self.commands.append({"cmd": shlex.join(cmd), "seconds": round(time.time() - start, 1)})
+        return proc.stdout
+
+    def json(self, cmd: list[str]) -> dict:
+        """Run a command that prints JSON on its last line."""
+        return json.loads(self.run(cmd).strip().splitlines()[-1])
+
+    def once(self, marker: Path, cmd: list[str]) -> None:
+        """Run ``cmd`` unless ``marker`` exists (resuming an interrupted benchmark)."""
+        if not marker.exists():
+            self.run(cmd)
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
