@@ -2,17 +2,15 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from gisp.cli import main
 from gisp.evaluation.perplexity import perplexity
-from gisp.trajectory import Trajectory
 import gisp
 
-from conftest import CORPUS, tiny_config
+from conftest import CORPUS
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

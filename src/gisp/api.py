@@ -8,8 +8,8 @@ from torch import nn
 
 from gisp import models
 from gisp.adapters import adapter_for
-from gisp.config import PruneConfig
 from gisp.calibration import build_batches, read_source
+from gisp.config import PruneConfig
 from gisp.export import ExportInfo
 from gisp.export import export as _export
 from gisp.importance import TaylorImportance

@@ -66,7 +66,7 @@ class PruneConfig:
         _choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PruneConfig":
+    def from_dict(cls, values: dict[str, Any]) -> PruneConfig:
         """Build from a dict, refusing keys this version does not know."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

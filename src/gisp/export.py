@@ -26,7 +26,14 @@ from gisp.adapters import ModelAdapter, adapter_for
 from gisp.errors import GispError
 from gisp.pruner import layer_shape, model_parameters
 from gisp.remote import modeling_gisp
-from gisp.structures import AttentionPlan, LayerShape, Masks, attention_plan, decoder_params, dense_layer_params
+from gisp.structures import (
+    AttentionPlan,
+    LayerShape,
+    Masks,
+    attention_plan,
+    decoder_params,
+    dense_layer_params,
+)
 from gisp.trajectory import Trajectory
 
 REMOTE_FILE = Path(modeling_gisp.__file__)

@@ -21,7 +21,14 @@ from gisp.masking import apply_masks
 from gisp.saliency import normalize
 from gisp.schedule import target_sparsity
 from gisp.selection import global_ranking, select_under_budget
-from gisp.structures import LayerShape, Masks, decoder_params, dense_layer_params, max_sparsity, protected_layers
+from gisp.structures import (
+    LayerShape,
+    Masks,
+    decoder_params,
+    dense_layer_params,
+    max_sparsity,
+    protected_layers,
+)
 from gisp.trajectory import RUN_FILE, StepRecord, Trajectory
 
 

@@ -45,7 +45,7 @@ class LayerShape:
     down_bias: int = 0
 
     @classmethod
-    def from_modules(cls, geometry: AttentionGeometry, mods: LayerModules) -> "LayerShape":
+    def from_modules(cls, geometry: AttentionGeometry, mods: LayerModules) -> LayerShape:
         """Read the bias flags off one layer's projections."""
         return cls(
             geometry,
@@ -146,17 +146,17 @@ class Masks:
     channels: torch.Tensor  # [L, F] bool
 
     @classmethod
-    def dense(cls, geometry: AttentionGeometry) -> "Masks":
+    def dense(cls, geometry: AttentionGeometry) -> Masks:
         g = geometry
         return cls(
             heads=torch.ones(g.num_layers, g.num_heads, dtype=torch.bool),
             channels=torch.ones(g.num_layers, g.intermediate_size, dtype=torch.bool),
         )
 
-    def clone(self) -> "Masks":
+    def clone(self) -> Masks:
         return Masks(self.heads.clone(), self.channels.clone())
 
-    def is_subset_of(self, other: "Masks") -> bool:
+    def is_subset_of(self, other: Masks) -> bool:
         """True when every structure kept here is also kept in ``other`` (nestedness)."""
         return bool((self.heads <= other.heads).all() and (self.channels <= other.channels).all())
 

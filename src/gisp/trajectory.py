@@ -56,7 +56,7 @@ class Trajectory:
     model: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, num_layers: int, num_heads: int, intermediate_size: int) -> "Trajectory":
+    def empty(cls, num_layers: int, num_heads: int, intermediate_size: int) -> Trajectory:
         full = lambda n: torch.full((num_layers, n), -1, dtype=torch.int32)  # noqa: E731
         return cls(full(num_heads), full(num_heads), full(intermediate_size), full(intermediate_size))
 
@@ -149,7 +149,7 @@ class Trajectory:
         _atomic(run_dir / RUN_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "Trajectory":
+    def load(cls, run_dir: str | Path) -> Trajectory:
         """Read a run directory; structures recorded past ``completed_steps`` are ignored."""
         run_dir = Path(run_dir)
         meta_path, tensor_path = run_dir / RUN_FILE, run_dir / TRAJECTORY_FILE
