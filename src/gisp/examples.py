@@ -41,10 +41,24 @@ def _field(record: dict, name: str, where: str):
     return record[name]
 
 
-def answer_examples(spec: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[AnswerExample]:
-    """Prompt/answer pairs for the answer objective and answer perplexity."""
+def _parse(spec: str) -> tuple[str, str, slice]:
+    """``'kind:path[a:b]'`` -> (kind, path, slice)."""
     base, part = split_slice(spec)
     kind, _, path = base.partition(":")
+    return kind, path, part
+
+
+def _select(items: list, part: slice, spec: str, what: str) -> list:
+    """The slice of ``items`` a spec asks for; an empty selection is an error."""
+    items = items[part]
+    if not items:
+        raise GispError(f"{spec!r} selects no {what}")
+    return items
+
+
+def answer_examples(spec: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[AnswerExample]:
+    """Prompt/answer pairs for the answer objective and answer perplexity."""
+    kind, path, part = _parse(spec)
     if kind == "gsm8k":
         records = read_jsonl(path or packaged_gsm8k_path())
         out = [AnswerExample(GSM8K_PROMPT.format(question=_field(r, "question", spec)), _field(r, "answer", spec)) for r in records]
@@ -52,10 +66,7 @@ def answer_examples(spec: str, prompt_field: str = "prompt", answer_field: str =
         out = [AnswerExample(str(_field(r, prompt_field, spec)), str(_field(r, answer_field, spec))) for r in read_jsonl(path)]
     else:
         raise GispError(f"unknown answer data {spec!r}; use gsm8k[:PATH] or jsonl:PATH (with --prompt-field/--answer-field)")
-    out = out[part]
-    if not out:
-        raise GispError(f"answer data {spec!r} selects no examples")
-    return out
+    return _select(out, part, spec, "examples")
 
 
 def _piqa_labels(path: Path) -> list[int]:
@@ -67,8 +78,7 @@ def _piqa_labels(path: Path) -> list[int]:
 
 def choice_examples(spec: str) -> list[ChoiceExample]:
     """Multiple-choice questions for the margin objective and ``mc`` evaluation."""
-    base, part = split_slice(spec)
-    kind, _, path = base.partition(":")
+    kind, path, part = _parse(spec)
     if kind == "piqa" and path:
         records = read_jsonl(path)
         labels = _piqa_labels(Path(path))
@@ -86,22 +96,16 @@ def choice_examples(spec: str) -> list[ChoiceExample]:
             out.append(ChoiceExample(str(_field(r, "context", spec)), choices, label))
     else:
         raise GispError(f"unknown multiple-choice data {spec!r}; use piqa:PATH or mc:PATH")
-    out = out[part]
-    if not out:
-        raise GispError(f"multiple-choice data {spec!r} selects no questions")
-    return out
+    return _select(out, part, spec, "questions")
 
 
 def gsm8k_problems(spec: str) -> list[dict]:
     """GSM8K records (``question``/``answer``) for generation: ``gsm8k`` or ``gsm8k:PATH``, sliceable."""
-    base, part = split_slice(spec)
-    kind, _, path = base.partition(":")
+    kind, path, part = _parse(spec)
     if kind != "gsm8k":
         raise GispError(f"the gsm8k task reads gsm8k or gsm8k:PATH data, not {spec!r}")
-    records = read_jsonl(path or packaged_gsm8k_path())[part]
+    records = _select(read_jsonl(path or packaged_gsm8k_path()), part, spec, "problems")
     for r in records:
         _field(r, "question", spec)
         _field(r, "answer", spec)
-    if not records:
-        raise GispError(f"GSM8K data {spec!r} selects no problems")
     return records
