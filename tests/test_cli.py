@@ -166,3 +166,15 @@ def test_data_slices_and_packaged_gsm8k():
     docs = documents("gsm8k[1000:]")
     assert len(docs) == 319 and docs[0].startswith("Q: ") and "\nA: " in docs[0] and "####" in docs[0]
     assert documents("gsm8k[:2]") == documents("gsm8k")[:2]
+
+
+def test_convert_saves_a_loadable_copy(tiny_dir, tmp_path, capsys):
+    src = tiny_dir("mistral")
+    code, out, err = _run(capsys, "convert", src, "--out", tmp_path / "copy")
+    assert code == 0, err
+    a, _ = gisp.load(str(src))
+    b, _ = gisp.load(str(tmp_path / "copy"))
+    ids = torch.randint(0, 320, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
+    _assert_error(capsys, ["convert", src, "--out", tmp_path / "copy"], "already exists and is not empty")

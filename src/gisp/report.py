@@ -63,6 +63,7 @@ def plot_metric(rows: list[dict], metric: str, path, *, title: str, ylabel: str)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.12, y=0.12)  # room for the point labels
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120)
