@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except GispError as exc:
         print(f"gisp: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `gisp info RUN | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("gisp: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

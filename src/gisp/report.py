@@ -21,12 +21,22 @@ def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _budget(cfg: dict) -> str:
+    """How much calibration data the run used, in the objective's own units."""
+    if cfg.get("max_tokens"):
+        return f"{cfg['max_tokens']} tokens"
+    if cfg.get("objective", "lm") == "lm":
+        return f"{cfg.get('samples')} windows x {cfg.get('seq_len')} tokens"
+    unit = "examples" if cfg.get("objective") == "answer" else "questions"
+    return f"{cfg.get('samples')} {unit} (at most {cfg.get('seq_len')} tokens each)"
+
+
 def info_text(traj: Trajectory) -> str:
     """What ``gisp info`` prints: the run, its steps, and what each layer keeps at the end."""
     cfg = traj.config
     head = [
         f"model: {traj.model.get('spec')} ({traj.model.get('model_type')}, fingerprint {traj.model.get('fingerprint')})",
-        f"data: {cfg.get('data')}  objective: {cfg.get('objective')}  samples: {cfg.get('samples')} x {cfg.get('seq_len')} tokens  seed: {cfg.get('seed')}",
+        f"data: {cfg.get('data')}  objective: {cfg.get('objective')}  calibration: {_budget(cfg)}  seed: {cfg.get('seed')}",
         f"target sparsity: {cfg.get('sparsity')}  steps: {traj.completed_steps}/{cfg.get('steps')} ({cfg.get('schedule')})  "
         f"normalize: {cfg.get('normalize')}  protect-first: {cfg.get('protect_first')}  protect-last: {cfg.get('protect_last')}",
         "sparsity = removed / dense parameters of the decoder layers' projections; model = removed / all parameters",
