@@ -52,20 +52,20 @@ def test_answer_loss_ignores_the_prompt_labels():
 
 def test_margin_gradient_is_difference_of_answer_gradients():
     model = tiny_model("llama-gqa")
-    q = ChoiceExample("Question: what jumps?\nAnswer:", (" the quick brown fox", " tiny text"), 0)
+    q = ChoiceExample("Question: what jumps?\nAnswer:", ("the quick brown fox", "tiny text"), 0)
     [batch] = choice_batches(TOK, [q], samples=None, max_tokens=None, seq_len=64, batch_size=1, seed=0)
     assert batch["correct"].tolist() == [True, False]
     margin = _grads(model, margin_loss(model, batch))
-    correct = _grads(model, answer_loss(model, answer_batches(TOK, [AnswerExample(q.context, q.choices[0])],
+    correct = _grads(model, answer_loss(model, answer_batches(TOK, [AnswerExample(q.context, " " + q.choices[0])],
                                                               samples=None, max_tokens=None, seq_len=64, batch_size=1, seed=0)[0]))
-    wrong = _grads(model, answer_loss(model, answer_batches(TOK, [AnswerExample(q.context, q.choices[1])],
+    wrong = _grads(model, answer_loss(model, answer_batches(TOK, [AnswerExample(q.context, " " + q.choices[1])],
                                                             samples=None, max_tokens=None, seq_len=64, batch_size=1, seed=0)[0]))
     for m, c, w in zip(margin, correct, wrong):
         assert torch.allclose(m, c - w, atol=1e-5)
 
 
 def test_choice_batches_keep_questions_whole_and_mark_gold():
-    qs = [ChoiceExample(f"ctx {i}", (" a", " b", " c"), i % 3) for i in range(5)]
+    qs = [ChoiceExample(f"ctx {i}", ("a", "b", "c"), i % 3) for i in range(5)]
     batches = choice_batches(TOK, qs, samples=None, max_tokens=None, seq_len=32, batch_size=2, seed=0)
     assert [b["input_ids"].shape[0] for b in batches] == [6, 6, 3]
     assert all(int(b["correct"].sum()) == b["input_ids"].shape[0] // 3 for b in batches)
@@ -93,16 +93,23 @@ def test_option_scoring_matches_hand_computation():
         assert n == len(c) and logprob == pytest.approx(hand, abs=1e-4)
 
 
-def test_multiple_choice_acc_and_acc_norm():
+def test_multiple_choice_acc_and_normalisations():
+    """acc: argmax of summed log-likelihood; acc_norm / acc_bytes: divided by the option's characters / UTF-8
+    bytes, the option taken without the space that joins it to the context (as lm-eval does)."""
     model = tiny_model("llama-mha")
-    qs = [ChoiceExample("The quick brown", (" fox", " fox jumps over the lazy dog"), 1),
-          ChoiceExample("A tiny", (" model", " text"), 1)]
-    scores = continuation_logprobs(model, TOK, [(q.context, c) for q in qs for c in q.choices], progress=False)
+    qs = [ChoiceExample("The quick brown", ("fox", "fox jumps over the lazy dog"), 1),
+          ChoiceExample("A tiny", ("modél", "text"), 1)]
+    scores = continuation_logprobs(model, TOK, [(q.context, " " + c) for q in qs for c in q.choices], progress=False)
     ll = [s for s, _ in scores]
-    acc = sum(int(ll[2 * i + 1] > ll[2 * i]) for i in range(2)) / 2
-    norm = sum(int(ll[2 * i + 1] / len(qs[i].choices[1]) > ll[2 * i] / len(qs[i].choices[0])) for i in range(2)) / 2
+
+    def hits(length):
+        return sum(int(ll[2 * i + 1] / length(q.choices[1]) > ll[2 * i] / length(q.choices[0])) for i, q in enumerate(qs)) / 2
+
     result = multiple_choice(model, TOK, qs, progress=False)
-    assert (result.acc, result.acc_norm, result.questions) == (acc, norm, 2)
+    assert result.questions == 2
+    assert result.acc == hits(lambda c: 1)
+    assert result.acc_norm == hits(len)
+    assert result.acc_bytes == hits(lambda c: len(c.encode("utf-8")))
 
 
 def test_answer_perplexity_is_exp_mean_nll():
@@ -119,7 +126,7 @@ def test_piqa_and_generic_loaders(tmp_path):
     (tmp_path / "dev-labels.lst").write_text("1\n0\n1\n")
     qs = choice_examples(f"piqa:{tmp_path / 'dev.jsonl'}[1:]")
     assert [q.label for q in qs] == [0, 1]
-    assert qs[0].context == "Question: g1\nAnswer:" and qs[0].choices == (" x", " y")
+    assert qs[0].context == "Question: g1\nAnswer:" and qs[0].continuations() == [" x", " y"]
     (tmp_path / "mc.jsonl").write_text(json.dumps({"context": "c", "choices": ["a", "b", "c"], "label": 2}))
     assert choice_examples(f"mc:{tmp_path / 'mc.jsonl'}")[0].choices == ("a", "b", "c")
     (tmp_path / "bad.jsonl").write_text(json.dumps({"context": "c", "choices": ["a"], "label": 3}))

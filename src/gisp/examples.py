@@ -6,7 +6,8 @@ Specs (each takes a trailing slice over examples, e.g. ``piqa:dev.jsonl[:500]``)
   solution), or ``jsonl:PATH`` with ``prompt_field`` / ``answer_field``;
 - multiple choice: ``piqa:PATH`` (``goal``/``sol1``/``sol2``, labels from the sibling
   ``*-labels.lst``; prompt ``"Question: {goal}\\nAnswer:"``, options ``" {sol}"``), or ``mc:PATH``
-  with the generic schema ``{"context": ..., "choices": [...], "label": i}``.
+  with the generic schema ``{"context": ..., "choices": [...], "label": i}``; options follow the
+  context after a space, as lm-eval joins them (``"delimiter"`` in a record overrides it).
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ class AnswerExample:
 
 @dataclass(frozen=True)
 class ChoiceExample:
+    """A question; option ``i`` is scored as the continuation ``delimiter + choices[i]`` of ``context``
+    (lm-eval's ``target_delimiter``, a space by default)."""
+
     context: str
     choices: tuple[str, ...]
     label: int
+    delimiter: str = " "
+
+    def continuations(self) -> list[str]:
+        return [self.delimiter + c for c in self.choices]
 
 
 def _field(record: dict, name: str, where: str):
@@ -84,7 +92,7 @@ def choice_examples(spec: str) -> list[ChoiceExample]:
         labels = _piqa_labels(Path(path))
         if len(labels) != len(records):
             raise GispError(f"{path}: {len(records)} questions but {len(labels)} labels")
-        out = [ChoiceExample(PIQA_PROMPT.format(goal=_field(r, "goal", spec)), (f" {r['sol1']}", f" {r['sol2']}"), y)
+        out = [ChoiceExample(PIQA_PROMPT.format(goal=_field(r, "goal", spec)), (r["sol1"], r["sol2"]), y)
                for r, y in zip(records, labels)]
     elif kind == "mc" and path:
         out = []
@@ -93,7 +101,7 @@ def choice_examples(spec: str) -> list[ChoiceExample]:
             label = int(_field(r, "label", spec))
             if not 0 <= label < len(choices) or len(choices) < 2:
                 raise GispError(f"{spec}: label {label} does not index {len(choices)} choices")
-            out.append(ChoiceExample(str(_field(r, "context", spec)), choices, label))
+            out.append(ChoiceExample(str(_field(r, "context", spec)), choices, label, str(r.get("delimiter", " "))))
     else:
         raise GispError(f"unknown multiple-choice data {spec!r}; use piqa:PATH or mc:PATH")
     return _select(out, part, spec, "questions")

@@ -106,7 +106,7 @@ def choice_batches(
 
     ``batch_size`` counts questions; each batch carries ``correct`` [B] marking the gold options.
     """
-    questions = [[scored_sequence(tokenizer, e.context, c, seq_len) for c in e.choices] for e in examples]
+    questions = [[scored_sequence(tokenizer, e.context, c, seq_len) for c in e.continuations()] for e in examples]
     keyed = list(zip(questions, [e.label for e in examples]))
     chosen = _take(keyed, samples, max_tokens, lambda q: sum(len(s) for s, _ in q[0]), seed)
     pid = pad_id(tokenizer)

@@ -2,8 +2,9 @@
 
 Each option is scored by the summed log-probability of its tokens given the context (split as
 lm-eval splits them, :func:`gisp.data.encode_pair`). ``acc`` takes the argmax; ``acc_norm`` the
-argmax of log-likelihood divided by the option's length in UTF-8 bytes (lm-eval divides by
-characters; the two agree on ASCII text such as PIQA).
+argmax of log-likelihood divided by the option's length in characters (lm-eval's ``acc_norm``),
+``acc_bytes`` by its length in UTF-8 bytes (GISP.md; lm-eval's ``acc_bytes``). Lengths are of the
+option text without the delimiter that joins it to the context, as in lm-eval.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gisp.objectives import token_ce
 class ChoiceResult:
     acc: float
     acc_norm: float
+    acc_bytes: float
     questions: int
 
 
@@ -52,17 +54,18 @@ def continuation_logprobs(model: nn.Module, tokenizer, pairs: list[tuple[str, st
 
 def multiple_choice(model: nn.Module, tokenizer, examples: list[ChoiceExample], *, batch_size: int = 16,
                     progress: bool = True) -> ChoiceResult:
-    """``acc`` and ``acc_norm`` over ``examples``."""
-    pairs = [(e.context, c) for e in examples for c in e.choices]
+    """``acc``, ``acc_norm`` and ``acc_bytes`` over ``examples``."""
+    pairs = [(e.context, c) for e in examples for c in e.continuations()]
     scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size, progress))
-    hits = hits_norm = 0
+    hits = torch.zeros(3)
     for e in examples:
-        ll = torch.tensor([next(scores)[0] for _ in e.choices])
-        lengths = torch.tensor([len(c.encode("utf-8")) for c in e.choices], dtype=torch.float64)
-        hits += int(ll.argmax()) == e.label
-        hits_norm += int((ll / lengths).argmax()) == e.label
+        ll = torch.tensor([next(scores)[0] for _ in e.choices], dtype=torch.float64)
+        chars = torch.tensor([len(c) for c in e.choices], dtype=torch.float64)
+        nbytes = torch.tensor([len(c.encode("utf-8")) for c in e.choices], dtype=torch.float64)
+        hits += torch.tensor([int(v.argmax()) == e.label for v in (ll, ll / chars, ll / nbytes)], dtype=torch.float32)
     n = len(examples)
-    return ChoiceResult(acc=hits / n, acc_norm=hits_norm / n, questions=n)
+    acc, acc_norm, acc_bytes = (hits / n).tolist()
+    return ChoiceResult(acc=acc, acc_norm=acc_norm, acc_bytes=acc_bytes, questions=n)
 
 
 def answer_perplexity(model: nn.Module, tokenizer, examples: list[AnswerExample], *, batch_size: int = 8,

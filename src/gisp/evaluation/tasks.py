@@ -90,7 +90,8 @@ def summary_line(task: str, result: dict) -> str:
     if task == "answer_ppl":
         return f"answer perplexity {result['ppl']:.4f} over {result['tokens']} answer tokens of {result['examples']} examples"
     if task == "mc":
-        return f"acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  ({result['questions']} questions)"
+        return (f"acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  acc_bytes {result['acc_bytes']:.4f}  "
+                f"({result['questions']} questions)")
     if task == "gsm8k":
         return f"exact match {result['exact_match']:.4f} ({result['correct']}/{result['problems']}, {result['shots']}-shot)"
     return (f"prefill {result['prefill_tokens_per_s']:.1f} tok/s ({result['batch']}x{result['seq_len']}), "
