@@ -125,3 +125,25 @@ def test_config_rejects_unknown_keys_and_bad_values():
 def test_unreachable_sparsity_is_refused_before_any_work():
     with pytest.raises(GispError, match=r"out of reach with 2 protected layers \(at most 0\.58"):
         _prune("llama-mha", sparsity=0.6, importance=_Crash(None, 1))
+
+
+def test_public_api_takes_a_user_loss(tmp_path):
+    """gisp.prune with an in-memory model, a custom objective and custom batches."""
+    import gisp
+
+    calls = []
+
+    def first_token_loss(model, batch):
+        calls.append(batch["input_ids"].shape[0])
+        return model(input_ids=batch["input_ids"]).logits[:, 0].logsumexp(-1).mean()
+
+    model = tiny_model("qwen3", layers=6)
+    traj = gisp.prune(model=model, objective=first_token_loss, batches=_batches(), data="custom", sparsity=0.3,
+                      steps=2, protect_first=0.2, out=tmp_path / "run", progress=False)
+    assert calls == [4, 2] * 2 + [4, 2]  # two gradient passes, then the final loss
+    assert traj.completed_steps == 2 and traj.steps[-1].sparsity > 0.29
+    assert Trajectory.load(tmp_path / "run").model["spec"] == "in-memory model"
+    with pytest.raises(GispError, match="pass either a PruneConfig or its fields"):
+        gisp.prune(PruneConfig(model="m", data="d"), sparsity=0.2)
+    with pytest.raises(GispError, match="needs its tokenizer"):
+        gisp.prune(model=tiny_model("qwen3"), data="gsm8k", sparsity=0.2)

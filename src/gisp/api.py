@@ -10,6 +10,7 @@ from gisp import models
 from gisp.adapters import adapter_for
 from gisp.calibration import build_batches, read_source
 from gisp.config import PruneConfig
+from gisp.errors import GispError
 from gisp.export import ExportInfo
 from gisp.export import export as _export
 from gisp.importance import TaylorImportance
@@ -28,21 +29,26 @@ def prune(
 
     Either pass a :class:`PruneConfig` or its fields as keywords, e.g.
     ``gisp.prune(model="smollm2-135m", data="gsm8k", sparsity=0.3, steps=4, out="runs/x")``.
-    ``model`` is a MODEL spec, or a model already loaded (then pass its ``tokenizer`` too; the
-    record names it by ``config.model``, else by its ``name_or_path``). ``objective`` is any ``(model, batch) -> loss`` callable and ``batches`` a list of
-    dicts it understands; by default the config's objective on its calibration data.
-    A model passed in is pruned in place (its removed structures are zeroed).
+    ``model`` is a MODEL spec, or a model already loaded (then pass its ``tokenizer`` too, unless
+    you pass ``batches``; the record names it by ``config.model``, else by its ``name_or_path``).
+    ``objective`` is any ``(model, batch) -> scalar loss`` callable and ``batches`` a list of dicts
+    it understands; by default the config's objective on its calibration data. A model passed in
+    is pruned in place (its removed structures are zeroed).
     """
     if isinstance(model, str):
         model, settings = None, settings | {"model": model}
     elif model is not None and "model" not in settings:
         settings["model"] = getattr(model, "name_or_path", "") or "in-memory model"
+    if config is not None and set(settings) - {"model"}:
+        raise GispError(f"pass either a PruneConfig or its fields, not both (got {', '.join(sorted(settings))})")
     config = config or PruneConfig.from_dict(settings)
     source = read_source(config) if batches is None else None  # bad data fails before any model loads
     if model is None:
         adapter_for(models.load_config(config.model))  # fail fast on unknown types, before loading weights
         model, tokenizer = models.load(config.model, config.dtype)
     adapter_for(model.config)
+    if batches is None and tokenizer is None:
+        raise GispError("a model passed in needs its tokenizer to build calibration batches (or pass batches=...)")
     if batches is None:
         batches = build_batches(config, source, tokenizer)
     importance = TaylorImportance(batches, objective or OBJECTIVES[config.objective], progress=progress)
