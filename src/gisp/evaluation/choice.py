@@ -57,12 +57,12 @@ def multiple_choice(model: nn.Module, tokenizer, examples: list[ChoiceExample], 
     """``acc``, ``acc_norm`` and ``acc_bytes`` over ``examples``."""
     pairs = [(e.context, c) for e in examples for c in e.continuations()]
     scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size, progress))
-    hits = torch.zeros(3)
+    hits = torch.zeros(3, dtype=torch.float64)
     for e in examples:
         ll = torch.tensor([next(scores)[0] for _ in e.choices], dtype=torch.float64)
         chars = torch.tensor([len(c) for c in e.choices], dtype=torch.float64)
         nbytes = torch.tensor([len(c.encode("utf-8")) for c in e.choices], dtype=torch.float64)
-        hits += torch.tensor([int(v.argmax()) == e.label for v in (ll, ll / chars, ll / nbytes)], dtype=torch.float32)
+        hits += torch.tensor([int(v.argmax()) == e.label for v in (ll, ll / chars, ll / nbytes)], dtype=torch.float64)
     n = len(examples)
     acc, acc_norm, acc_bytes = (hits / n).tolist()
     return ChoiceResult(acc=acc, acc_norm=acc_norm, acc_bytes=acc_bytes, questions=n)
