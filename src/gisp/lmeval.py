@@ -44,7 +44,8 @@ def gsm8k_task(source: Path, shots: int = 8) -> dict:
     read_jsonl(source)  # fail early on a missing or malformed file
     samples = [{"question": r["question"], "target": chain_of_thought(r["answer"])} for r in read_jsonl(EXEMPLARS)[:shots]]
     return {"task": "gisp_gsm8k_cot", **_dataset(source), "output_type": "generate_until",
-            "doc_to_text": "Q: {{question}}\nA:", "doc_to_target": "{{answer.split('####')[-1].strip()}}",
+            "doc_to_text": "Q: {{question}}\nA:", # exemplars carry a worked `target`; test problems the gold `answer`
+            "doc_to_target": "{{answer.split('####')[-1].strip() if answer is defined else target}}",
             "fewshot_config": {"sampler": "first_n", "samples": samples}, "num_fewshot": shots,
             "target_delimiter": " ", "fewshot_delimiter": "\n\n",
             "generation_kwargs": {"do_sample": False, "until": ["Q:", "\n\n"], "max_gen_toks": 256},
