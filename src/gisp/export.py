@@ -201,6 +201,18 @@ def save_dense(model: nn.Module, tokenizer, out: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+def base_model(traj: Trajectory, model: nn.Module | None = None, tokenizer=None, device: str = "cpu"):
+    """The dense model ``traj`` pruned: loaded from its record unless given, verified by fingerprint."""
+    if model is None:
+        model, tokenizer = models.load(traj.model["spec"], traj.config.get("dtype", "float32"), device)
+    if models.fingerprint(model) != traj.model.get("fingerprint"):
+        raise GispError(
+            f"the model given is not the dense model this run pruned ({traj.model.get('spec')}); "
+            "pass the original weights, not a model already pruned in place"
+        )
+    return model, tokenizer
+
+
 def export(
     run: str | Path | Trajectory, sparsity: float, out: str | Path, *,
     model: nn.Module | None = None, tokenizer=None,
@@ -214,15 +226,8 @@ def export(
     out = check_out_dir(out)
     if not 0.0 < sparsity < 1.0:
         raise GispError(f"sparsity must be in (0, 1), got {sparsity:g}")
-    if sparsity > traj.reached_sparsity() + 1e-9:
-        raise GispError(f"sparsity {sparsity:g} was never reached by this run (it reaches {traj.reached_sparsity():.4f})")
-    if model is None:
-        model, tokenizer = models.load(traj.model["spec"], traj.config.get("dtype", "float32"))
-    if models.fingerprint(model) != traj.model.get("fingerprint"):
-        raise GispError(
-            f"the model given is not the dense model this run pruned ({traj.model.get('spec')}); "
-            "pass the original weights, not a model already pruned in place"
-        )
+    traj.check_reachable(sparsity)
+    model, tokenizer = base_model(traj, model, tokenizer)
     adapter = adapter_for(model.config)
     shape = layer_shape(model, adapter)
     masks, step = traj.masks_at_sparsity(sparsity, shape)

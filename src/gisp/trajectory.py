@@ -100,6 +100,15 @@ class Trajectory:
             return float(self.config["sparsity"])
         return self.steps[-1].sparsity if self.steps else 0.0
 
+    def check_reachable(self, sparsity: float) -> None:
+        """Refuse a sparsity this run never reached (checked before any model is loaded)."""
+        reached = self.reached_sparsity()
+        if not 0.0 <= sparsity <= reached + 1e-9:
+            raise GispError(
+                f"sparsity {sparsity:g} was never reached by this run (it reaches {reached:.4f} "
+                f"after {self.completed_steps} steps)"
+            )
+
     def masks_at_sparsity(self, sparsity: float, shape: LayerShape) -> tuple[Masks, int]:
         """The longest prefix of the removal order whose parameter sparsity does not exceed
         ``sparsity``, and the last step that prefix contains completely.
@@ -108,12 +117,7 @@ class Trajectory:
         channel short of its target, and nothing cheaper than a channel exists); between steps it
         continues into the next step's removals in the order that step chose them.
         """
-        reached = self.reached_sparsity()
-        if not 0.0 <= sparsity <= reached + 1e-9:
-            raise GispError(
-                f"sparsity {sparsity:g} was never reached by this run (it reaches {reached:.4f} "
-                f"after {self.completed_steps} steps)"
-            )
+        self.check_reachable(sparsity)
         masks = Masks.dense(shape.geometry)
         budget = sparsity * dense_layer_params(shape) * shape.geometry.num_layers
         removed = 0

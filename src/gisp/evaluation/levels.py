@@ -12,11 +12,10 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from gisp import models
 from gisp.adapters import adapter_for
 from gisp.errors import GispError
 from gisp.evaluation.tasks import PRIMARY, EvalOptions, evaluate_model, evaluate_spec
-from gisp.export import ExportInfo, build_pruned_model, save_export
+from gisp.export import ExportInfo, base_model, build_pruned_model, save_export
 from gisp.pruner import layer_shape, model_parameters
 from gisp.report import plot_metric, table
 from gisp.structures import decoder_params, dense_layer_params
@@ -37,11 +36,8 @@ def evaluate_levels(run_dir: str | Path, levels: list[float], opts: EvalOptions,
     """Dense plus every level: one row each with sparsity, parameters and the task's metrics."""
     traj = Trajectory.load(run_dir)
     for level in levels:
-        if level > traj.reached_sparsity() + 1e-9:
-            raise GispError(f"level {level:g} was never reached by this run (it reaches {traj.reached_sparsity():.4f})")
-    model, tokenizer = models.load(traj.model["spec"], traj.config.get("dtype", "float32"), opts.device)
-    if models.fingerprint(model) != traj.model.get("fingerprint"):
-        raise GispError(f"the model at {traj.model['spec']} is not the one this run pruned")
+        traj.check_reachable(level)
+    model, tokenizer = base_model(traj, device=opts.device)
     shape = layer_shape(model, adapter_for(model.config))
     dense_total = dense_layer_params(shape) * shape.geometry.num_layers
     rows = [{"level": "dense", "step": 0, "sparsity": 0.0, "parameters": model_parameters(model)}
