@@ -20,7 +20,7 @@ from gisp import models
 from gisp.adapters import adapter_for
 from gisp.data import joined_text
 from gisp.masking import apply_masks
-from gisp.pruner import layer_shape
+from gisp.structures import layer_shape
 
 from common import environment, write_results
 

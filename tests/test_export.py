@@ -13,8 +13,7 @@ from safetensors.torch import load_file, save_file
 from gisp.adapters import adapter_for
 from gisp.export import build_pruned_model, save_export, ExportInfo
 from gisp.masking import apply_masks
-from gisp.pruner import layer_shape, model_parameters
-from gisp.structures import Masks, decoder_params
+from gisp.structures import Masks, decoder_params, layer_shape, model_parameters
 
 from conftest import tiny_model
 

@@ -7,8 +7,8 @@ from gisp import PruneConfig
 from gisp.adapters import adapter_for
 from gisp.errors import GispError
 from gisp.importance import TaylorImportance
-from gisp.pruner import layer_shape, run_schedule
-from gisp.structures import decoder_params, dense_layer_params, protected_layers
+from gisp.pruner import run_schedule
+from gisp.structures import decoder_params, dense_layer_params, layer_shape, protected_layers
 from gisp.trajectory import Trajectory
 
 from conftest import tiny_model
@@ -76,11 +76,11 @@ class _Crash:
     def __init__(self, inner, at):
         self.inner, self.at, self.calls = inner, at, 0
 
-    def __call__(self, model, adapter):
+    def __call__(self, model, adapter, context):
         self.calls += 1
         if self.calls == self.at:
             raise KeyboardInterrupt
-        return self.inner(model, adapter)
+        return self.inner(model, adapter, context)
 
 
 def test_interrupted_run_resumes_to_the_same_trajectory(tmp_path):
@@ -123,8 +123,9 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 
 def test_unreachable_sparsity_is_refused_before_any_work():
-    with pytest.raises(GispError, match=r"out of reach with 2 protected layers \(at most 0\.58"):
-        _prune("llama-mha", sparsity=0.6, importance=_Crash(None, 1))
+    # 4 of 6 layers prunable; emptied layers are dropped from exports, so at most 4/6 is reachable
+    with pytest.raises(GispError, match=r"out of reach with 2 protected layers \(at most 0\.6667"):
+        _prune("llama-mha", sparsity=0.7, importance=_Crash(None, 1))
 
 
 def test_public_api_takes_a_user_loss(tmp_path):

@@ -12,7 +12,8 @@ from gisp.data import calibration_batches, joined_text
 from gisp.export import ExportInfo, build_pruned_model, save_export
 from gisp.importance import TaylorImportance
 from gisp.masking import apply_masks
-from gisp.pruner import layer_shape, run_schedule
+from gisp.pruner import run_schedule
+from gisp.structures import layer_shape
 
 import test_export
 

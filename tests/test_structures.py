@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from gisp.adapters import adapter_for
-from gisp.pruner import layer_shape
 from gisp.schedule import target_sparsity
-from gisp.structures import Masks, attention_plan, decoder_params, protected_layers
+from gisp.structures import Masks, attention_plan, decoder_params, layer_shape, protected_layers
 
 from conftest import tiny_model
 

@@ -5,8 +5,7 @@ import torch
 
 from gisp.adapters import adapter_for
 from gisp.errors import GispError
-from gisp.pruner import layer_shape
-from gisp.structures import parameter_sparsity
+from gisp.structures import layer_shape, parameter_sparsity
 from gisp.trajectory import Trajectory
 
 from test_pruner import _prune

@@ -13,7 +13,8 @@ from gisp.config import PruneConfig
 from gisp.errors import GispError
 from gisp.export import ExportInfo
 from gisp.export import export as _export
-from gisp.importance import TaylorImportance
+from gisp.importance import mean_objective
+from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective
 from gisp.pruner import run_schedule
 from gisp.trajectory import Trajectory
@@ -25,15 +26,18 @@ def prune(
     objective: Objective | None = None, batches: list[dict] | None = None,
     progress: bool = True, **settings,
 ) -> Trajectory:
-    """Run GISP and return its trajectory (saved to ``out`` after every step, resumable).
+    """Prune with ``config.method`` (GISP by default) and return the trajectory (saved to ``out``
+    after every step, resumable).
 
     Either pass a :class:`PruneConfig` or its fields as keywords, e.g.
-    ``gisp.prune(model="smollm2-135m", data="gsm8k", sparsity=0.3, steps=4, out="runs/x")``.
+    ``gisp.prune(model="smollm2-135m", data="gsm8k", sparsity=0.3, steps=4, out="runs/x")`` or
+    ``gisp.prune(model=..., data=..., method="wanda-sp", sparsity=0.5, out=...)``.
     ``model`` is a MODEL spec, or a model already loaded (then pass its ``tokenizer`` too, unless
     you pass ``batches``; the record names it by ``config.model``, else by its ``name_or_path``).
     ``objective`` is any ``(model, batch) -> scalar loss`` callable and ``batches`` a list of dicts
     it understands; by default the config's objective on its calibration data. A model passed in
-    is pruned in place (its removed structures are zeroed).
+    is pruned in place (its removed structures are zeroed; FLAP adds its compensation biases).
+    Every method gets the same calibration batches.
     """
     if isinstance(model, str):
         model, settings = None, settings | {"model": model}
@@ -51,9 +55,11 @@ def prune(
         raise GispError("a model passed in needs its tokenizer to build calibration batches (or pass batches=...)")
     if batches is None:
         batches = build_batches(config, source, tokenizer)
-    importance = TaylorImportance(batches, objective or OBJECTIVES[config.objective], progress=progress)
+    objective = objective or OBJECTIVES[config.objective]
+    importance = method_for(config.method).build(MethodInputs(batches, objective, config.seed, progress))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
-    return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress)
+    return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
+                        loss=lambda m: mean_objective(m, batches, objective))
 
 
 def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, model: nn.Module | None = None, tokenizer=None) -> ExportInfo:

@@ -67,8 +67,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from gisp.evaluation.levels import evaluate_levels, levels_table, parse_levels
+    from gisp.evaluation.levels import evaluate_levels, parse_levels
     from gisp.evaluation.tasks import PRIMARY, EvalOptions, evaluate_spec, summary_line
+    from gisp.report import levels_table, write_levels
     from gisp.trajectory import RUN_FILE
 
     opts = EvalOptions(
@@ -84,7 +85,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise GispError(f"--levels needs a run directory; {args.model} holds no {RUN_FILE}")
         if not args.levels:
             raise GispError(f"{args.model} is a run directory: pass --levels, or export a level and evaluate that")
-        rows = evaluate_levels(args.model, parse_levels(args.levels), opts, args.out)
+        rows = evaluate_levels(args.model, parse_levels(args.levels), opts)
+        write_levels(rows, opts, Path(args.out) if args.out else Path(args.model) / f"eval-{opts.task}")
         print(json.dumps({"task": args.task, "data": args.data, "rows": rows}) if args.json else levels_table(rows, args.task))
         return
     results = [("model", args.model, evaluate_spec(args.model, opts))]

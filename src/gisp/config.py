@@ -19,14 +19,17 @@ class PruneConfig:
     ``samples`` counts windows (``lm``), examples (``answer``) or questions (``margin``);
     ``max_tokens``, when set, budgets calibration by tokens instead.
     ``sparsity`` is the final *parameter* sparsity of the decoder layers' seven projections
-    (weights and biases), counted as the exported model holds them.
+    (weights and biases), counted as the exported model holds them. ``method`` names a registered
+    pruning method (:mod:`gisp.methods`); ``steps`` and ``normalize`` left at ``None`` take that
+    method's defaults (``gisp``: 8 steps, ``reference``; the baselines: one shot).
     """
 
     model: str
     data: str
+    method: str = "gisp"
     objective: str = "lm"
     sparsity: float = 0.5
-    steps: int = 8
+    steps: int | None = None
     schedule: str = "linear"
     samples: int = 64
     seq_len: int = 128
@@ -35,7 +38,7 @@ class PruneConfig:
     max_tokens: int | None = None
     prompt_field: str = "prompt"
     answer_field: str = "answer"
-    normalize: str = "reference"
+    normalize: str | None = None
     protect_first: float = 0.1
     protect_last: int = 1
     dtype: str = "float32"
@@ -44,7 +47,17 @@ class PruneConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Reject out-of-range values with a one-line message."""
+        """Reject out-of-range values with a one-line message; fill method defaults."""
+        from gisp.methods import method_for  # the registry imports the importances
+
+        method = method_for(self.method)
+        if self.steps is None:
+            self.steps = method.steps
+        if self.normalize is None:
+            self.normalize = method.normalize
+        elif self.normalize != method.normalize and method.scope != "global":
+            raise GispError(f"--normalize does not apply to method {self.method}: it ranks within each "
+                            f"{'layer' if method.scope == 'layer' else 'depth position'}, not globally")
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
         for name in ("steps", "samples", "seq_len", "batch_size"):

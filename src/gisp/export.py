@@ -1,10 +1,14 @@
 """Materialise a level of a trajectory as a physically smaller Hugging Face checkpoint.
 
 The export holds ``model.safetensors``, ``config.json``, the tokenizer and ``gisp_export.json``
-(provenance). When every layer has the same sizes and the stock config accepts them, it is a plain
-stock checkpoint. Otherwise it carries ``modeling_gisp.py`` (copied from :mod:`gisp.remote`), which
-subclasses the stock class and reads transformers' ``per_layer_config``; it loads with
-``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` without gisp installed.
+(provenance). Layers with no head and no channel left (and no output bias) are dropped:
+``num_hidden_layers`` shrinks and the remaining layers are renumbered, so layer indices and KV
+caches stay consistent. When every remaining layer has the same sizes, no projection gained a
+bias, and the stock config accepts them, it is a plain stock checkpoint. Otherwise it carries
+``modeling_gisp.py`` (copied from :mod:`gisp.remote`), which subclasses the stock class, reads
+transformers' ``per_layer_config`` and adds the biases named in ``added_biases`` (FLAP's
+compensation); it loads with ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``
+without gisp installed.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from torch import nn
 
 from gisp import models
 from gisp.adapters import ModelAdapter, adapter_for
+from gisp.compensation import InputMeans, output_bias
 from gisp.errors import GispError
-from gisp.pruner import layer_shape, model_parameters
 from gisp.remote import modeling_gisp
 from gisp.structures import (
     AttentionPlan,
@@ -33,6 +37,8 @@ from gisp.structures import (
     attention_plan,
     decoder_params,
     dense_layer_params,
+    layer_shape,
+    model_parameters,
 )
 from gisp.trajectory import Trajectory
 
@@ -98,31 +104,94 @@ def _sliced_mlp(mods, kept: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
+@dataclass
+class SlicedModel:
+    """A pruned model as tensors: the state dict, each kept layer's sizes, which dense layers are
+    kept (in order), and the projections that gained a bias (module names in the export)."""
+
+    state: dict[str, torch.Tensor]
+    sizes: list[LayerSizes]
+    kept_layers: list[int]
+    added_biases: list[str]
+
+
+def _compensated_biases(mods, masks: Masks, layer: int, means: InputMeans, hd: int) -> dict[str, torch.Tensor]:
+    """``o`` / ``down`` biases (base bias plus compensation) of a layer with removed features."""
+    out = {}
+    removed_attention = (~masks.heads[layer]).repeat_interleave(hd)  # [H] -> [H*hd]
+    for role, removed, feature_means in (("o", removed_attention, means.attention[layer]),
+                                         ("down", ~masks.channels[layer], means.mlp[layer])):
+        if removed.any():
+            linear = getattr(mods, role)
+            bias = output_bias(linear.weight, removed, feature_means)
+            out[f"{role}.bias"] = bias if linear.bias is None else linear.bias + bias
+    return out
+
+
 @torch.no_grad()
-def sliced_state_dict(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> tuple[dict[str, torch.Tensor], list[LayerSizes]]:
-    """The base state dict with every projection cut to ``masks``, and each layer's new sizes."""
+def sliced_state_dict(model: nn.Module, adapter: ModelAdapter, masks: Masks, means: InputMeans | None = None) -> SlicedModel:
+    """The base state dict with every projection cut to ``masks`` (plus compensation biases from
+    the dense weights when ``means`` is given), empty layers dropped and the rest renumbered."""
     names = {id(m): n for n, m in model.named_modules()}
-    shape = layer_shape(model, adapter)
+    shape = layer_shape(model, adapter, compensate=means is not None)
+    hd = shape.geometry.head_dim
     state = dict(model.state_dict())
-    sizes = []
+    sizes, added = [], []
     for layer, mods in enumerate(adapter.all_layer_modules(model)):
         plan = attention_plan(masks.heads[layer], shape)
-        sliced = _sliced_attention(mods, plan, shape.geometry.head_dim) | _sliced_mlp(mods, masks.channels[layer])
+        sliced = _sliced_attention(mods, plan, hd) | _sliced_mlp(mods, masks.channels[layer])
+        if means is not None:
+            sliced |= _compensated_biases(mods, masks, layer, means, hd)
         linears = mods.linears()
         for key, tensor in sliced.items():
             role, param = key.split(".")
-            state[f"{names[id(linears[role])]}.{param}"] = tensor.clone()
+            name = names[id(linears[role])]
+            if param == "bias" and linears[role].bias is None:
+                added.append(name)
+            state[f"{name}.{param}"] = tensor.clone()
         sizes.append(LayerSizes(plan.num_heads, plan.num_kv_heads, int(masks.channels[layer].sum())))
-    return state, sizes
+    dropped = set(masks.empty_layers()) if shape.droppable else set()
+    kept = [i for i in range(len(sizes)) if i not in dropped]
+    rename = _renumber([names[id(layer)] for layer in adapter.layers(model)], kept)
+    state = {new: state[old] for old, new in _renamed_keys(state, rename)}
+    added = [new for old, new in _renamed_keys(dict.fromkeys(added), rename)]
+    return SlicedModel(state, [sizes[i] for i in kept], kept, added)
 
 
-def export_config(base_config, adapter: ModelAdapter, sizes: list[LayerSizes]):
+def _renumber(layer_names: list[str], kept: list[int]) -> dict[str, str | None]:
+    """Old layer prefix -> new prefix (``None``: dropped). ``model.layers.7`` -> ``model.layers.5``."""
+    container = layer_names[0].rsplit(".", 1)[0]
+    mapping: dict[str, str | None] = {name: None for name in layer_names}
+    for new, old in enumerate(kept):
+        mapping[layer_names[old]] = f"{container}.{new}"
+    return mapping
+
+
+def _renamed_keys(keys, rename: dict[str, str | None]):
+    """``(old, new)`` for every key, keys under a dropped layer left out."""
+    for key in keys:
+        for old, new in rename.items():
+            if key == old or key.startswith(old + "."):
+                if new is not None:
+                    yield key, new + key[len(old):]
+                break
+        else:
+            yield key, key
+
+
+def export_config(base_config, adapter: ModelAdapter, sliced: SlicedModel):
     """Config for the sliced model, and whether it needs ``modeling_gisp.py``."""
     values = {k: v for k, v in base_config.to_dict().items() if k not in _DROP_CONFIG_KEYS}
     values["head_dim"] = adapter.geometry().head_dim
-    uniform = len(set(sizes)) == 1
-    if uniform:
-        values.update(asdict(sizes[0]))
+    dense_layers = values["num_hidden_layers"]
+    if len(sliced.kept_layers) != dense_layers:  # per-layer lists (e.g. layer_types) follow the kept layers
+        values = {k: [v[i] for i in sliced.kept_layers] if isinstance(v, list) and len(v) == dense_layers else v
+                  for k, v in values.items()}
+        values["num_hidden_layers"] = len(sliced.kept_layers)
+    uniform = len(set(sliced.sizes)) <= 1
+    if uniform and sliced.sizes:
+        values.update(asdict(sliced.sizes[0]))
+    if uniform and not sliced.added_biases:
         try:
             return type(base_config)(**values), False
         except Exception:  # stock validation, e.g. Llama's hidden_size % num_heads check
@@ -130,7 +199,9 @@ def export_config(base_config, adapter: ModelAdapter, sizes: list[LayerSizes]):
     prefix = adapter.remote_class_prefix
     config = getattr(modeling_gisp, f"{prefix}Config")(**values)
     if not uniform:
-        config.per_layer_config = {i: asdict(s) for i, s in enumerate(sizes)}
+        config.per_layer_config = {i: asdict(s) for i, s in enumerate(sliced.sizes)}
+    if sliced.added_biases:
+        config.added_biases = sliced.added_biases
     config.auto_map = {
         "AutoConfig": f"modeling_gisp.{prefix}Config",
         "AutoModelForCausalLM": f"modeling_gisp.{prefix}ForCausalLM",
@@ -138,19 +209,20 @@ def export_config(base_config, adapter: ModelAdapter, sizes: list[LayerSizes]):
     return config, True
 
 
-def build_pruned_model(model: nn.Module, masks: Masks) -> tuple[nn.Module, bool]:
-    """A new, physically smaller model equal to ``model`` under ``masks``; and if it needs remote code."""
+def build_pruned_model(model: nn.Module, masks: Masks, means: InputMeans | None = None) -> tuple[nn.Module, bool]:
+    """A new, physically smaller model equal to ``model`` under ``masks`` (and compensation
+    ``means``); and whether it needs remote code."""
     from transformers import AutoModelForCausalLM
 
     adapter = adapter_for(model.config)
-    state, sizes = sliced_state_dict(model, adapter, masks)
-    config, remote = export_config(model.config, adapter, sizes)
+    sliced = sliced_state_dict(model, adapter, masks, means)
+    config, remote = export_config(model.config, adapter, sliced)
     dtype = next(model.parameters()).dtype
     if remote:
         pruned = getattr(modeling_gisp, f"{adapter.remote_class_prefix}ForCausalLM")(config).to(dtype)
     else:
         pruned = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    pruned.load_state_dict(state, strict=True)
+    pruned.load_state_dict(sliced.state, strict=True)
     return pruned.eval(), remote
 
 
@@ -229,9 +301,9 @@ def export(
     traj.check_reachable(sparsity)
     model, tokenizer = base_model(traj, model, tokenizer)
     adapter = adapter_for(model.config)
-    shape = layer_shape(model, adapter)
+    shape = layer_shape(model, adapter, compensate=traj.compensated)
     masks, step = traj.masks_at_sparsity(sparsity, shape)
-    pruned, remote = build_pruned_model(model, masks)
+    pruned, remote = build_pruned_model(model, masks, traj.input_means)
     info = _info(out, sparsity, step, masks, shape, model, pruned, remote, traj.model)
     save_export(pruned, tokenizer, remote, info, out)
     return info

@@ -1,14 +1,20 @@
-"""First-order Taylor importance: an importance is a callable ``(model, adapter) -> Scores``.
+"""Importances: callables ``(model, adapter, context) -> Scores``.
+
+An importance scores every head and MLP channel (or every layer) of the model as it stands at the
+start of a step. This module holds the interface and the gradient-based one;
+:mod:`gisp.activations` holds the forward-statistics ones. Pruning methods
+(:mod:`gisp.methods`) pair an importance with a ranking scope.
 
 :class:`TaylorImportance` averages the objective's gradient over the whole calibration set in
 float32 (gradients are taken only for the seven prunable projections, not embeddings or lm_head),
-then scores every head and channel with :mod:`gisp.saliency`.
+then sums ``|W * g|`` per structure with :mod:`gisp.saliency`: per query head (GISP) or per
+coupled KV group (LLM-Pruner).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -16,27 +22,50 @@ from tqdm.auto import tqdm
 
 from gisp import saliency
 from gisp.adapters.base import ModelAdapter
+from gisp.compensation import InputMeans
 from gisp.objectives import Objective, lm_loss
+from gisp.structures import LayerShape, Masks
+
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What an importance may know about the step it scores for."""
+
+    step: int
+    target: float  # parameter sparsity this step reaches
+    masks: Masks  # structures kept before this step
+    protected: tuple[int, ...]
+    shape: LayerShape
+    seed: int = 0
 
 
 @dataclass
 class Scores:
-    """Raw (unnormalised) structure scores and the mean objective value they came from."""
+    """Raw structure scores (higher = more important) and what they came from.
+
+    ``loss``: the mean objective of the model scored, when the importance computed it.
+    ``layers``: one score per layer, for depth-scope methods.
+    ``input_means``: mean inputs of ``o_proj`` / ``down_proj``, for compensating methods.
+    """
 
     heads: torch.Tensor  # [L, H] float32
     channels: torch.Tensor  # [L, F] float32
-    loss: float
+    loss: float | None = None
+    layers: torch.Tensor | None = None  # [L]
+    input_means: InputMeans | None = None
 
 
 class Importance(Protocol):
-    def __call__(self, model: nn.Module, adapter: ModelAdapter) -> Scores: ...
+    def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext) -> Scores: ...
 
 
-def _batch_size(batch: dict) -> int:
+def batch_size(batch: dict) -> int:
     return int(batch["input_ids"].shape[0])
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -45,33 +74,36 @@ class TaylorImportance:
     """``|W * dL/dW|`` summed per structure, ``dL/dW`` averaged over all calibration batches.
 
     Each micro-batch's loss is weighted by its share of the sequences, so the accumulated gradient
-    is the calibration-set mean regardless of how it is split.
+    is the calibration-set mean regardless of how it is split. ``aggregate``: ``"head"`` scores
+    each query head by its q rows and o columns (K/V too under multi-head attention), as GISP;
+    ``"kv-group"`` scores each KV group by all its q/k/v rows and o columns and gives that score to
+    each of its query heads, as LLM-Pruner's coupled groups.
     """
 
     batches: list[dict]
     objective: Objective = lm_loss
     progress: bool = True
     description: str = "gradients"
+    aggregate: Literal["head", "kv-group"] = "head"
 
     def average_gradients(self, model: nn.Module, weights: list[nn.Parameter]) -> tuple[list[torch.Tensor], float]:
         """Mean gradient of the objective for ``weights`` (float32) and the mean loss."""
         device = weights[0].device
-        total = sum(_batch_size(b) for b in self.batches)
+        total = sum(batch_size(b) for b in self.batches)
         grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         loss_sum = 0.0
         for batch in tqdm(self.batches, desc=self.description, disable=not self.progress, leave=False):
-            share = _batch_size(batch) / total
-            loss = self.objective(model, _to_device(batch, device))
+            share = batch_size(batch) / total
+            loss = self.objective(model, to_device(batch, device))
             for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
                 acc.add_(g.float(), alpha=share)
             loss_sum += float(loss.detach()) * share
         return grads, loss_sum
 
-    def __call__(self, model: nn.Module, adapter: ModelAdapter) -> Scores:
+    def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext | None = None) -> Scores:
         geo = adapter.geometry()
         layers = adapter.all_layer_modules(model)
-        roles = ("q", "k", "v", "o", "gate", "up", "down")
-        weights = [getattr(mods, r).weight for mods in layers for r in roles]
+        weights = [getattr(mods, r).weight for mods in layers for r in PROJECTIONS]
         flags = [p.requires_grad for p in model.parameters()]
         try:
             for p in model.parameters():
@@ -83,16 +115,21 @@ class TaylorImportance:
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
-        mha = geo.num_kv_heads == geo.num_heads
         heads, channels = [], []
-        for i in range(len(layers)):
-            sal = {r: saliency.weight_saliency(weights[7 * i + j], grads[7 * i + j]) for j, r in enumerate(roles)}
-            heads.append(saliency.head_scores(
-                sal["q"], sal["o"], geo.head_dim,
-                k=sal["k"] if mha else None, v=sal["v"] if mha else None,
-            ))
-            channels.append(saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
+        with torch.no_grad():  # scores hold no autograd graph
+            for i in range(len(layers)):
+                sal = {r: saliency.weight_saliency(weights[7 * i + j], grads[7 * i + j]) for j, r in enumerate(PROJECTIONS)}
+                heads.append(self._heads(sal, geo))
+                channels.append(saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
         return Scores(torch.stack(heads), torch.stack(channels), loss)
+
+    def _heads(self, sal: dict[str, torch.Tensor], geo) -> torch.Tensor:
+        if self.aggregate == "kv-group":
+            groups = saliency.kv_group_scores(sal["q"], sal["k"], sal["v"], sal["o"], geo.head_dim, geo.group_size)
+            return groups.repeat_interleave(geo.group_size)  # [KV] -> [H]: each head carries its group's score
+        mha = geo.num_kv_heads == geo.num_heads
+        return saliency.head_scores(sal["q"], sal["o"], geo.head_dim,
+                                    k=sal["k"] if mha else None, v=sal["v"] if mha else None)
 
     def mean_loss(self, model: nn.Module) -> float:
         """The objective's mean over the calibration set, forward only."""
@@ -103,5 +140,5 @@ class TaylorImportance:
 def mean_objective(model: nn.Module, batches: list[dict], objective: Objective = lm_loss) -> float:
     """Mean objective over the calibration batches, weighted by sequences (forward only)."""
     device = next(model.parameters()).device
-    total = sum(_batch_size(b) for b in batches)
-    return sum(float(objective(model, _to_device(b, device))) * _batch_size(b) / total for b in batches)
+    total = sum(batch_size(b) for b in batches)
+    return sum(float(objective(model, to_device(b, device))) * batch_size(b) / total for b in batches)

@@ -1,45 +1,41 @@
-"""The GISP driver: score, rank globally, remove to the step's target, repeat.
+"""The driver: score, rank, remove to the step's target, repeat.
 
 This file only orchestrates; the math is in :mod:`gisp.saliency`, :mod:`gisp.selection` and
-:mod:`gisp.structures`, the schedule in :mod:`gisp.schedule`, the record in
-:mod:`gisp.trajectory`.
+:mod:`gisp.structures`, the importances in :mod:`gisp.importance` / :mod:`gisp.activations`, the
+methods in :mod:`gisp.methods`, the schedule in :mod:`gisp.schedule`, the record in
+:mod:`gisp.trajectory`. Every method runs through the same loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
 from torch import nn
 from tqdm.auto import tqdm
 
-from gisp.adapters import ModelAdapter, adapter_for
+from gisp.adapters import adapter_for
+from gisp.compensation import compensate
 from gisp.config import PruneConfig
 from gisp.errors import GispError
-from gisp.importance import Importance
+from gisp.importance import Importance, StepContext
 from gisp.masking import apply_masks
-from gisp.saliency import normalize
+from gisp.methods import method_for
+from gisp.methods.base import rank
 from gisp.schedule import target_sparsity
-from gisp.selection import global_ranking, select_under_budget
+from gisp.selection import select_under_budget
 from gisp.structures import (
     LayerShape,
     Masks,
     decoder_params,
     dense_layer_params,
+    layer_shape,
     max_sparsity,
+    model_parameters,
     protected_layers,
 )
 from gisp.trajectory import RUN_FILE, StepRecord, Trajectory
-
-
-def layer_shape(model: nn.Module, adapter: ModelAdapter) -> LayerShape:
-    """Dense geometry and bias flags of ``model``."""
-    return LayerShape.from_modules(adapter.geometry(), adapter.layer_modules(adapter.layers(model)[0]))
-
-
-def model_parameters(model: nn.Module) -> int:
-    """All parameters, tied weights counted once."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) -> Trajectory | None:
@@ -61,8 +57,8 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
     if traj.model.get("fingerprint") != identity.get("fingerprint"):
         raise GispError(f"run directory {run_dir} belongs to another model ({traj.model.get('spec')})")
     ours = config.trajectory_keys()
-    # Settings a run predates take their defaults, so runs of older versions still resume.
-    defaults = {f.name: f.default for f in fields(PruneConfig)}
+    # Settings a run predates take the values that version used, so older runs still resume.
+    defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": "gisp", "steps": 8, "normalize": "reference"}
     theirs = {k: traj.config.get(k, defaults.get(k)) for k in ours}
     if theirs != ours:
         diff = ", ".join(f"{k}: {theirs.get(k)!r} there vs {v!r} here" for k, v in ours.items() if theirs.get(k) != v)
@@ -73,14 +69,18 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
 def run_schedule(
     model: nn.Module, config: PruneConfig, importance: Importance, *,
     identity: dict, run_dir: str | Path | None = None, progress: bool = True,
+    loss: Callable[[nn.Module], float] | None = None,
 ) -> Trajectory:
-    """Prune ``model`` in place over ``config.steps`` steps and return the trajectory.
+    """Prune ``model`` in place over ``config.steps`` steps with ``config.method`` and return the trajectory.
 
     After every step the trajectory is saved to ``run_dir`` (if given); calling again with the same
-    arguments resumes after the last saved step and reproduces the same result.
+    arguments resumes after the last saved step and reproduces the same result. ``loss`` measures
+    the calibration objective of a level when the importance does not report it.
     """
+    method = method_for(config.method)
+    loss = loss or getattr(importance, "mean_loss", None)
     adapter = adapter_for(model.config)
-    shape = layer_shape(model, adapter)
+    shape = layer_shape(model, adapter, compensate=method.compensate)
     geo = shape.geometry
     protected = protected_layers(geo.num_layers, config.protect_first, config.protect_last)
     if len(protected) >= geo.num_layers:
@@ -93,42 +93,43 @@ def run_schedule(
         )
     dense_total = dense_layer_params(shape) * geo.num_layers
     model_total = model_parameters(model)
-    traj = open_run(run_dir, config, identity) or Trajectory.empty(geo.num_layers, geo.num_heads, geo.intermediate_size)
+    traj = open_run(run_dir, config, identity) or Trajectory.empty(
+        geo.num_layers, geo.num_heads, geo.intermediate_size, compensated=method.compensate, head_dim=geo.head_dim)
     traj.config, traj.model = config.to_dict(), identity
     masks = traj.masks_at_step(traj.completed_steps)
+    if traj.input_means is not None:  # resuming: the biases of everything removed so far
+        compensate(model, adapter, Masks.dense(geo), masks, traj.input_means)
     apply_masks(model, adapter, masks)
     first = traj.completed_steps + 1
-    for step in tqdm(range(first, config.steps + 1), desc="GISP steps", initial=first - 1,
+    for step in tqdm(range(first, config.steps + 1), desc=f"{method.name} steps", initial=first - 1,
                      total=config.steps, disable=not progress):
-        scores = importance(model, adapter)
-        _record_loss(traj, step - 1, scores.loss)
-        heads, channels = normalize(
-            scores.heads, scores.channels, config.normalize,
-            hidden_size=geo.hidden_size, head_dim=geo.head_dim, intermediate_size=geo.intermediate_size,
-            mha=geo.num_kv_heads == geo.num_heads, heads_alive=masks.heads, channels_alive=masks.channels,
-        )
-        ranking = global_ranking(heads, channels, masks, protected)
         target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
-        removed = dense_total - decoder_params(masks, shape)
-        chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
-        traj.record(step, chosen)
+        context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
+        scores = importance(model, adapter, context)
+        _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
+        ranking = rank(method, scores, masks, protected, geo, config.normalize)
+        before = masks.clone()
+        chosen = select_under_budget(ranking, masks, shape, dense_total - decoder_params(masks, shape), target * dense_total)
+        traj.record(step, chosen, scores.input_means, geo.head_dim)
+        if method.compensate:
+            compensate(model, adapter, before, masks, scores.input_means)
         apply_masks(model, adapter, masks)
         traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total))
         if run_dir is not None:
             traj.save(run_dir)
-    if traj.steps and traj.steps[-1].loss is None and hasattr(importance, "mean_loss"):
-        traj.steps[-1].loss = importance.mean_loss(model)
+    if traj.steps and traj.steps[-1].loss is None and loss is not None:
+        traj.steps[-1].loss = loss(model)
         if run_dir is not None:
             traj.save(run_dir)
     return traj
 
 
-def _record_loss(traj: Trajectory, step: int, loss: float) -> None:
+def _record_loss(traj: Trajectory, step: int, loss: float | None) -> None:
     """Attach the loss measured on the model at ``step``'s level (creating the dense record)."""
     if step == 0 and not traj.steps:
         traj.steps.append(StepRecord(0, 0.0, 0.0, 0.0, 0, 0, loss))
     for record in traj.steps:
-        if record.step == step:
+        if record.step == step and loss is not None:
             record.loss = loss
 
 

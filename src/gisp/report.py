@@ -1,6 +1,13 @@
-"""Plain-text tables for the CLI and the demo."""
+"""Presentation: plain-text tables, plots and result files for the CLI, the demo and benchmarks.
+
+Evaluation and pruning return data; only this module (and its callers) render it.
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
 
 from gisp.structures import protected_layers
 from gisp.trajectory import Trajectory
@@ -79,3 +86,27 @@ def plot_metric(rows: list[dict], metric: str, path, *, title: str, ylabel: str)
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     tmp.replace(path)
+
+
+def levels_table(rows: list[dict], task: str) -> str:
+    """The ``gisp eval --levels`` table: one row per level with the task's metrics."""
+    from gisp.evaluation.tasks import PRIMARY
+
+    metric, _ = PRIMARY[task]
+    extra = {"mc": ["acc_norm"], "speed": ["prefill_tokens_per_s", "peak_memory_mb"]}.get(task, [])
+    return table(["level", "step", "sparsity", "parameters", metric, *extra],
+                 [[r["level"], r["step"], r["sparsity"], f"{r['parameters']:,}", r[metric], *[r[k] for k in extra]] for r in rows])
+
+
+def write_levels(rows: list[dict], opts, out: Path) -> None:
+    """``results.json``, ``results.md`` and ``<metric>.png`` of a ``--levels`` evaluation, in ``out``."""
+    from gisp.evaluation.tasks import PRIMARY
+
+    out.mkdir(parents=True, exist_ok=True)
+    metric, _ = PRIMARY[opts.task]
+    options = {k: v for k, v in asdict(opts).items() if k != "progress"}
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps({"options": options, "rows": rows}, indent=2) + "\n")
+    tmp.replace(out / "results.json")
+    (out / "results.md").write_text(levels_table(rows, opts.task) + "\n")
+    plot_metric(rows, metric, out / f"{metric}.png", title=f"{opts.task} on {opts.data or 'random tokens'}", ylabel=metric)

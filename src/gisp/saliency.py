@@ -1,7 +1,9 @@
-"""Pure tensor math of GISP importance: per-weight saliency, aggregation, normalisation.
+"""Pure tensor math of every importance: per-weight saliency, aggregation, normalisation.
 
-No model, no data: these functions take weights, gradients and scores, so they are unit-tested
-against hand computations.
+No model, no data: these functions take weights, gradients, activation statistics and scores, so
+they are unit-tested against hand computations. Conventions: ``q``/``k``/``v``/``gate``/``up``
+saliencies are ``[out, d]`` (a structure owns rows), ``o``/``down`` are ``[d, in]`` (a structure
+owns columns).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from typing import Literal
 
 import torch
 
-NORMALIZATIONS = ("reference", "params", "zscore")
-Normalization = Literal["reference", "params", "zscore"]
+NORMALIZATIONS = ("reference", "params", "zscore", "none")
+Normalization = Literal["reference", "params", "zscore", "none"]
 
 
 def weight_saliency(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -47,6 +49,64 @@ def channel_scores(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> 
     return gate.sum(1) + up.sum(1) + down.sum(0)
 
 
+def kv_group_scores(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, head_dim: int, group_size: int,
+) -> torch.Tensor:
+    """Sum saliency over each coupled KV group -> [KV] (LLM-Pruner's head groups).
+
+    A group is one KV head's k and v rows plus the q rows and o columns of the ``group_size`` query
+    heads that read it (query head ``h`` reads KV head ``h // group_size``, as ``repeat_kv``).
+    Under multi-head attention (``group_size`` 1) it is one head with its own q/k/v rows.
+    """
+    num_kv = k.shape[0] // head_dim
+    score = q.reshape(num_kv, -1).sum(1)  # [KV*g*hd, d] -> [KV]
+    score = score + o.reshape(o.shape[0], num_kv, group_size * head_dim).sum((0, 2))  # [d, KV, g*hd] -> [KV]
+    return score + k.reshape(num_kv, -1).sum(1) + v.reshape(num_kv, -1).sum(1)
+
+
+def head_reduce(columns: torch.Tensor, head_dim: int, how: Literal["sum", "mean"] = "sum") -> torch.Tensor:
+    """Per-feature scores of ``o_proj``'s inputs ([H*hd]) -> per-head scores ([H])."""
+    per_head = columns.reshape(-1, head_dim)  # [H*hd] -> [H, hd]
+    return per_head.sum(1) if how == "sum" else per_head.mean(1)
+
+
+def wanda_columns(weight: torch.Tensor, input_sq_norm: torch.Tensor) -> torch.Tensor:
+    """Wanda-sp's score of each input column of an output projection -> [in].
+
+    ``weight`` [d, in]; ``input_sq_norm`` [in] is the squared L2 norm of each input feature over
+    all calibration tokens. Score ``mean_i |W_ij| * ||X_j||_2``.
+    """
+    return weight.float().abs().mean(0) * input_sq_norm.float().clamp(min=0).sqrt()
+
+
+def fluctuation(weight: torch.Tensor, input_variance: torch.Tensor) -> torch.Tensor:
+    """FLAP's fluctuation (WIFV) of each input column -> [in]: ``Var(x_j) * ||W[:, j]||^2``."""
+    return input_variance.float() * weight.float().pow(2).sum(0)
+
+
+def standardize(scores: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+    """``(x - mean) / std`` over the alive entries of a 1-D score vector, unbiased std (FLAP);
+    dead entries become ``+inf``. A block with one alive entry (or zero spread) gets zeros."""
+    alive = torch.ones_like(scores, dtype=torch.bool) if alive is None else alive
+    out = torch.full_like(scores, float("inf"), dtype=torch.float32)
+    vals = scores[alive].double()
+    if vals.numel() == 0:
+        return out
+    std = vals.std() if vals.numel() > 1 else vals.new_tensor(0.0)
+    out[alive] = ((vals - vals.mean()) / std if float(std) > 0 else torch.zeros_like(vals)).float()
+    return out
+
+
+def squared_weights(weight: torch.Tensor) -> torch.Tensor:
+    """Per-weight ``W^2``: summed per structure it gives the structure's squared weight norm."""
+    return weight.float().pow(2)
+
+
+def block_influence(hidden_in: torch.Tensor, hidden_out: torch.Tensor) -> torch.Tensor:
+    """ShortGPT's per-token Block Influence ``1 - cos(h_in, h_out)`` ([N, d] each -> [N])."""
+    return 1 - torch.nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
+
+
 def _zscore(scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     """Standardise each row over its alive entries; dead entries become +inf (never re-selected)."""
     out = torch.full_like(scores, float("inf"))
@@ -70,7 +130,10 @@ def normalize(
     - ``params``: each structure divided by its own parameter count (a GQA head owns only its q rows
       and o columns, 2 * hd * d; an MHA head 4 * hd * d; a channel 3 * d).
     - ``zscore``: standardised within each (layer, block type) over the structures still alive.
+    - ``none``: scores are already comparable (e.g. FLAP's standardised fluctuation).
     """
+    if method == "none":
+        return heads, channels
     if method == "reference":
         return heads / (4 * head_dim * hidden_size), channels / (3 * intermediate_size)
     if method == "params":

@@ -1,36 +1,45 @@
-"""Global ranking of heads and channels, and removal under a parameter budget."""
+"""Ranking scopes and removal under a parameter budget.
+
+A ranking is a list of *units*, least important first; a unit is a tuple of structures removed
+together (one head or channel; a whole KV group; a whole layer). Three scopes:
+
+- ``global``: every head and channel of every unprotected layer in one ranking by (normalised)
+  score (GISP, FLAP, magnitude, random);
+- ``layer``: the same fraction of every unprotected layer's heads and channels (Wanda-sp,
+  LLM-Pruner): units are ordered by the fraction of their block that is gone once they are,
+  so any prefix of the ranking is (nearly) uniform across layers and block types;
+- ``depth``: whole layers, lowest score first (ShortGPT).
+
+:func:`select_under_budget` walks any ranking and removes units while the exported parameter count
+stays within the step's target.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from gisp.structures import LayerShape, Masks, attention_params
+from gisp.structures import LayerShape, Masks, Structure, removal_saving, remove, restore
 
-Kind = Literal["head", "channel"]
-
-
-@dataclass(frozen=True)
-class Structure:
-    """One prunable structure: head or MLP channel ``index`` of layer ``layer``."""
-
-    kind: Kind
-    layer: int
-    index: int
+Scope = Literal["global", "layer", "depth"]
+SCOPES = ("global", "layer", "depth")
+Unit = tuple[Structure, ...]
 
 
-def global_ranking(
-    heads: torch.Tensor, channels: torch.Tensor, masks: Masks, protected: list[int]
-) -> list[Structure]:
+def _allowed(num_layers: int, protected: list[int]) -> torch.Tensor:
+    allowed = torch.ones(num_layers, dtype=torch.bool)
+    allowed[protected] = False
+    return allowed
+
+
+def global_ranking(heads: torch.Tensor, channels: torch.Tensor, masks: Masks, protected: list[int]) -> list[Unit]:
     """Alive, unprotected structures of all layers, least important first.
 
     ``heads`` [L, H] and ``channels`` [L, F] are normalised scores. Ties keep a fixed order (heads
     before channels, then layer, then index) so runs are reproducible.
     """
-    allowed = torch.ones(masks.heads.shape[0], dtype=torch.bool)
-    allowed[protected] = False
+    allowed = _allowed(masks.heads.shape[0], protected)
     head_ok = masks.heads & allowed[:, None]
     chan_ok = masks.channels & allowed[:, None]
     head_idx = head_ok.nonzero()  # [n_h, 2] (layer, head)
@@ -38,52 +47,97 @@ def global_ranking(
     scores = torch.cat([heads[head_ok].double(), channels[chan_ok].double()])
     order = torch.argsort(scores, stable=True).tolist()
     n_heads = head_idx.shape[0]
-    ranking = []
+    ranking: list[Unit] = []
     for i in order:
         if i < n_heads:
             layer, index = head_idx[i].tolist()
-            ranking.append(Structure("head", layer, index))
+            ranking.append((Structure("head", layer, index),))
         else:
             layer, index = chan_idx[i - n_heads].tolist()
-            ranking.append(Structure("channel", layer, index))
+            ranking.append((Structure("channel", layer, index),))
     return ranking
 
 
-def removal_saving(structure: Structure, masks: Masks, shape: LayerShape) -> int:
-    """Exported parameters saved by removing ``structure`` from ``masks`` (can be <= 0 for a head
-    whose removal makes a GQA layout need more duplicated K/V rows)."""
-    if structure.kind == "channel":
-        return shape.channel_params
-    kept = masks.heads[structure.layer]
-    after = kept.clone()
-    after[structure.index] = False
-    return attention_params(kept, shape) - attention_params(after, shape)
+def block_fractions(scores: torch.Tensor, alive: torch.Tensor, unit: int = 1) -> torch.Tensor:
+    """For one block's structures ([n] scores, [n] alive), the fraction of the block removed once
+    each alive unit of ``unit`` consecutive structures is removed in ascending score order -> [n]
+    (``inf`` for dead structures).
+
+    The k-th weakest alive unit (0-based) of a block with ``n / unit`` units, ``r`` of them already
+    gone, gets ``(r + k + 1) / (n / unit)``; a unit's score is the mean of its alive members.
+    """
+    n_units = scores.shape[0] // unit
+    unit_alive = alive.reshape(n_units, unit).any(1)  # [n] -> [U]
+    member = alive.reshape(n_units, unit).float()
+    unit_score = (scores.reshape(n_units, unit).double() * member).sum(1) / member.sum(1).clamp(min=1)
+    idx = unit_alive.nonzero()[:, 0]
+    order = idx[torch.argsort(unit_score[idx], stable=True)]
+    removed = int((~unit_alive).sum())
+    frac = torch.full((n_units,), float("inf"), dtype=torch.float64)
+    frac[order] = (removed + torch.arange(1, order.numel() + 1, dtype=torch.float64)) / n_units
+    out = frac.repeat_interleave(unit)  # [U] -> [n]
+    out[~alive] = float("inf")
+    return out
 
 
-def remove(structure: Structure, masks: Masks) -> None:
-    """Mark ``structure`` removed in ``masks`` (in place)."""
-    target = masks.heads if structure.kind == "head" else masks.channels
-    target[structure.layer, structure.index] = False
+def layer_ranking(
+    heads: torch.Tensor, channels: torch.Tensor, masks: Masks, protected: list[int], head_unit: int = 1,
+) -> list[Unit]:
+    """Uniform per-layer ranking: units ordered by :func:`block_fractions` (heads before channels
+    on ties, then layer, then index). ``head_unit`` > 1 removes heads in groups of that many
+    (whole KV groups)."""
+    allowed = _allowed(masks.heads.shape[0], protected)
+    entries: list[tuple[float, int, int, int, Unit]] = []
+    for layer in allowed.nonzero()[:, 0].tolist():
+        for kind, scores, alive, unit in (("head", heads, masks.heads, head_unit), ("channel", channels, masks.channels, 1)):
+            frac = block_fractions(scores[layer], alive[layer], unit)
+            for first in range(0, scores.shape[1], unit):
+                key = float(frac[first:first + unit].min())  # a partly removed unit: its alive members
+                if key == float("inf"):
+                    continue
+                members = tuple(Structure(kind, layer, i) for i in range(first, first + unit) if bool(alive[layer, i]))
+                entries.append((key, 0 if kind == "head" else 1, layer, first, members))
+    entries.sort(key=lambda e: e[:4])
+    return [e[4] for e in entries]
+
+
+def depth_ranking(layer_scores: torch.Tensor, masks: Masks, protected: list[int]) -> list[Unit]:
+    """Whole unprotected layers, lowest score first; each unit is every alive structure of a layer."""
+    allowed = _allowed(masks.heads.shape[0], protected)
+    layers = allowed.nonzero()[:, 0]
+    order = layers[torch.argsort(layer_scores[layers].double(), stable=True)].tolist()
+    ranking: list[Unit] = []
+    for layer in order:
+        unit = tuple(Structure("head", layer, i) for i in masks.heads[layer].nonzero()[:, 0].tolist())
+        unit += tuple(Structure("channel", layer, i) for i in masks.channels[layer].nonzero()[:, 0].tolist())
+        if unit:
+            ranking.append(unit)
+    return ranking
 
 
 def select_under_budget(
-    ranking: list[Structure], masks: Masks, shape: LayerShape, removed: int, target_removed: int
+    ranking: list[Unit], masks: Masks, shape: LayerShape, removed: int, target_removed: float
 ) -> list[Structure]:
-    """Walk ``ranking`` and remove structures while the removed parameter count stays within
-    ``target_removed``; a structure that would overshoot is skipped and the walk goes on.
+    """Walk ``ranking`` and remove units while the removed parameter count stays within
+    ``target_removed``; a unit that would overshoot is skipped and the walk goes on.
 
     ``masks`` is updated in place; returns the structures removed, in order. The walk stops once
     less than one MLP channel's worth of budget is left, so the achieved count lands within one
-    channel below the target whenever channels remain.
+    channel below the target whenever single channels remain to be ranked.
     """
     chosen: list[Structure] = []
-    for structure in ranking:
-        if target_removed - removed < shape.channel_params:
+    budget = target_removed + 0.5  # counts are integers; the target is a float product
+    for unit in ranking:
+        if budget - removed < shape.channel_params:
             break
-        saving = removal_saving(structure, masks, shape)
-        if removed + saving > target_removed:
+        saving = 0
+        for structure in unit:
+            saving += removal_saving(structure, masks, shape)
+            remove(structure, masks)
+        if removed + saving > budget:
+            for structure in unit:
+                restore(structure, masks)
             continue
-        remove(structure, masks)
         removed += saving
-        chosen.append(structure)
+        chosen.extend(unit)
     return chosen

@@ -13,18 +13,27 @@ cheaper of two exact tricks, and both are counted:
   ``2 * head_dim * d``; a zero ``o`` column makes its output exactly zero).
 
 An attention block with no kept head is exported as one dummy head over one zero KV head (its
-output is exactly zero), so stock modeling and KV caches keep working.
+output is exactly zero), so stock modeling and KV caches keep working. A layer with no head and no
+channel left is the identity and is dropped from the export, costing nothing, unless an output bias
+(the base model's, or a compensation bias) keeps adding to the residual stream.
+
+Methods that *compensate* (FLAP) add a bias to ``o_proj`` / ``down_proj`` of every block they prune;
+those biases are counted too.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
 
 import torch
 from torch import nn
 
-from gisp.adapters.base import AttentionGeometry, LayerModules
+from gisp.adapters.base import AttentionGeometry, LayerModules, ModelAdapter
+
+Kind = Literal["head", "channel"]
 
 
 def _has_bias(linear: nn.Linear) -> int:
@@ -32,8 +41,21 @@ def _has_bias(linear: nn.Linear) -> int:
 
 
 @dataclass(frozen=True)
+class Structure:
+    """One prunable structure: head or MLP channel ``index`` of layer ``layer``."""
+
+    kind: Kind
+    layer: int
+    index: int
+
+
+@dataclass(frozen=True)
 class LayerShape:
-    """Dense geometry plus which projections carry a bias (same for every layer)."""
+    """Dense geometry plus which projections carry a bias (same for every layer).
+
+    ``compensate``: pruning a block adds a bias to its output projection (FLAP's bias compensation),
+    so the count charges ``hidden_size`` parameters for each pruned block whose projection had none.
+    """
 
     geometry: AttentionGeometry
     q_bias: int = 0
@@ -43,15 +65,21 @@ class LayerShape:
     gate_bias: int = 0
     up_bias: int = 0
     down_bias: int = 0
+    compensate: bool = False
 
     @classmethod
-    def from_modules(cls, geometry: AttentionGeometry, mods: LayerModules) -> LayerShape:
+    def from_modules(cls, geometry: AttentionGeometry, mods: LayerModules, compensate: bool = False) -> LayerShape:
         """Read the bias flags off one layer's projections."""
         return cls(
             geometry,
             _has_bias(mods.q), _has_bias(mods.k), _has_bias(mods.v), _has_bias(mods.o),
-            _has_bias(mods.gate), _has_bias(mods.up), _has_bias(mods.down),
+            _has_bias(mods.gate), _has_bias(mods.up), _has_bias(mods.down), compensate,
         )
+
+    @property
+    def droppable(self) -> bool:
+        """Whether an emptied layer is the identity (no output bias keeps adding to the residual)."""
+        return not (self.o_bias or self.down_bias or self.compensate)
 
     @property
     def channel_params(self) -> int:
@@ -122,14 +150,29 @@ def attention_plan(kept: torch.Tensor, shape: LayerShape) -> AttentionPlan:
 
 def attention_params(kept: torch.Tensor, shape: LayerShape) -> int:
     """Exported parameter count of one attention block's four projections."""
-    plan = attention_plan(kept, shape)
-    return _attention_cost(plan.num_heads, plan.num_kv_heads, shape)
+    return _attention_params(tuple(bool(k) for k in kept), shape)
+
+
+@lru_cache(maxsize=4096)
+def _attention_params(kept: tuple[bool, ...], shape: LayerShape) -> int:
+    plan = attention_plan(torch.tensor(kept), shape)
+    added = shape.geometry.hidden_size if shape.compensate and not shape.o_bias and not all(kept) else 0
+    return _attention_cost(plan.num_heads, plan.num_kv_heads, shape) + added
 
 
 def mlp_params(num_channels: int, shape: LayerShape) -> int:
     """Exported parameter count of one MLP block's three projections."""
     d = shape.geometry.hidden_size
-    return num_channels * shape.channel_params + shape.down_bias * d
+    pruned = num_channels < shape.geometry.intermediate_size
+    added = d if shape.compensate and not shape.down_bias and pruned else 0
+    return num_channels * shape.channel_params + shape.down_bias * d + added
+
+
+def block_params(kept_heads: torch.Tensor, num_channels: int, shape: LayerShape) -> int:
+    """Exported parameters of one decoder layer's projections: 0 when the layer is dropped."""
+    if num_channels == 0 and not bool(kept_heads.any()) and shape.droppable:
+        return 0
+    return attention_params(kept_heads, shape) + mlp_params(num_channels, shape)
 
 
 def dense_layer_params(shape: LayerShape) -> int:
@@ -160,10 +203,46 @@ class Masks:
         """True when every structure kept here is also kept in ``other`` (nestedness)."""
         return bool((self.heads <= other.heads).all() and (self.channels <= other.channels).all())
 
+    def is_kept(self, structure: Structure) -> bool:
+        target = self.heads if structure.kind == "head" else self.channels
+        return bool(target[structure.layer, structure.index])
+
+    def empty_layers(self) -> list[int]:
+        """Layers with no head and no channel left."""
+        return [layer for layer in range(self.heads.shape[0])
+                if not bool(self.heads[layer].any()) and not bool(self.channels[layer].any())]
+
+
+def remove(structure: Structure, masks: Masks) -> None:
+    """Mark ``structure`` removed in ``masks`` (in place)."""
+    target = masks.heads if structure.kind == "head" else masks.channels
+    target[structure.layer, structure.index] = False
+
+
+def restore(structure: Structure, masks: Masks) -> None:
+    """Mark ``structure`` kept again in ``masks`` (in place)."""
+    target = masks.heads if structure.kind == "head" else masks.channels
+    target[structure.layer, structure.index] = True
+
 
 def layer_params(masks: Masks, layer: int, shape: LayerShape) -> int:
     """Exported parameters of layer ``layer`` under ``masks``."""
-    return attention_params(masks.heads[layer], shape) + mlp_params(int(masks.channels[layer].sum()), shape)
+    return block_params(masks.heads[layer], int(masks.channels[layer].sum()), shape)
+
+
+def removal_saving(structure: Structure, masks: Masks, shape: LayerShape) -> int:
+    """Exported parameters saved by removing ``structure`` from ``masks``.
+
+    Not constant: a GQA head's removal can make its layout need more duplicated K/V rows (<= 0), a
+    compensating method's first removal in a block adds a bias, and removing a layer's last
+    structure drops the whole layer.
+    """
+    heads, channels = masks.heads[structure.layer], int(masks.channels[structure.layer].sum())
+    if structure.kind == "channel":
+        return block_params(heads, channels, shape) - block_params(heads, channels - 1, shape)
+    after = heads.clone()
+    after[structure.index] = False
+    return block_params(heads, channels, shape) - block_params(after, channels, shape)
 
 
 def decoder_params(masks: Masks, shape: LayerShape) -> int:
@@ -180,9 +259,26 @@ def parameter_sparsity(masks: Masks, shape: LayerShape) -> float:
 def max_sparsity(shape: LayerShape, protected: list[int]) -> float:
     """The highest parameter sparsity reachable when every unprotected layer is emptied."""
     g = shape.geometry
-    empty_layer = _attention_cost(1, 1, shape) + mlp_params(0, shape)
+    empty_layer = block_params(torch.zeros(g.num_heads, dtype=torch.bool), 0, shape)
     prunable = g.num_layers - len(protected)
     return prunable * (dense_layer_params(shape) - empty_layer) / (dense_layer_params(shape) * g.num_layers)
+
+
+def uniform_ratio(target: float, shape: LayerShape, protected: list[int]) -> float:
+    """The fraction of every unprotected layer to remove so that the model reaches ``target``
+    (uniform methods; GQA layout overheads ignored, so it is an estimate the budget walk corrects)."""
+    prunable = shape.geometry.num_layers - len(protected)
+    return min(1.0, target * shape.geometry.num_layers / max(prunable, 1))
+
+
+def layer_shape(model: nn.Module, adapter: ModelAdapter, compensate: bool = False) -> LayerShape:
+    """Dense geometry and bias flags of ``model`` (``compensate``: the method adds output biases)."""
+    return LayerShape.from_modules(adapter.geometry(), adapter.layer_modules(adapter.layers(model)[0]), compensate)
+
+
+def model_parameters(model: nn.Module) -> int:
+    """All parameters, tied weights counted once."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def protected_layers(num_layers: int, protect_first: float, protect_last: int) -> list[int]:

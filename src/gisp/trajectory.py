@@ -4,9 +4,10 @@ For every head and channel it records the step at which it was removed and its g
 order (``-1``: never removed). Any prefix of the removal order is a valid nested subnetwork, so one
 run yields a checkpoint at any sparsity up to the run's final one.
 
-On disk (a run directory): ``trajectory.safetensors`` (the four int tensors) and ``run.json``
-(config, base-model identity, per-step records). Both are written to a temporary name and renamed,
-``run.json`` last: a crash leaves the previous complete state.
+On disk (a run directory): ``trajectory.safetensors`` (the four int tensors, plus for methods
+that compensate the mean input of every removed ``o_proj`` / ``down_proj`` feature) and
+``run.json`` (config, base-model identity, per-step records). Both are written to a temporary name
+and renamed, ``run.json`` last: a crash leaves the previous complete state.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from gisp.compensation import InputMeans
 from gisp.errors import GispError
-from gisp.selection import Structure, removal_saving, remove
-from gisp.structures import LayerShape, Masks, dense_layer_params
+from gisp.structures import LayerShape, Masks, Structure, dense_layer_params, removal_saving, remove
 
 TRAJECTORY_FILE = "trajectory.safetensors"
 RUN_FILE = "run.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before methods and compensation
+_ORDER_TENSORS = ("head_step", "head_order", "channel_step", "channel_order")
 
 
 @dataclass
@@ -54,11 +57,20 @@ class Trajectory:
     steps: list[StepRecord] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
+    input_means: InputMeans | None = None  # compensating methods: mean input of removed features
+
+    @property
+    def compensated(self) -> bool:
+        """Whether exports of this run carry compensation biases (and their count includes them)."""
+        return self.input_means is not None
 
     @classmethod
-    def empty(cls, num_layers: int, num_heads: int, intermediate_size: int) -> Trajectory:
+    def empty(cls, num_layers: int, num_heads: int, intermediate_size: int, *, compensated: bool = False,
+              head_dim: int = 0) -> Trajectory:
+        """A run that has removed nothing yet (``compensated``: it records input means)."""
         full = lambda n: torch.full((num_layers, n), -1, dtype=torch.int32)  # noqa: E731
-        return cls(full(num_heads), full(num_heads), full(intermediate_size), full(intermediate_size))
+        means = InputMeans.unmeasured(num_layers, num_heads * head_dim, intermediate_size) if compensated else None
+        return cls(full(num_heads), full(num_heads), full(intermediate_size), full(intermediate_size), input_means=means)
 
     @property
     def completed_steps(self) -> int:
@@ -69,13 +81,17 @@ class Trajectory:
     def num_removed(self) -> int:
         return int((self.head_order >= 0).sum() + (self.channel_order >= 0).sum())
 
-    def record(self, step: int, removed: list[Structure]) -> None:
-        """Append the structures removed at ``step``, in the order they were chosen."""
+    def record(self, step: int, removed: list[Structure], means: InputMeans | None = None, head_dim: int = 0) -> None:
+        """Append the structures removed at ``step``, in the order they were chosen, and (for a
+        compensated run) the mean input of their ``o_proj`` / ``down_proj`` features."""
         start = self.num_removed
         for offset, s in enumerate(removed):
             steps, order = (self.head_step, self.head_order) if s.kind == "head" else (self.channel_step, self.channel_order)
             steps[s.layer, s.index] = step
             order[s.layer, s.index] = start + offset
+        if self.input_means is not None and means is not None:
+            heads = (self.head_step == step).repeat_interleave(head_dim, dim=1)  # [L, H] -> [L, H*hd]
+            self.input_means.take(means, heads, self.channel_step == step)
 
     def masks_at_step(self, step: int) -> Masks:
         """Kept masks after ``step`` (0 = dense)."""
@@ -138,10 +154,9 @@ class Trajectory:
         """Write both files atomically (tensors first, then ``run.json``)."""
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "head_step": self.head_step, "head_order": self.head_order,
-            "channel_step": self.channel_step, "channel_order": self.channel_order,
-        }
+        tensors = {name: getattr(self, name) for name in _ORDER_TENSORS}
+        if self.input_means is not None:
+            tensors |= {"attention_input_mean": self.input_means.attention, "mlp_input_mean": self.input_means.mlp}
         _atomic(run_dir / TRAJECTORY_FILE, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, p))
         meta = {
             "format_version": FORMAT_VERSION,
@@ -164,17 +179,20 @@ class Trajectory:
             tensors = load_file(str(tensor_path))
         except Exception as exc:  # corrupt files are the user's to fix, not a crash
             raise GispError(f"cannot read run directory {run_dir}: {exc}") from exc
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_VERSIONS:
             raise GispError(f"{run_dir}: unsupported run format {meta.get('format_version')!r}")
         done = int(meta["completed_steps"])
         for name in ("head", "channel"):
             late = tensors[f"{name}_step"] > done
             tensors[f"{name}_step"][late] = -1
             tensors[f"{name}_order"][late] = -1
+        means = None
+        if "attention_input_mean" in tensors:
+            means = InputMeans(tensors["attention_input_mean"], tensors["mlp_input_mean"])
         return cls(
-            tensors["head_step"], tensors["head_order"], tensors["channel_step"], tensors["channel_order"],
+            *(tensors[name] for name in _ORDER_TENSORS),
             steps=[StepRecord(**r) for r in meta["steps"] if r["step"] <= done],
-            config=meta["config"], model=meta["model"],
+            config=meta["config"], model=meta["model"], input_means=means,
         )
 
 

@@ -8,11 +8,14 @@ The config follows transformers' ``per_layer_config`` convention: global values 
 dense model's, and ``per_layer_config[i]`` overrides ``num_attention_heads``,
 ``num_key_value_heads`` and ``intermediate_size`` of layer ``i``. Each model class
 subclasses the stock transformers class and only rebuilds its decoder layers from the
-per-layer configs, so the stock forward code runs unchanged.
+per-layer configs, so the stock forward code runs unchanged. ``added_biases`` names linear
+layers (e.g. ``model.layers.3.self_attn.o_proj``) that carry a bias the stock class lacks
+(bias compensation); they get one, filled from the checkpoint.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers.models.llama.configuration_llama import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaForCausalLM
@@ -69,6 +72,9 @@ class _PerLayerModelMixin:
         self.model.layers = nn.ModuleList(
             self.decoder_layer_class(config.per_layer_config[i], i) for i in range(config.num_hidden_layers)
         )
+        for name in getattr(config, "added_biases", None) or []:
+            linear = self.get_submodule(name)
+            linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype))
         self.post_init()
 
 

@@ -1,0 +1,204 @@
+"""Forward statistics of the calibration set, for the activation-based importances.
+
+- :func:`input_stats`: per-feature count, sum and sum of squares of the inputs of every layer's
+  ``o_proj`` and ``down_proj`` in one forward pass (FLAP's fluctuation and means, Wanda-sp's norms).
+- :func:`layerwise_input_stats`: the same, layer by layer, each layer fed the outputs of the
+  earlier layers *as pruned* (Wanda-sp's sequential setting): a callback decides what to remove in
+  a layer from its statistics, and that layer's outputs are recomputed with it removed.
+- :func:`block_influence`: ShortGPT's ``1 - cos(h_in, h_out)`` per layer.
+
+Padding (``attention_mask`` 0) is excluded from every statistic. Hooks are registered for one
+pass and always removed; the model's weights are never modified here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from gisp import saliency
+from gisp.adapters.base import ModelAdapter
+from gisp.importance import to_device
+
+
+@dataclass
+class FeatureStats:
+    """Running per-feature statistics of a linear layer's input, in float64."""
+
+    count: int = 0
+    total: torch.Tensor | None = None  # [n]
+    squares: torch.Tensor | None = None  # [n]
+
+    def add(self, x: torch.Tensor) -> None:
+        """Accumulate tokens ``x`` [N, n]."""
+        x = x.detach().double()
+        if self.total is None:
+            self.total = torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device)
+            self.squares = torch.zeros_like(self.total)
+        self.count += x.shape[0]
+        self.total += x.sum(0)
+        self.squares += x.pow(2).sum(0)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.total / max(self.count, 1)).float().cpu()
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Unbiased sample variance over tokens."""
+        n = max(self.count, 2)
+        return ((self.squares - self.total.pow(2) / self.count) / (n - 1)).clamp(min=0).float().cpu()
+
+    @property
+    def sq_norm(self) -> torch.Tensor:
+        """Squared L2 norm of each feature over all tokens."""
+        return self.squares.float().cpu()
+
+
+@dataclass
+class LayerStats:
+    """Input statistics of one layer's ``o_proj`` (attention) and ``down_proj`` (mlp)."""
+
+    attention: FeatureStats = field(default_factory=FeatureStats)
+    mlp: FeatureStats = field(default_factory=FeatureStats)
+
+
+def _tokens(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Real tokens of ``x`` [B, T, n] -> [N, n] (padding dropped)."""
+    return x.reshape(-1, x.shape[-1]) if valid is None else x[valid]
+
+
+def _valid(batch: dict) -> torch.Tensor | None:
+    mask = batch.get("attention_mask")
+    return None if mask is None else mask.bool()
+
+
+@contextmanager
+def _hooks(handles: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _stats_hooks(adapter: ModelAdapter, layer: nn.Module, stats: LayerStats, valid: list) -> list:
+    """Pre-hooks that feed ``o_proj`` / ``down_proj`` inputs into ``stats``; ``valid[0]`` is the
+    current batch's token mask."""
+    mods = adapter.layer_modules(layer)
+    return [mods.o.register_forward_pre_hook(lambda m, args: stats.attention.add(_tokens(args[0], valid[0]))),
+            mods.down.register_forward_pre_hook(lambda m, args: stats.mlp.add(_tokens(args[0], valid[0])))]
+
+
+@torch.no_grad()
+def input_stats(model: nn.Module, adapter: ModelAdapter, batches: list[dict], progress: bool = True) -> list[LayerStats]:
+    """Statistics of every layer's ``o_proj`` / ``down_proj`` inputs over the calibration set."""
+    layers = adapter.layers(model)
+    stats = [LayerStats() for _ in layers]
+    valid: list = [None]
+    handles = [h for layer, s in zip(layers, stats) for h in _stats_hooks(adapter, layer, s, valid)]
+    device = next(model.parameters()).device
+    with _hooks(handles):
+        for batch in tqdm(batches, desc="activations", disable=not progress, leave=False):
+            batch = to_device(batch, device)
+            valid[0] = _valid(batch)
+            model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
+    return stats
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.no_grad()
+def _layer_inputs(model: nn.Module, adapter: ModelAdapter, batches: list[dict]) -> tuple[list, list[list[dict]]]:
+    """Hidden states entering the first layer, and every layer's keyword arguments, per batch."""
+    layers = adapter.layers(model)
+    hidden, kwargs = [], [[] for _ in batches]
+    current = [0]
+
+    def capture(index: int):
+        def hook(module, args, kw):
+            if index == 0:
+                hidden.append((args[0] if args else kw["hidden_states"]).detach())
+            kwargs[current[0]].append({k: v for k, v in kw.items() if k != "hidden_states"})
+        return hook
+
+    handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    device = next(model.parameters()).device
+    with _hooks(handles):
+        for b, batch in enumerate(batches):
+            current[0] = b
+            batch = to_device(batch, device)
+            model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
+    return hidden, kwargs
+
+
+def _feature_mask_hooks(adapter: ModelAdapter, layer: nn.Module, keep_attention: torch.Tensor, keep_mlp: torch.Tensor) -> list:
+    """Pre-hooks zeroing removed input features of ``o_proj`` / ``down_proj``: the same output as
+    zeroing those columns (and the q / gate / up rows that feed them)."""
+    mods = adapter.layer_modules(layer)
+    return [mods.o.register_forward_pre_hook(lambda m, args: (args[0] * keep_attention.to(args[0].dtype),)),
+            mods.down.register_forward_pre_hook(lambda m, args: (args[0] * keep_mlp.to(args[0].dtype),))]
+
+
+LayerCallback = Callable[[int, LayerStats], tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def layerwise_input_stats(
+    model: nn.Module, adapter: ModelAdapter, batches: list[dict], on_layer: LayerCallback, progress: bool = True,
+) -> list[LayerStats]:
+    """Sequential statistics: layer ``l`` sees the outputs of layers ``< l`` with their removals.
+
+    For each layer in order: run it on every batch collecting its input statistics, call
+    ``on_layer(l, stats)`` which returns the ``o_proj`` ([H*hd]) and ``down_proj`` ([F]) input
+    features to keep, and recompute the layer's outputs with the others zeroed (hooks only; the
+    weights are untouched). Memory: one hidden state per calibration token.
+    """
+    hidden, kwargs = _layer_inputs(model, adapter, batches)
+    valid = [_valid(to_device(b, hidden[0].device)) for b in batches]
+    out: list[LayerStats] = []
+    for index, layer in enumerate(tqdm(adapter.layers(model), desc="layers", disable=not progress, leave=False)):
+        stats = LayerStats()
+        current: list = [None]
+        with _hooks(_stats_hooks(adapter, layer, stats, current)):
+            for b in range(len(batches)):
+                current[0] = valid[b]
+                layer(hidden[b], **kwargs[b][index])
+        keep_attention, keep_mlp = on_layer(index, stats)
+        with _hooks(_feature_mask_hooks(adapter, layer, keep_attention.to(hidden[0].device), keep_mlp.to(hidden[0].device))):
+            hidden = [_first(layer(hidden[b], **kwargs[b][index])) for b in range(len(batches))]
+        out.append(stats)
+    return out
+
+
+@torch.no_grad()
+def block_influence(model: nn.Module, adapter: ModelAdapter, batches: list[dict], progress: bool = True) -> torch.Tensor:
+    """Mean ``1 - cos(h_in, h_out)`` of every layer over the calibration tokens -> [L] (ShortGPT)."""
+    layers = adapter.layers(model)
+    total = torch.zeros(len(layers), dtype=torch.float64)
+    count = [0]
+    valid: list = [None]
+
+    def hook(index: int):
+        def fn(module, args, kw, output):
+            h_in = args[0] if args else kw["hidden_states"]
+            bi = saliency.block_influence(_tokens(h_in, valid[0]), _tokens(_first(output), valid[0]))
+            total[index] += float(bi.double().sum())
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    device = next(model.parameters()).device
+    with _hooks(handles):
+        for batch in tqdm(batches, desc="block influence", disable=not progress, leave=False):
+            batch = to_device(batch, device)
+            valid[0] = _valid(batch)
+            count[0] += int(valid[0].sum()) if valid[0] is not None else batch["input_ids"].numel()
+            model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
+    return (total / max(count[0], 1)).float()

@@ -1,0 +1,92 @@
+"""A pruning method is an importance plus a ranking scope, registered by name.
+
+Adding a method is one file that calls :func:`register_method` (imported from
+:mod:`gisp.methods`) and its test; the driver, trajectory, export and evaluation need nothing new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from gisp.adapters.base import AttentionGeometry
+from gisp.errors import GispError
+from gisp.importance import Importance, Scores
+from gisp.objectives import Objective
+from gisp.saliency import normalize
+from gisp.selection import Scope, Unit, depth_ranking, global_ranking, layer_ranking
+from gisp.structures import Masks
+
+
+@dataclass(frozen=True)
+class MethodInputs:
+    """What an importance may be built from: the calibration batches every method shares."""
+
+    batches: list[dict]
+    objective: Objective
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered pruning method.
+
+    ``build`` makes its importance; ``scope`` is how scores become a ranking (``global``, ``layer``,
+    ``depth``, see :mod:`gisp.selection`); ``normalize`` the default normalisation of a global
+    ranking; ``steps`` the default number of steps (the schedule is the same for every method);
+    ``compensate``: the method adds output biases (FLAP); ``head_unit``: heads are removed one
+    query head at a time or as whole KV groups; ``uses_data`` / ``uses_gradients``: whether the
+    calibration batches are read, and whether the objective is differentiated.
+    """
+
+    name: str
+    summary: str
+    build: Callable[[MethodInputs], Importance]
+    scope: Scope = "global"
+    normalize: str = "none"
+    steps: int = 1
+    compensate: bool = False
+    head_unit: Literal["head", "kv-group"] = "head"
+    uses_data: bool = True
+    uses_gradients: bool = False
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Register ``method`` under its name (a later registration of the same name replaces it)."""
+    _METHODS[method.name] = method
+    return method
+
+
+def method_names() -> list[str]:
+    """Registered method names, ``gisp`` first."""
+    return sorted(_METHODS, key=lambda n: (n != "gisp", n))
+
+
+def method_for(name: str) -> Method:
+    """The method registered as ``name``; a clear error naming every registered one otherwise."""
+    if name not in _METHODS:
+        raise GispError(f"unknown method {name!r}; choose from {', '.join(method_names())}")
+    return _METHODS[name]
+
+
+def rank(method: Method, scores: Scores, masks: Masks, protected: list[int], geometry: AttentionGeometry,
+         normalization: str) -> list[Unit]:
+    """Turn ``scores`` into the method's ranking of alive, unprotected units (least important first)."""
+    if method.scope == "depth":
+        if scores.layers is None:
+            raise ValueError(f"method {method.name} ranks layers but its importance returned no layer scores")
+        return depth_ranking(scores.layers, masks, protected)
+    if method.scope == "layer":
+        unit = geometry.group_size if method.head_unit == "kv-group" else 1
+        return layer_ranking(scores.heads, scores.channels, masks, protected, unit)
+    heads, channels = normalize(
+        scores.heads, scores.channels, normalization, hidden_size=geometry.hidden_size, head_dim=geometry.head_dim,
+        intermediate_size=geometry.intermediate_size, mha=geometry.num_kv_heads == geometry.num_heads,
+        heads_alive=masks.heads, channels_alive=masks.channels,
+    )
+    return global_ranking(heads, channels, masks, protected)

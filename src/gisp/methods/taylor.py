@@ -1,0 +1,32 @@
+"""``gisp`` (GISP, Wang et al. 2026) and ``llm-pruner`` (Ma et al. 2023, block-wise Taylor).
+
+Both score with first-order Taylor importance ``|W * dL/dW|``, the gradient averaged over the
+calibration set, summed per structure. They differ in what a structure is and how it is ranked:
+
+- ``gisp``: a query head owns its q rows and o columns (K/V too without GQA); heads and channels
+  are block-normalised and ranked globally across layers; iterative (scores recomputed on the
+  pruned model at every step).
+- ``llm-pruner``: a head is its whole coupled KV group (q/k/v rows and o columns), removed
+  together; no normalisation; the same fraction of every unprotected layer; one shot, no LoRA.
+"""
+
+from __future__ import annotations
+
+from gisp.importance import TaylorImportance
+from gisp.methods.base import Method, MethodInputs, register_method
+
+
+def _taylor(aggregate: str):
+    def build(inputs: MethodInputs) -> TaylorImportance:
+        return TaylorImportance(inputs.batches, inputs.objective, progress=inputs.progress, aggregate=aggregate)
+    return build
+
+
+register_method(Method(
+    name="gisp", summary="first-order Taylor |W*g|, block-normalised, global ranking, iterative",
+    build=_taylor("head"), scope="global", normalize="reference", steps=8, uses_gradients=True,
+))
+register_method(Method(
+    name="llm-pruner", summary="first-order Taylor |W*g| per coupled KV group and channel, same ratio per layer",
+    build=_taylor("kv-group"), scope="layer", head_unit="kv-group", uses_gradients=True,
+))
