@@ -168,6 +168,30 @@ def test_data_slices_and_packaged_gsm8k():
     assert documents("gsm8k[:2]") == documents("gsm8k")[:2]
 
 
+WIKITEXT = (" \n = First = \n \n Some text about it . \n \n = = A section = = \n \n More . \n"
+            " \n = Second = \n \n Other text . \n \n = Third = \n \n Last . \n")
+
+
+def test_local_wikitext_is_split_into_articles_and_slices_join_back(tmp_path):
+    from gisp.data import documents, joined_text
+
+    path = tmp_path / "test.txt"
+    path.write_text(WIKITEXT)
+    docs = documents(f"wikitext2:{path}")
+    assert len(docs) == 3 and docs[0].startswith(" \n = First = ") and "A section" in docs[0]
+    assert docs[1].startswith(" \n = Second = ")
+    assert joined_text(f"wikitext2:{path}[:2]") + joined_text(f"wikitext2:{path}[2:]") == WIKITEXT
+    assert "Third" not in joined_text(f"wikitext2:{path}[:2]")
+
+
+def test_hub_wikitext_rows_group_into_articles_and_keep_the_protocol_text():
+    from gisp.data import wikitext_articles
+
+    rows = WIKITEXT.splitlines(keepends=True)
+    articles = ["\n\n".join(a) for a in wikitext_articles(rows)]
+    assert len(articles) == 3 and "\n\n".join(articles) == "\n\n".join(rows)
+
+
 def test_convert_saves_a_loadable_copy(tiny_dir, tmp_path, capsys):
     src = tiny_dir("mistral")
     code, out, err = _run(capsys, "convert", src, "--out", tmp_path / "copy")

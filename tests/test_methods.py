@@ -85,8 +85,10 @@ def test_config_resolves_method_defaults_and_refuses_bad_combinations():
     config = gisp.PruneConfig(model="m", data="d", method="wanda-sp")
     assert (config.steps, config.normalize) == (1, "none")
     assert gisp.PruneConfig(model="m", data="d", method="magnitude").normalize == "params"
-    with pytest.raises(GispError, match="--normalize does not apply to method wanda-sp"):
+    with pytest.raises(GispError, match="--normalize params does not apply to method wanda-sp with scope layer"):
         gisp.PruneConfig(model="m", data="d", method="wanda-sp", normalize="params")
+    assert gisp.PruneConfig(model="m", data="d", scope="layer").normalize == "none"
+    assert gisp.PruneConfig(model="m", data="d", method="wanda-sp", scope="global", normalize="zscore").scope == "global"
     with pytest.raises(GispError, match="unknown method 'obs'; choose from gisp, "):
         gisp.PruneConfig(model="m", data="d", method="obs")
 
@@ -223,6 +225,13 @@ def test_magnitude_scores_by_hand():
     assert scores.heads[1, 2] == pytest.approx(float(head2), rel=1e-5)
     channel7 = (mods.gate.weight[7].pow(2).sum() + mods.up.weight[7].pow(2).sum() + mods.down.weight[:, 7].pow(2).sum()).detach()
     assert scores.channels[1, 7] == pytest.approx(float(channel7), rel=1e-5)
+
+
+def test_scope_override_ranks_gisp_scores_within_each_layer():
+    traj = _prune(tiny_model("llama-gqa", layers=6), "gisp", sparsity=0.4, steps=2, scope="layer")
+    final = traj.masks_at_step(2)
+    channels = (~final.channels[1:5]).sum(1)
+    assert int(channels.max() - channels.min()) <= 1 and traj.config["scope"] == "layer"
 
 
 def test_random_is_seeded():

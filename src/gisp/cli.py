@@ -12,16 +12,20 @@ from gisp.errors import GispError
 
 _HELP = {
     "model": "Hugging Face id, local directory, .gguf file, or alias smollm2-135m / qwen2.5-0.5b",
-    "data": "lm: text:PATH, gsm8k[:PATH], wikitext2[:SPLIT]; answer: gsm8k[:PATH], jsonl:PATH; "
+    "data": "lm: text:PATH, gsm8k[:PATH], wikitext2[:SPLIT], wikitext2:PATH (articles); answer: gsm8k[:PATH], jsonl:PATH; "
             "margin: piqa:PATH, mc:PATH; any spec takes a slice, e.g. gsm8k[:1000]",
     "sparsity": "final parameter sparsity of the decoder layers, in (0, 1)",
-    "steps": "pruning steps (gradients are recomputed on the pruned model at each)",
+    "steps": "pruning steps (scores are recomputed on the pruned model at each; default: gisp 8, baselines 1)",
     "objective": "lm (every token), answer (answer tokens of prompt/answer data), margin (multiple choice)",
     "samples": "calibration windows (lm), examples (answer) or questions (margin)",
     "seq_len": "tokens per calibration window (lm); longest sequence (answer, margin)",
     "max_tokens": "calibration token budget; replaces --samples when given",
     "prompt_field": "prompt field of jsonl:PATH answer data", "answer_field": "answer field of jsonl:PATH answer data",
-    "normalize": "how head and channel scores are made comparable",
+    "method": "pruning method: gisp, wanda-sp, flap, llm-pruner, shortgpt, magnitude, random (gisp.methods)",
+    "normalize": "how head and channel scores are made comparable in a global ranking "
+                 "(reference, params, zscore, none; default: the method's)",
+    "scope": "ranking scope: global (one ranking over all layers), layer (same fraction per layer), "
+             "depth (whole layers); default: the method's",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
 }
 

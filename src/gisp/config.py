@@ -8,6 +8,7 @@ from typing import Any
 from gisp.errors import GispError
 from gisp.saliency import NORMALIZATIONS
 from gisp.schedule import SCHEDULES
+from gisp.selection import SCOPES
 
 OBJECTIVE_NAMES = ("lm", "answer", "margin")
 
@@ -20,8 +21,10 @@ class PruneConfig:
     ``max_tokens``, when set, budgets calibration by tokens instead.
     ``sparsity`` is the final *parameter* sparsity of the decoder layers' seven projections
     (weights and biases), counted as the exported model holds them. ``method`` names a registered
-    pruning method (:mod:`gisp.methods`); ``steps`` and ``normalize`` left at ``None`` take that
-    method's defaults (``gisp``: 8 steps, ``reference``; the baselines: one shot).
+    pruning method (:mod:`gisp.methods`); ``steps``, ``normalize`` and ``scope`` left at ``None``
+    take that method's defaults (``gisp``: 8 steps, ``reference``, global; the baselines: one
+    shot). ``scope`` overrides how scores are ranked (``global``, ``layer``, ``depth``), e.g. GISP's
+    scores ranked within each layer, to separate what a method scores from how it ranks.
     """
 
     model: str
@@ -39,6 +42,7 @@ class PruneConfig:
     prompt_field: str = "prompt"
     answer_field: str = "answer"
     normalize: str | None = None
+    scope: str | None = None
     protect_first: float = 0.1
     protect_last: int = 1
     dtype: str = "float32"
@@ -53,11 +57,14 @@ class PruneConfig:
         method = method_for(self.method)
         if self.steps is None:
             self.steps = method.steps
+        if self.scope is None:
+            self.scope = method.scope
+        _choice("scope", self.scope, SCOPES)
         if self.normalize is None:
-            self.normalize = method.normalize
-        elif self.normalize != method.normalize and method.scope != "global":
-            raise GispError(f"--normalize does not apply to method {self.method}: it ranks within each "
-                            f"{'layer' if method.scope == 'layer' else 'depth position'}, not globally")
+            self.normalize = method.normalize if self.scope == "global" else "none"
+        elif self.normalize != "none" and self.scope != "global":
+            raise GispError(f"--normalize {self.normalize} does not apply to method {self.method} with scope "
+                            f"{self.scope}: only a global ranking compares heads with channels")
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
         for name in ("steps", "samples", "seq_len", "batch_size"):

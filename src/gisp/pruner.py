@@ -58,7 +58,7 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
         raise GispError(f"run directory {run_dir} belongs to another model ({traj.model.get('spec')})")
     ours = config.trajectory_keys()
     # Settings a run predates take the values that version used, so older runs still resume.
-    defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": "gisp", "steps": 8, "normalize": "reference"}
+    defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": "gisp", "steps": 8, "normalize": "reference", "scope": "global"}
     theirs = {k: traj.config.get(k, defaults.get(k)) for k in ours}
     if theirs != ours:
         diff = ", ".join(f"{k}: {theirs.get(k)!r} there vs {v!r} here" for k, v in ours.items() if theirs.get(k) != v)
@@ -107,7 +107,7 @@ def run_schedule(
         context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
         scores = importance(model, adapter, context)
         _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
-        ranking = rank(method, scores, masks, protected, geo, config.normalize)
+        ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
         before = masks.clone()
         chosen = select_under_budget(ranking, masks, shape, dense_total - decoder_params(masks, shape), target * dense_total)
         traj.record(step, chosen, scores.input_means, geo.head_dim)

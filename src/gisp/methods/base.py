@@ -75,13 +75,15 @@ def method_for(name: str) -> Method:
 
 
 def rank(method: Method, scores: Scores, masks: Masks, protected: list[int], geometry: AttentionGeometry,
-         normalization: str) -> list[Unit]:
-    """Turn ``scores`` into the method's ranking of alive, unprotected units (least important first)."""
-    if method.scope == "depth":
+         normalization: str, scope: Scope | None = None) -> list[Unit]:
+    """Turn ``scores`` into a ranking of alive, unprotected units (least important first), in the
+    method's scope unless ``scope`` overrides it."""
+    scope = scope or method.scope
+    if scope == "depth":
         if scores.layers is None:
             raise ValueError(f"method {method.name} ranks layers but its importance returned no layer scores")
         return depth_ranking(scores.layers, masks, protected)
-    if method.scope == "layer":
+    if scope == "layer":
         unit = geometry.group_size if method.head_unit == "kv-group" else 1
         return layer_ranking(scores.heads, scores.channels, masks, protected, unit)
     heads, channels = normalize(
