@@ -42,6 +42,8 @@ def test_prune_info_export_eval(run_dir, corpus_file, tmp_path, capsys):
     code, out, _ = _run(capsys, "info", run_dir, "--json")
     summary = json.loads(out)
     assert summary["completed_steps"] == 3 and summary["config"]["sparsity"] == 0.4
+    assert summary["calibration"] == {"sequences": 6, "tokens": 6 * 24}
+    assert all(r["seconds"] > 0 for r in summary["steps"][1:])
 
     ppl = {}
     for level in ("0.2", "0.4"):

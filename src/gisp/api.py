@@ -59,7 +59,13 @@ def prune(
     importance = method_for(config.method).build(MethodInputs(batches, objective, config.seed, progress))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
     return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
-                        loss=lambda m: mean_objective(m, batches, objective))
+                        loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches))
+
+
+def calibration_size(batches: list[dict]) -> dict:
+    """Sequences and real (unpadded) tokens in the calibration batches."""
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
+    return {"sequences": sum(int(b["input_ids"].shape[0]) for b in batches), "tokens": tokens}
 
 
 def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, model: nn.Module | None = None, tokenizer=None) -> ExportInfo:

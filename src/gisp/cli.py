@@ -115,7 +115,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     traj = Trajectory.load(args.run_dir)
     if args.json:
         summary = {"config": traj.config, "model": traj.model, "completed_steps": traj.completed_steps,
-                   "steps": [asdict(r) for r in traj.steps]}
+                   "calibration": traj.calibration, "steps": [asdict(r) for r in traj.steps]}
         print(json.dumps(summary))
     else:
         print(info_text(traj))

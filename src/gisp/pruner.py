@@ -8,6 +8,7 @@ methods in :mod:`gisp.methods`, the schedule in :mod:`gisp.schedule`, the record
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -69,13 +70,14 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
 def run_schedule(
     model: nn.Module, config: PruneConfig, importance: Importance, *,
     identity: dict, run_dir: str | Path | None = None, progress: bool = True,
-    loss: Callable[[nn.Module], float] | None = None,
+    loss: Callable[[nn.Module], float] | None = None, calibration: dict | None = None,
 ) -> Trajectory:
     """Prune ``model`` in place over ``config.steps`` steps with ``config.method`` and return the trajectory.
 
     After every step the trajectory is saved to ``run_dir`` (if given); calling again with the same
     arguments resumes after the last saved step and reproduces the same result. ``loss`` measures
-    the calibration objective of a level when the importance does not report it.
+    the calibration objective of a level when the importance does not report it; ``calibration``
+    (sequences, tokens) is recorded as given.
     """
     method = method_for(config.method)
     loss = loss or getattr(importance, "mean_loss", None)
@@ -96,6 +98,7 @@ def run_schedule(
     traj = open_run(run_dir, config, identity) or Trajectory.empty(
         geo.num_layers, geo.num_heads, geo.intermediate_size, compensated=method.compensate, head_dim=geo.head_dim)
     traj.config, traj.model = config.to_dict(), identity
+    traj.calibration = calibration or traj.calibration
     masks = traj.masks_at_step(traj.completed_steps)
     if traj.input_means is not None:  # resuming: the biases of everything removed so far
         compensate(model, adapter, Masks.dense(geo), masks, traj.input_means)
@@ -103,6 +106,7 @@ def run_schedule(
     first = traj.completed_steps + 1
     for step in tqdm(range(first, config.steps + 1), desc=f"{method.name} steps", initial=first - 1,
                      total=config.steps, disable=not progress):
+        start = time.perf_counter()
         target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
         context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
         scores = importance(model, adapter, context)
@@ -115,6 +119,7 @@ def run_schedule(
             compensate(model, adapter, before, masks, scores.input_means)
         apply_masks(model, adapter, masks)
         traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total))
+        traj.steps[-1].seconds = round(time.perf_counter() - start, 3)
         if run_dir is not None:
             traj.save(run_dir)
     if traj.steps and traj.steps[-1].loss is None and loss is not None:

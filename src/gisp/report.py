@@ -28,8 +28,13 @@ def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _budget(cfg: dict) -> str:
-    """How much calibration data the run used, in the objective's own units."""
+def _budget(cfg: dict, calibration: dict | None = None) -> str:
+    """How much calibration data the run used, in the objective's own units (and tokens scored)."""
+    scored = f" = {calibration['tokens']:,} tokens scored" if calibration and calibration.get("tokens") else ""
+    return _requested(cfg) + scored
+
+
+def _requested(cfg: dict) -> str:
     if cfg.get("max_tokens"):
         return f"{cfg['max_tokens']} tokens"
     if cfg.get("objective", "lm") == "lm":
@@ -43,15 +48,16 @@ def info_text(traj: Trajectory) -> str:
     cfg = traj.config
     head = [
         f"model: {traj.model.get('spec')} ({traj.model.get('model_type')}, fingerprint {traj.model.get('fingerprint')})",
-        f"data: {cfg.get('data')}  objective: {cfg.get('objective')}  calibration: {_budget(cfg)}  seed: {cfg.get('seed')}",
+        f"data: {cfg.get('data')}  objective: {cfg.get('objective')}  calibration: {_budget(cfg, traj.calibration)}  seed: {cfg.get('seed')}",
         f"method: {cfg.get('method', 'gisp')}  target sparsity: {cfg.get('sparsity')}  steps: {traj.completed_steps}/{cfg.get('steps')} ({cfg.get('schedule')})  "
         f"normalize: {cfg.get('normalize')}  scope: {cfg.get('scope', 'global')}  protect-first: {cfg.get('protect_first')}  protect-last: {cfg.get('protect_last')}",
         "sparsity = removed / dense parameters of the decoder layers' projections; model = removed / all parameters",
         "",
     ]
     steps = table(
-        ["step", "target", "sparsity", "model", "heads removed", "channels removed", "calib loss"],
-        [[r.step, r.target_sparsity, r.sparsity, r.model_sparsity, r.heads_removed, r.channels_removed, r.loss] for r in traj.steps],
+        ["step", "target", "sparsity", "model", "heads removed", "channels removed", "calib loss", "seconds"],
+        [[r.step, r.target_sparsity, r.sparsity, r.model_sparsity, r.heads_removed, r.channels_removed, r.loss,
+          None if r.seconds is None else f"{r.seconds:.1f}"] for r in traj.steps],
     )
     masks = traj.masks_at_step(traj.completed_steps)
     num_layers, num_heads = masks.heads.shape

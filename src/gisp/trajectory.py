@@ -35,7 +35,7 @@ _ORDER_TENSORS = ("head_step", "head_order", "channel_step", "channel_order")
 @dataclass
 class StepRecord:
     """What one step did. ``loss`` is the mean calibration loss of the model at this step's level
-    (filled in by the next gradient pass; step 0 is the dense model)."""
+    (filled in by the next scoring pass; step 0 is the dense model); ``seconds`` its wall time."""
 
     step: int
     target_sparsity: float
@@ -44,6 +44,7 @@ class StepRecord:
     heads_removed: int
     channels_removed: int
     loss: float | None = None
+    seconds: float | None = None
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Trajectory:
     config: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     input_means: InputMeans | None = None  # compensating methods: mean input of removed features
+    calibration: dict[str, Any] = field(default_factory=dict)  # sequences and tokens scored
 
     @property
     def compensated(self) -> bool:
@@ -163,6 +165,7 @@ class Trajectory:
             "completed_steps": self.completed_steps,
             "config": self.config,
             "model": self.model,
+            "calibration": self.calibration,
             "steps": [asdict(r) for r in self.steps],
         }
         _atomic(run_dir / RUN_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
@@ -192,7 +195,7 @@ class Trajectory:
         return cls(
             *(tensors[name] for name in _ORDER_TENSORS),
             steps=[StepRecord(**r) for r in meta["steps"] if r["step"] <= done],
-            config=meta["config"], model=meta["model"], input_means=means,
+            config=meta["config"], model=meta["model"], input_means=means, calibration=meta.get("calibration", {}),
         )
 
 
