@@ -97,6 +97,9 @@ def test_prune_with_margin_objective(tiny_dir, tmp_path, capsys):
     out = _cli(capsys, "eval", tmp_path / "run", "--levels", "0.3", "--task", "mc", "--data", f"mc:{mc}", "--json")
     rows = json.loads(out)["rows"]
     assert rows[1]["questions"] == 10 and 0 <= rows[1]["acc"] <= 1
+    out = _cli(capsys, "eval", tmp_path / "run", "--levels", "0.3", "--task", "mc", "--data", f"mc:{mc}", "--json",
+               "--no-dense", "--out", tmp_path / "levels")
+    assert json.loads(out)["rows"] == rows[1:]
 
 
 def test_eval_errors(tiny_dir, tmp_path, capsys):

@@ -89,7 +89,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             raise GispError(f"--levels needs a run directory; {args.model} holds no {RUN_FILE}")
         if not args.levels:
             raise GispError(f"{args.model} is a run directory: pass --levels, or export a level and evaluate that")
-        rows = evaluate_levels(args.model, parse_levels(args.levels), opts)
+        rows = evaluate_levels(args.model, parse_levels(args.levels), opts, dense=not args.no_dense)
         write_levels(rows, opts, Path(args.out) if args.out else Path(args.model) / f"eval-{opts.task}")
         print(json.dumps({"task": args.task, "data": args.data, "rows": rows}) if args.json else levels_table(rows, args.task))
         return
@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="also evaluate this model (e.g. the dense one) and print the ratio")
     p.add_argument("--levels", help="run directory only: comma-separated sparsities, e.g. 0.1,0.2,0.3")
     p.add_argument("--out", help="--levels: where results.json/.md and the plot go (default: RUN_DIR/eval-TASK)")
+    p.add_argument("--no-dense", action="store_true", help="--levels: skip the dense model's row")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON (one object per model)")

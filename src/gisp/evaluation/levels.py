@@ -28,8 +28,9 @@ def parse_levels(text: str) -> list[float]:
     return levels
 
 
-def evaluate_levels(run_dir: str | Path, levels: list[float], opts: EvalOptions) -> list[dict]:
-    """Dense plus every level: one row each with sparsity, parameters and the task's metrics."""
+def evaluate_levels(run_dir: str | Path, levels: list[float], opts: EvalOptions, dense: bool = True) -> list[dict]:
+    """Dense (unless ``dense`` is False) plus every level: one row each with sparsity, parameters
+    and the task's metrics."""
     traj = Trajectory.load(run_dir)
     for level in levels:
         traj.check_reachable(level)
@@ -37,7 +38,7 @@ def evaluate_levels(run_dir: str | Path, levels: list[float], opts: EvalOptions)
     shape = layer_shape(model, adapter_for(model.config), compensate=traj.compensated)
     dense_total = dense_layer_params(shape) * shape.geometry.num_layers
     rows = [{"level": "dense", "step": 0, "sparsity": 0.0, "parameters": model_parameters(model)}
-            | _run(traj.model["spec"], model, tokenizer, opts)]
+            | _run(traj.model["spec"], model, tokenizer, opts)] if dense else []
     for level in levels:
         masks, step = traj.masks_at_sparsity(level, shape)
         pruned, remote = build_pruned_model(model, masks, traj.input_means)

@@ -1,0 +1,425 @@
+"""The quality table: GISP beside Wanda-sp, FLAP, LLM-Pruner, ShortGPT, magnitude, random and the
+Torch-Pruning library, same model, same calibration tokens, same evaluation (issue #7).
+
+    python benchmarks/quality.py --model smollm2            # every section, resumable
+    python benchmarks/quality.py --model smollm2 --sections lm,task
+    python benchmarks/quality.py --model qwen
+    python benchmarks/quality.py --model smollm2 --report   # rewrite table and plots from the results
+
+Protocol (written into the results file):
+- LM: calibration = random 128-token windows of the first 31 articles of WikiText-2 test
+  (``wikitext2:PATH[:31]``), perplexity at seq_len 128 on the other 31 articles (``[31:]``), never
+  on text the calibration saw. 128 windows = 16,384 tokens for every method in a cell.
+- Task: ``margin`` calibration on PIQA dev questions 1-500 (16,384 tokens), acc / acc_norm on 501-1000.
+- Every method: the same protected layers (first 10%, last), the same sparsity definition
+  (decoder projections' parameters, as exported), one run per (method, level) except iterative
+  GISP, whose 5%-per-step run to the highest level passes every reported level at a step boundary.
+
+Each run is a real ``gisp prune`` command, each cell a ``gisp eval RUN --levels L`` command; both
+are recorded with wall time and the prune process's peak memory. Results:
+``benchmarks/results/quality-<model>.json`` (one record per cell), ``.md`` and ``.png`` plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from common import RESULTS, SHARED, environment
+
+WIKI = f"{SHARED}/wikitext-2/test.txt"
+PIQA = f"{SHARED}/piqa/dev.jsonl"
+LM_CALIB, LM_EVAL = f"wikitext2:{WIKI}[:31]", f"wikitext2:{WIKI}[31:]"
+PIQA_CALIB, PIQA_EVAL = f"piqa:{PIQA}[:500]", f"piqa:{PIQA}[500:1000]"
+TOKENS = 16384
+LM_ARGS = ["--data", LM_CALIB, "--samples", str(TOKENS // 128), "--seq-len", "128"]
+TASK_ARGS = ["--data", PIQA_CALIB, "--objective", "margin", "--max-tokens", str(TOKENS), "--seq-len", "256"]
+BASELINES = ["wanda-sp", "flap", "llm-pruner", "shortgpt", "magnitude", "random"]
+
+
+@dataclass
+class Run:
+    """One pruning run and the levels evaluated from it."""
+
+    key: str
+    section: str  # lm | task | ablation | outside
+    label: str  # the method as the table names it
+    args: list[str]  # gisp prune flags beyond model, data and target
+    levels: list[float]
+    task: str = "ppl"  # ppl | mc
+    note: str = ""
+    target: float | None = None  # the run's --sparsity (default: its highest level)
+
+    @property
+    def sparsity(self) -> float:
+        return self.target or max(self.levels)
+
+
+@dataclass
+class Plan:
+    model: str  # gisp alias
+    name: str
+    runs: list[Run] = field(default_factory=list)
+    eval_limit: int | None = None  # ppl windows (None: the whole held-out half)
+
+
+def _per_level(section: str, label: str, method_args: list[str], levels: list[float], task_args: list[str],
+               task: str = "ppl", prefix: str = "") -> list[Run]:
+    slug = label.replace(" ", "-")
+    return [Run(f"{prefix}{slug}-{task}-{int(l * 100)}", section, label, method_args + task_args, [l], task) for l in levels]
+
+
+def smollm2_plan() -> Plan:
+    levels = [0.2, 0.3, 0.4, 0.5]
+    plan = Plan("smollm2-135m", "smollm2")
+    lm = plan.runs
+    lm.append(Run("gisp-ppl", "lm", "gisp", ["--method", "gisp", "--steps", "10", *LM_ARGS], levels,
+                  note="one run, 10 steps of 5%: every level is a step's target"))
+    lm += _per_level("lm", "gisp one-shot", ["--method", "gisp", "--steps", "1"], levels, LM_ARGS)
+    for method in BASELINES:
+        lm += _per_level("lm", method, ["--method", method], levels, LM_ARGS)
+    task_levels = [0.3, 0.4]
+    lm.append(Run("gisp-mc", "task", "gisp", ["--method", "gisp", "--steps", "8", *TASK_ARGS], task_levels, "mc",
+                  note="one run, 8 steps of 5%"))
+    for method in BASELINES:
+        lm += _per_level("task", method, ["--method", method], task_levels, TASK_ARGS, "mc")
+    # ablations at 50%: steps, normalisation, calibration size, ranking scope
+    for steps in (1, 4, 8, 16):
+        lm.append(Run(f"abl-steps{steps}", "ablation", f"gisp steps={steps}", ["--steps", str(steps), *LM_ARGS], [0.5]))
+    for norm in ("params", "zscore"):
+        lm.append(Run(f"abl-norm-{norm}", "ablation", f"gisp normalize={norm}",
+                      ["--steps", "10", "--normalize", norm, *LM_ARGS], [0.5]))
+    for tokens in (4096, 65536):
+        args = ["--steps", "10", "--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"]
+        lm.append(Run(f"abl-calib{tokens}", "ablation", f"gisp calibration={tokens // 1024}K", args, [0.5]))
+    lm.append(Run("abl-scope-layer", "ablation", "gisp scope=layer", ["--steps", "10", "--scope", "layer", *LM_ARGS], [0.5]))
+    lm.append(Run("outside-torch-pruning", "outside", "torch-pruning 1.6.1 (Taylor)", [], levels))
+    return plan
+
+
+def qwen_plan() -> Plan:
+    levels = [0.3, 0.5]
+    plan = Plan("qwen2.5-0.5b", "qwen2.5-0.5b", eval_limit=400)
+    plan.runs.append(Run("gisp-ppl", "lm", "gisp", ["--method", "gisp", "--steps", "10", *LM_ARGS], levels,
+                         note="one run, 10 steps of 5%"))
+    plan.runs += _per_level("lm", "gisp one-shot", ["--method", "gisp", "--steps", "1"], levels, LM_ARGS)
+    for method in ("wanda-sp", "flap", "llm-pruner"):
+        plan.runs += _per_level("lm", method, ["--method", method], levels, LM_ARGS)
+    return plan
+
+
+PLANS = {"smollm2": smollm2_plan, "qwen": qwen_plan}
+
+
+# --- running ------------------------------------------------------------------------------------
+
+class Runner:
+    """Runs commands with wall time and peak resident memory; appends their output to a log."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        self.log = work / "log.txt"
+
+    def run(self, cmd: list[str]) -> tuple[str, float, float]:
+        """Output, seconds and peak memory (MB) of ``cmd``; exits on failure."""
+        cmd = [str(c) for c in cmd]
+        start = time.time()
+        proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], capture_output=True, text=True)
+        seconds = time.time() - start
+        with self.log.open("a") as f:
+            f.write(f"$ {shlex.join(cmd)}\n{proc.stdout[-20000:]}\n{proc.stderr[-4000:]}\n")
+        if proc.returncode != 0:
+            sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
+        rss = re.findall(r"MAXRSS_KB=(\d+)", proc.stderr)
+        return proc.stdout, round(seconds, 1), round(int(rss[-1]) / 1024, 1) if rss else float("nan")
+
+
+def _eval_args(plan: Plan, task: str) -> list[str]:
+    if task == "mc":
+        return ["--task", "mc", "--data", PIQA_EVAL, "--batch-size", "16"]
+    args = ["--task", "ppl", "--data", LM_EVAL, "--seq-len", "128", "--batch-size", "16"]
+    return args + (["--limit", str(plan.eval_limit)] if plan.eval_limit else [])
+
+
+def prune_command(plan: Plan, run: Run, out: Path) -> list[str]:
+    return ["gisp", "prune", "--model", plan.model, "--sparsity", f"{run.sparsity:g}", *run.args, "--out", out]
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+class Results:
+    """The results file: environment, protocol and one record per cell, rewritten after each."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.path = RESULTS / f"quality-{plan.name}.json"
+        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.records: list[dict] = old.get("records", [])
+        self.dense: dict = old.get("dense", {})
+        self.plan = plan
+
+    def has(self, key: str, level: float) -> bool:
+        return any(r["run"] == key and r["requested"] == level for r in self.records)
+
+    def add(self, record: dict) -> None:
+        self.records = [r for r in self.records if not (r["run"] == record["run"] and r["requested"] == record["requested"])]
+        self.records.append(record)
+        self.save()
+
+    def save(self) -> None:
+        payload = {
+            "environment": environment(),
+            "protocol": {
+                "model": self.plan.model, "calibration_tokens": TOKENS,
+                "lm": {"calibration": LM_CALIB, "evaluation": LM_EVAL, "seq_len": 128, "eval_windows": self.plan.eval_limit or "all"},
+                "task": {"calibration": PIQA_CALIB, "objective": "margin", "evaluation": PIQA_EVAL},
+                "protected_layers": "first floor(0.1 L) and the last (defaults)",
+                "sparsity": "removed / dense parameters of the decoder layers' seven projections, as exported",
+            },
+            "dense": self.dense, "records": self.records,
+        }
+        RESULTS.mkdir(exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp.replace(self.path)
+
+
+def run_dense(plan: Plan, results: Results, runner: Runner, tasks: set[str]) -> None:
+    for task in sorted(tasks):
+        if task in results.dense:
+            continue
+        cmd = ["gisp", "eval", plan.model, *_eval_args(plan, task), "--json"]
+        out, seconds, _ = runner.run(cmd)
+        results.dense[task] = _last_json(out) | {"command": shlex.join(map(str, cmd)), "seconds": seconds}
+        results.save()
+
+
+def _complete(run_dir: Path) -> bool:
+    if not (run_dir / "run.json").is_file():
+        return False
+    info = json.loads((run_dir / "run.json").read_text())
+    return info["completed_steps"] >= info["config"]["steps"]
+
+
+def run_gisp_cli(plan: Plan, run: Run, results: Results, runner: Runner) -> None:
+    """Prune (resuming), then evaluate the missing levels of one run."""
+    out = runner.work / run.key
+    cmd = prune_command(plan, run, out)
+    stats_file = out / "prune-process.json"
+    if not (stats_file.is_file() and _complete(out)):  # gisp prune resumes an interrupted run by itself
+        _, seconds, peak = runner.run(cmd)
+        stats_file.write_text(json.dumps({"seconds": seconds, "peak_memory_mb": peak}))
+    process = json.loads(stats_file.read_text())
+    info = json.loads((out / "run.json").read_text())
+    missing = [l for l in run.levels if not results.has(run.key, l)]
+    if not missing:
+        return
+    eval_cmd = ["gisp", "eval", out, "--levels", ",".join(f"{l:g}" for l in missing), *_eval_args(plan, run.task),
+                "--no-dense", "--json", "--out", out / f"eval-{run.task}"]
+    text, eval_seconds, _ = runner.run(eval_cmd)
+    for level, row in zip(missing, _last_json(text)["rows"]):
+        seconds = sum(s.get("seconds") or 0 for s in info["steps"] if 0 < s["step"] <= row["step"])
+        metrics = {k: row[k] for k in ("ppl", "nll", "tokens", "acc", "acc_norm", "acc_bytes", "questions") if k in row}
+        results.add({
+            "section": run.section, "method": run.label, "run": run.key, "note": run.note, "requested": level,
+            "sparsity": row["sparsity"], "parameters": row["parameters"], "step": row["step"],
+            "calibration_tokens": info.get("calibration", {}).get("tokens"), "prune_seconds": round(seconds, 1),
+            "prune_process_seconds": process["seconds"], "peak_memory_mb": process["peak_memory_mb"],
+            "prune_command": shlex.join(map(str, cmd)), "eval_command": shlex.join(map(str, eval_cmd)),
+            "eval_seconds": eval_seconds,
+        } | metrics)
+
+
+def run_outside(plan: Plan, run: Run, results: Results, runner: Runner) -> None:
+    """Torch-Pruning, through its own script (it prunes physically; our evaluator scores it)."""
+    for level in run.levels:
+        if results.has(run.key, level):
+            continue
+        cmd = [sys.executable, Path(__file__).parent / "torch_pruning_baseline.py", "--model", plan.model,
+               "--sparsity", f"{level:g}", *LM_ARGS, "--eval-data", LM_EVAL, "--json"]
+        if plan.eval_limit:
+            cmd += ["--limit", str(plan.eval_limit)]
+        text, seconds, peak = runner.run(cmd)
+        record = _last_json(text)
+        results.add({"section": run.section, "method": run.label, "run": run.key, "note": record.pop("note", ""),
+                     "requested": level, "prune_command": shlex.join(map(str, cmd)), "prune_process_seconds": seconds,
+                     "peak_memory_mb": peak} | record)
+
+
+def execute(plan: Plan, sections: set[str], work: Path) -> Results:
+    from tqdm import tqdm
+
+    results, runner = Results(plan), Runner(work)
+    runs = [r for r in plan.runs if r.section in sections]
+    run_dense(plan, results, runner, {r.task for r in runs if r.section != "outside"} | ({"ppl"} if runs else set()))
+    for run in tqdm(runs, desc=f"quality {plan.name}", unit="run", file=sys.stdout):
+        if all(results.has(run.key, l) for l in run.levels):
+            continue
+        tqdm.write(f"{time.strftime('%H:%M:%S')} {run.key}: {run.label} at {', '.join(f'{l:.0%}' for l in run.levels)}", file=sys.stdout)
+        (run_outside if run.section == "outside" else run_gisp_cli)(plan, run, results, runner)
+        report(plan, results, work)
+    return results
+
+
+# --- presenting ---------------------------------------------------------------------------------
+
+def _cell(records: list[dict], method: str, level: float, metric: str, fmt: str = "{:.2f}") -> str:
+    for r in records:
+        if r["method"] == method and r["requested"] == level and metric in r:
+            return fmt.format(r[metric])
+    return "—"
+
+
+def _best(records: list[dict], level: float, metric: str, lower: bool) -> str | None:
+    vals = [(r[metric], r["method"]) for r in records if r["requested"] == level and metric in r]
+    return (min(vals) if lower else max(vals))[1] if vals else None
+
+
+def table(records: list[dict], levels: list[float], metric: str, lower: bool, fmt: str = "{:.2f}") -> str:
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    lines = ["| method | " + " | ".join(f"{l:.0%}" for l in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for l in levels:
+            c = _cell(records, m, l, metric, fmt)
+            cells.append(f"**{c}**" if _best(records, l, metric, lower) == m else c)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def details(records: list[dict], metric_cols: list[str]) -> str:
+    head = ["method", "requested", "sparsity", "parameters", *metric_cols, "calib tokens", "prune s", "peak MB"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in records:
+        vals = [r["method"], f"{r['requested']:.0%}", f"{r.get('sparsity', float('nan')):.4f}", f"{r.get('parameters', 0):,}"]
+        vals += [f"{r[m]:.4f}" if isinstance(r.get(m), float) else str(r.get(m, "—")) for m in metric_cols]
+        vals += [f"{r.get('calibration_tokens') or 0:,}", f"{r.get('prune_seconds', r.get('prune_process_seconds', 0)):.0f}",
+                 f"{r.get('peak_memory_mb', float('nan')):.0f}"]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def report(plan: Plan, results: Results, work: Path) -> None:
+    """Markdown tables and plots from the results file."""
+    recs = results.records
+    lm = [r for r in recs if r["section"] in ("lm", "outside")]
+    task = [r for r in recs if r["section"] == "task"]
+    abl = [r for r in recs if r["section"] == "ablation"] + [r for r in lm if r["method"] == "gisp" and r["requested"] == 0.5]
+    levels = sorted({r["requested"] for r in lm})
+    dense_ppl = results.dense.get("ppl", {}).get("ppl")
+    env = environment()
+    parts = [f"# Quality: {plan.model}", "",
+             f"{env['machine']}; torch {env['torch']}, transformers {env['transformers']}; commit {env['git_commit']}; {env['date']}", "",
+             f"Perplexity at seq_len 128 on `{LM_EVAL}`"
+             + (f" (first {plan.eval_limit} windows)" if plan.eval_limit else "")
+             + f"; calibration {TOKENS:,} tokens of `{LM_CALIB}` for every method. Dense: {dense_ppl:.2f}." if dense_ppl else "", "",
+             table(lm, levels, "ppl", lower=True)]
+    if task:
+        dense_mc = results.dense.get("mc", {})
+        parts += ["", f"PIQA dev 501-1000, margin calibration on PIQA dev 1-500 ({TOKENS:,} tokens). "
+                      f"Dense acc {dense_mc.get('acc', float('nan')):.3f} / acc_norm {dense_mc.get('acc_norm', float('nan')):.3f}.", "",
+                  "acc:", "", table(task, sorted({r["requested"] for r in task}), "acc", lower=False, fmt="{:.3f}"), "",
+                  "acc_norm:", "", table(task, sorted({r["requested"] for r in task}), "acc_norm", lower=False, fmt="{:.3f}")]
+    if abl:
+        parts += ["", "GISP ablations at 50% (perplexity):", "", table(abl, [0.5], "ppl", lower=True)]
+    parts += ["", "## Every cell", "", details(lm + abl, ["ppl"])]
+    if task:
+        parts += ["", details(task, ["acc", "acc_norm"])]
+    (RESULTS / f"quality-{plan.name}.md").write_text("\n".join(parts) + "\n")
+    plot_lines(lm, "ppl", RESULTS / f"quality-{plan.name}-ppl.png", f"{plan.model}: held-out WikiText-2 perplexity",
+               "perplexity (seq_len 128, log scale)", log=True, dense=dense_ppl)
+    if task:
+        plot_lines(task, "acc", RESULTS / f"quality-{plan.name}-piqa.png", f"{plan.model}: PIQA dev 501-1000 (margin calibration)",
+                   "accuracy", dense=results.dense.get("mc", {}).get("acc"))
+    plot_layers(plan, work, RESULTS / f"quality-{plan.name}-layers.png")
+
+
+def plot_lines(records: list[dict], metric: str, path: Path, title: str, ylabel: str, log: bool = False,
+               dense: float | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in records):
+        pts = sorted((r["sparsity"], r[metric]) for r in records if r["method"] == method and metric in r)
+        ax.plot(*zip(*pts), marker="o", label=method, lw=2.5 if method == "gisp" else 1.2)
+    if dense is not None:
+        ax.axhline(dense, color="gray", ls=":", label="dense")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("decoder parameter sparsity")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_layers(plan: Plan, work: Path, path: Path) -> None:
+    """Heads and channels kept per layer at 50% for GISP, FLAP and Wanda-sp (issue #7's insight plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gisp.trajectory import Trajectory
+
+    runs = {"gisp": "gisp-ppl", "flap": "flap-ppl-50", "wanda-sp": "wanda-sp-ppl-50"}
+    masks = {}
+    for label, key in runs.items():
+        if (work / key / "run.json").is_file():
+            traj = Trajectory.load(work / key)
+            masks[label] = traj.masks_at_step(traj.completed_steps)
+    if not masks:
+        return
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, m in masks.items():
+        layers = range(m.heads.shape[0])
+        a1.plot(layers, m.heads.float().mean(1), marker="o", label=label)
+        a2.plot(layers, m.channels.float().mean(1), marker="o", label=label)
+    for ax, what in ((a1, "attention heads"), (a2, "MLP channels")):
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"fraction of {what} kept")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{plan.model} at 50% decoder sparsity: what each method keeps per layer", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(PLANS), default="smollm2")
+    ap.add_argument("--sections", default="lm,task,ablation,outside")
+    ap.add_argument("--work", default=None, help="run directories (default: runs/quality-MODEL)")
+    ap.add_argument("--report", action="store_true", help="only rewrite the table and plots")
+    ap.add_argument("--list", action="store_true", help="print the runs and their commands")
+    args = ap.parse_args()
+    plan = PLANS[args.model]()
+    work = Path(args.work or f"runs/quality-{plan.name}")
+    if args.list:
+        for run in plan.runs:
+            print(run.section, run.key, shlex.join(map(str, prune_command(plan, run, work / run.key))))
+        return
+    results = Results(plan) if args.report else execute(plan, set(args.sections.split(",")), work)
+    report(plan, results, work)
+    print(f"wrote {results.path} and {RESULTS / f'quality-{plan.name}.md'}")
+
+
+if __name__ == "__main__":
+    main()
