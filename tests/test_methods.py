@@ -89,6 +89,11 @@ def test_config_resolves_method_defaults_and_refuses_bad_combinations():
         gisp.PruneConfig(model="m", data="d", method="wanda-sp", normalize="params")
     assert gisp.PruneConfig(model="m", data="d", scope="layer").normalize == "none"
     assert gisp.PruneConfig(model="m", data="d", method="wanda-sp", scope="global", normalize="zscore").scope == "global"
+    assert gisp.PruneConfig(model="m", data="d", method="flap").taylor_weights is None
+    with pytest.raises(GispError, match="--taylor-weights applies to Taylor methods .* not flap"):
+        gisp.PruneConfig(model="m", data="d", method="flap", taylor_weights="output")
+    with pytest.raises(GispError, match="unknown taylor-weights 'rows'"):
+        gisp.PruneConfig(model="m", data="d", taylor_weights="rows")
     with pytest.raises(GispError, match="unknown method 'obs'; choose from gisp, "):
         gisp.PruneConfig(model="m", data="d", method="obs")
 
@@ -232,6 +237,14 @@ def test_scope_override_ranks_gisp_scores_within_each_layer():
     final = traj.masks_at_step(2)
     channels = (~final.channels[1:5]).sum(1)
     assert int(channels.max() - channels.min()) <= 1 and traj.config["scope"] == "layer"
+
+
+def test_output_taylor_weights_reach_the_importance_and_the_record(tmp_path):
+    traj = _prune(tiny_model("qwen2", layers=6), "gisp", sparsity=0.3, steps=2, taylor_weights="output",
+                  normalize="params", out=tmp_path / "run")
+    assert traj.config["taylor_weights"] == "output" and traj.completed_steps == 2
+    with pytest.raises(GispError, match="other settings .*taylor_weights"):
+        _prune(tiny_model("qwen2", layers=6), "gisp", sparsity=0.3, steps=2, normalize="params", out=tmp_path / "run")
 
 
 def test_random_is_seeded():

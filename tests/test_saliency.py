@@ -45,20 +45,20 @@ def test_channel_scores_sum_gate_up_rows_and_down_column():
 
 def test_normalize_reference_and_params():
     heads, channels = torch.tensor([[64.0]]), torch.tensor([[30.0]])
-    kw = dict(hidden_size=4, head_dim=2, intermediate_size=5, mha=False)
+    kw = dict(hidden_size=4, head_dim=2, intermediate_size=5, head_size=2 * 2 * 4, channel_size=3 * 4)
     h, c = saliency.normalize(heads, channels, "reference", **kw)
     assert h.item() == 64.0 / (4 * 2 * 4) and c.item() == 30.0 / (3 * 5)
     h, c = saliency.normalize(heads, channels, "params", **kw)
     assert h.item() == 64.0 / (2 * 2 * 4) and c.item() == 30.0 / (3 * 4)
-    h, _ = saliency.normalize(heads, channels, "params", **(kw | {"mha": True}))
-    assert h.item() == 64.0 / (4 * 2 * 4)
+    h, c = saliency.normalize(heads, channels, "params", **(kw | {"head_size": 2 * 4, "channel_size": 4}))
+    assert h.item() == 64.0 / (2 * 4) and c.item() == 30.0 / 4  # output weights only: per o/down weight
 
 
 def test_normalize_zscore_uses_alive_structures_only():
     heads = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     alive = torch.tensor([[True, True, True, False]])
     h, c = saliency.normalize(heads, torch.tensor([[5.0, 5.0]]), "zscore", hidden_size=1, head_dim=1,
-                              intermediate_size=2, mha=True, heads_alive=alive)
+                              intermediate_size=2, head_size=1, channel_size=1, heads_alive=alive)
     std = torch.tensor([1.0, 2.0, 3.0]).std(unbiased=False)
     assert torch.allclose(h[0, :3], torch.tensor([-1.0, 0.0, 1.0]) / std)
     assert h[0, 3] == float("inf")
@@ -67,7 +67,8 @@ def test_normalize_zscore_uses_alive_structures_only():
 
 def test_unknown_normalization_is_refused():
     with pytest.raises(ValueError, match="unknown normalization"):
-        saliency.normalize(torch.ones(1, 1), torch.ones(1, 1), "l2", hidden_size=1, head_dim=1, intermediate_size=1, mha=True)
+        saliency.normalize(torch.ones(1, 1), torch.ones(1, 1), "l2", hidden_size=1, head_dim=1, intermediate_size=1,
+                            head_size=1, channel_size=1)
 
 
 def test_taylor_importance_matches_hand_computation_on_tiny_model():
@@ -102,3 +103,21 @@ def test_importance_leaves_requires_grad_as_it_found_it():
     TaylorImportance([{"input_ids": torch.randint(0, 320, (2, 8))}], progress=False)(model, adapter_for(model.config))
     assert [p.requires_grad for p in model.parameters()] == before
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_output_weights_scores_sum_o_and_down_columns_only():
+    model = tiny_model("llama-gqa")
+    adapter = adapter_for(model.config)
+    batches = [{"input_ids": torch.randint(0, 320, (3, 12), generator=torch.Generator().manual_seed(2))}]
+    full = TaylorImportance(batches, progress=False)(model, adapter)
+    out = TaylorImportance(batches, progress=False, weights="output")(model, adapter)
+    mods = adapter.all_layer_modules(model)[1]
+    for w in (mods.o.weight, mods.down.weight):
+        w.requires_grad_(True)
+    loss = model(input_ids=batches[0]["input_ids"], labels=batches[0]["input_ids"]).loss
+    g_o, g_down = torch.autograd.grad(loss, [mods.o.weight, mods.down.weight])
+    o = (mods.o.weight.detach() * g_o).abs()
+    assert torch.allclose(out.heads[1, 4], o[:, 32:40].sum(), rtol=1e-4)
+    assert torch.allclose(out.channels[1, 9], (mods.down.weight.detach()[:, 9] * g_down[:, 9]).abs().sum(), rtol=1e-4)
+    assert (out.head_size, out.channel_size) == (8 * 48, 48) and (full.head_size, full.channel_size) == (2 * 8 * 48, 3 * 48)
+    assert (full.heads > out.heads).all() and (full.channels > out.channels).all()

@@ -11,6 +11,7 @@ from gisp.schedule import SCHEDULES
 from gisp.selection import SCOPES
 
 OBJECTIVE_NAMES = ("lm", "answer", "margin")
+TAYLOR_WEIGHTS = ("all", "output")
 
 
 @dataclass
@@ -25,6 +26,9 @@ class PruneConfig:
     take that method's defaults (``gisp``: 8 steps, ``reference``, global; the baselines: one
     shot). ``scope`` overrides how scores are ranked (``global``, ``layer``, ``depth``), e.g. GISP's
     scores ranked within each layer, to separate what a method scores from how it ranks.
+    ``taylor_weights`` (Taylor methods): which weights a structure's score sums, ``all`` (a head's
+    q rows and o columns, a channel's gate/up rows and down column) or ``output`` (o columns /
+    down column only).
     """
 
     model: str
@@ -43,6 +47,7 @@ class PruneConfig:
     answer_field: str = "answer"
     normalize: str | None = None
     scope: str | None = None
+    taylor_weights: str | None = None
     protect_first: float = 0.1
     protect_last: int = 1
     dtype: str = "float32"
@@ -65,6 +70,12 @@ class PruneConfig:
         elif self.normalize != "none" and self.scope != "global":
             raise GispError(f"--normalize {self.normalize} does not apply to method {self.method} with scope "
                             f"{self.scope}: only a global ranking compares heads with channels")
+        if self.taylor_weights is None:
+            self.taylor_weights = method.taylor_weights
+        elif method.taylor_weights is None:
+            raise GispError(f"--taylor-weights applies to Taylor methods (gisp, llm-pruner), not {self.method}")
+        else:
+            _choice("taylor-weights", self.taylor_weights, TAYLOR_WEIGHTS)
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
         for name in ("steps", "samples", "seq_len", "batch_size"):

@@ -48,6 +48,8 @@ class Scores:
     ``loss``: the mean objective of the model scored, when the importance computed it.
     ``layers``: one score per layer, for depth-scope methods.
     ``input_means``: mean inputs of ``o_proj`` / ``down_proj``, for compensating methods.
+    ``head_size`` / ``channel_size``: how many weights a head / channel score sums (the ``params``
+    normalisation divides by them; ``None``: all the structure's weights).
     """
 
     heads: torch.Tensor  # [L, H] float32
@@ -55,6 +57,8 @@ class Scores:
     loss: float | None = None
     layers: torch.Tensor | None = None  # [L]
     input_means: InputMeans | None = None
+    head_size: int | None = None
+    channel_size: int | None = None
 
 
 class Importance(Protocol):
@@ -75,9 +79,15 @@ class TaylorImportance:
 
     Each micro-batch's loss is weighted by its share of the sequences, so the accumulated gradient
     is the calibration-set mean regardless of how it is split. ``aggregate``: ``"head"`` scores
-    each query head by its q rows and o columns (K/V too under multi-head attention), as GISP;
-    ``"kv-group"`` scores each KV group by all its q/k/v rows and o columns and gives that score to
-    each of its query heads, as LLM-Pruner's coupled groups.
+    each query head, as GISP; ``"kv-group"`` scores each KV group and gives that score to each of
+    its query heads, as LLM-Pruner's coupled groups. ``weights``: which weights a score sums:
+
+    - ``"all"`` (the GISP reference, LLM-Pruner): a head's q rows and o columns (K/V rows too under
+      multi-head attention; a KV group all its q/k/v rows and o columns), a channel's gate and up
+      rows and down column;
+    - ``"output"``: only the weights whose removal removes the structure's output, a head's
+      ``o_proj`` columns and a channel's ``down_proj`` column. Gradients are then taken for
+      ``o_proj`` and ``down_proj`` only.
     """
 
     batches: list[dict]
@@ -85,6 +95,7 @@ class TaylorImportance:
     progress: bool = True
     description: str = "gradients"
     aggregate: Literal["head", "kv-group"] = "head"
+    weights: Literal["all", "output"] = "all"
 
     def average_gradients(self, model: nn.Module, weights: list[nn.Parameter]) -> tuple[list[torch.Tensor], float]:
         """Mean gradient of the objective for ``weights`` (float32) and the mean loss."""
@@ -103,7 +114,8 @@ class TaylorImportance:
     def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext | None = None) -> Scores:
         geo = adapter.geometry()
         layers = adapter.all_layer_modules(model)
-        weights = [getattr(mods, r).weight for mods in layers for r in PROJECTIONS]
+        roles = PROJECTIONS if self.weights == "all" else ("o", "down")
+        weights = [getattr(mods, r).weight for mods in layers for r in roles]
         flags = [p.requires_grad for p in model.parameters()]
         try:
             for p in model.parameters():
@@ -116,14 +128,31 @@ class TaylorImportance:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
         heads, channels = [], []
+        n = len(roles)
         with torch.no_grad():  # scores hold no autograd graph
             for i in range(len(layers)):
-                sal = {r: saliency.weight_saliency(weights[7 * i + j], grads[7 * i + j]) for j, r in enumerate(PROJECTIONS)}
+                sal = {r: saliency.weight_saliency(weights[n * i + j], grads[n * i + j]) for j, r in enumerate(roles)}
                 heads.append(self._heads(sal, geo))
-                channels.append(saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
-        return Scores(torch.stack(heads), torch.stack(channels), loss)
+                channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
+                                else saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
+        head_size, channel_size = self.sizes(geo)
+        return Scores(torch.stack(heads), torch.stack(channels), loss, head_size=head_size, channel_size=channel_size)
+
+    def sizes(self, geo) -> tuple[int, int]:
+        """Weights summed per head score (per query head) and per channel score."""
+        d, hd = geo.hidden_size, geo.head_dim
+        if self.weights == "output":
+            return hd * d, d
+        if self.aggregate == "kv-group":  # a group's q rows, o columns and one K and V head, per query head
+            return (2 * geo.group_size + 2) * hd * d // geo.group_size, 3 * d
+        return (4 if geo.num_kv_heads == geo.num_heads else 2) * hd * d, 3 * d
 
     def _heads(self, sal: dict[str, torch.Tensor], geo) -> torch.Tensor:
+        if self.weights == "output":
+            heads = saliency.output_head_scores(sal["o"], geo.head_dim)
+            if self.aggregate == "kv-group":  # [H] -> [KV] -> [H]: each head carries its group's sum
+                heads = heads.reshape(geo.num_kv_heads, geo.group_size).sum(1).repeat_interleave(geo.group_size)
+            return heads
         if self.aggregate == "kv-group":
             groups = saliency.kv_group_scores(sal["q"], sal["k"], sal["v"], sal["o"], geo.head_dim, geo.group_size)
             return groups.repeat_interleave(geo.group_size)  # [KV] -> [H]: each head carries its group's score

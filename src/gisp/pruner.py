@@ -59,7 +59,8 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
         raise GispError(f"run directory {run_dir} belongs to another model ({traj.model.get('spec')})")
     ours = config.trajectory_keys()
     # Settings a run predates take the values that version used, so older runs still resume.
-    defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": "gisp", "steps": 8, "normalize": "reference", "scope": "global"}
+    defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": "gisp", "steps": 8, "normalize": "reference", "scope": "global",
+                                                                "taylor_weights": "all"}
     theirs = {k: traj.config.get(k, defaults.get(k)) for k in ours}
     if theirs != ours:
         diff = ", ".join(f"{k}: {theirs.get(k)!r} there vs {v!r} here" for k, v in ours.items() if theirs.get(k) != v)

@@ -119,16 +119,28 @@ def _zscore(scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def output_head_scores(o: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Sum saliency over each head's ``o_proj`` columns only ([d, H*hd] -> [H])."""
+    return o.reshape(o.shape[0], -1, head_dim).sum((0, 2))  # [d, H, hd] -> [H]
+
+
+def output_channel_scores(down: torch.Tensor) -> torch.Tensor:
+    """Sum saliency over each channel's ``down_proj`` column only ([d, F] -> [F])."""
+    return down.sum(0)
+
+
 def normalize(
     heads: torch.Tensor, channels: torch.Tensor, method: Normalization, *,
-    hidden_size: int, head_dim: int, intermediate_size: int, mha: bool,
+    head_size: int, channel_size: int, hidden_size: int, head_dim: int, intermediate_size: int,
     heads_alive: torch.Tensor | None = None, channels_alive: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Make head and channel scores comparable in one global ranking.
 
+    ``head_size`` / ``channel_size``: how many weights each head / channel score sums (e.g. a GQA
+    head's q rows and o columns, 2 * hd * d; or its o columns only, hd * d).
+
     - ``reference``: heads / (4 * hd * d), channels / (3 * d_ff), as the GISP reference code does.
-    - ``params``: each structure divided by its own parameter count (a GQA head owns only its q rows
-      and o columns, 2 * hd * d; an MHA head 4 * hd * d; a channel 3 * d).
+    - ``params``: each score divided by the number of weights it sums: the mean saliency per weight.
     - ``zscore``: standardised within each (layer, block type) over the structures still alive.
     - ``none``: scores are already comparable (e.g. FLAP's standardised fluctuation).
     """
@@ -137,8 +149,7 @@ def normalize(
     if method == "reference":
         return heads / (4 * head_dim * hidden_size), channels / (3 * intermediate_size)
     if method == "params":
-        head_params = (4 if mha else 2) * head_dim * hidden_size
-        return heads / head_params, channels / (3 * hidden_size)
+        return heads / head_size, channels / channel_size
     if method == "zscore":
         ha = heads_alive if heads_alive is not None else torch.ones_like(heads, dtype=torch.bool)
         ca = channels_alive if channels_alive is not None else torch.ones_like(channels, dtype=torch.bool)

@@ -21,12 +21,14 @@ from gisp.structures import Masks
 
 @dataclass(frozen=True)
 class MethodInputs:
-    """What an importance may be built from: the calibration batches every method shares."""
+    """What an importance may be built from: the calibration batches every method shares, and the
+    run's options."""
 
     batches: list[dict]
     objective: Objective
     seed: int = 0
     progress: bool = True
+    taylor_weights: str = "all"
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class Method:
     ranking; ``steps`` the default number of steps (the schedule is the same for every method);
     ``compensate``: the method adds output biases (FLAP); ``head_unit``: heads are removed one
     query head at a time or as whole KV groups; ``uses_data`` / ``uses_gradients``: whether the
-    calibration batches are read, and whether the objective is differentiated.
+    calibration batches are read, and whether the objective is differentiated; ``taylor_weights``:
+    for Taylor importances, which weights a structure's score sums by default (``None``: not a
+    Taylor method).
     """
 
     name: str
@@ -51,6 +55,7 @@ class Method:
     head_unit: Literal["head", "kv-group"] = "head"
     uses_data: bool = True
     uses_gradients: bool = False
+    taylor_weights: str | None = None
 
 
 _METHODS: dict[str, Method] = {}
@@ -86,9 +91,12 @@ def rank(method: Method, scores: Scores, masks: Masks, protected: list[int], geo
     if scope == "layer":
         unit = geometry.group_size if method.head_unit == "kv-group" else 1
         return layer_ranking(scores.heads, scores.channels, masks, protected, unit)
+    mha = geometry.num_kv_heads == geometry.num_heads
     heads, channels = normalize(
-        scores.heads, scores.channels, normalization, hidden_size=geometry.hidden_size, head_dim=geometry.head_dim,
-        intermediate_size=geometry.intermediate_size, mha=geometry.num_kv_heads == geometry.num_heads,
+        scores.heads, scores.channels, normalization,
+        head_size=scores.head_size or (4 if mha else 2) * geometry.head_dim * geometry.hidden_size,
+        channel_size=scores.channel_size or 3 * geometry.hidden_size,
+        hidden_size=geometry.hidden_size, head_dim=geometry.head_dim, intermediate_size=geometry.intermediate_size,
         heads_alive=masks.heads, channels_alive=masks.channels,
     )
     return global_ranking(heads, channels, masks, protected)

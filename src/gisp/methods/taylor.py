@@ -18,15 +18,16 @@ from gisp.methods.base import Method, MethodInputs, register_method
 
 def _taylor(aggregate: str):
     def build(inputs: MethodInputs) -> TaylorImportance:
-        return TaylorImportance(inputs.batches, inputs.objective, progress=inputs.progress, aggregate=aggregate)
+        return TaylorImportance(inputs.batches, inputs.objective, progress=inputs.progress, aggregate=aggregate,
+                                weights=inputs.taylor_weights)
     return build
 
 
 register_method(Method(
     name="gisp", summary="first-order Taylor |W*g|, block-normalised, global ranking, iterative",
-    build=_taylor("head"), scope="global", normalize="reference", steps=8, uses_gradients=True,
+    build=_taylor("head"), scope="global", normalize="reference", steps=8, uses_gradients=True, taylor_weights="all",
 ))
 register_method(Method(
     name="llm-pruner", summary="first-order Taylor |W*g| per coupled KV group and channel, same ratio per layer",
-    build=_taylor("kv-group"), scope="layer", head_unit="kv-group", uses_gradients=True,
+    build=_taylor("kv-group"), scope="layer", head_unit="kv-group", uses_gradients=True, taylor_weights="all",
 ))
