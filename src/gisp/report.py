@@ -50,7 +50,9 @@ def info_text(traj: Trajectory) -> str:
         f"model: {traj.model.get('spec')} ({traj.model.get('model_type')}, fingerprint {traj.model.get('fingerprint')})",
         f"data: {cfg.get('data')}  objective: {cfg.get('objective')}  calibration: {_budget(cfg, traj.calibration)}  seed: {cfg.get('seed')}",
         f"method: {cfg.get('method', 'gisp')}  target sparsity: {cfg.get('sparsity')}  steps: {traj.completed_steps}/{cfg.get('steps')} ({cfg.get('schedule')})  "
-        f"normalize: {cfg.get('normalize')}  scope: {cfg.get('scope', 'global')}  protect-first: {cfg.get('protect_first')}  protect-last: {cfg.get('protect_last')}",
+        f"normalize: {cfg.get('normalize')}  scope: {cfg.get('scope', 'global')}  "
+        + (f"taylor-weights: {cfg['taylor_weights']}  " if cfg.get("taylor_weights") else "")
+        + f"protect-first: {cfg.get('protect_first')}  protect-last: {cfg.get('protect_last')}",
         "sparsity = removed / dense parameters of the decoder layers' projections; model = removed / all parameters",
         "",
     ]
