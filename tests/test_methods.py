@@ -81,7 +81,8 @@ def test_registry_names_every_method_and_takes_new_ones():
 
 
 def test_config_resolves_method_defaults_and_refuses_bad_combinations():
-    assert gisp.PruneConfig(model="m", data="d").steps == 8
+    default = gisp.PruneConfig(model="m", data="d")
+    assert (default.steps, default.taylor_weights, default.normalize, default.scope) == (8, "output", "params", "global")
     config = gisp.PruneConfig(model="m", data="d", method="wanda-sp")
     assert (config.steps, config.normalize) == (1, "none")
     assert gisp.PruneConfig(model="m", data="d", method="magnitude").normalize == "params"
@@ -239,12 +240,12 @@ def test_scope_override_ranks_gisp_scores_within_each_layer():
     assert int(channels.max() - channels.min()) <= 1 and traj.config["scope"] == "layer"
 
 
-def test_output_taylor_weights_reach_the_importance_and_the_record(tmp_path):
-    traj = _prune(tiny_model("qwen2", layers=6), "gisp", sparsity=0.3, steps=2, taylor_weights="output",
-                  normalize="params", out=tmp_path / "run")
-    assert traj.config["taylor_weights"] == "output" and traj.completed_steps == 2
-    with pytest.raises(GispError, match="other settings .*taylor_weights"):
-        _prune(tiny_model("qwen2", layers=6), "gisp", sparsity=0.3, steps=2, normalize="params", out=tmp_path / "run")
+def test_taylor_weights_reach_the_importance_and_the_record(tmp_path):
+    traj = _prune(tiny_model("qwen2", layers=6), "gisp", sparsity=0.3, steps=2, taylor_weights="all",
+                  normalize="reference", out=tmp_path / "run")
+    assert (traj.config["taylor_weights"], traj.config["normalize"]) == ("all", "reference") and traj.completed_steps == 2
+    with pytest.raises(GispError, match="other settings .*taylor_weights: 'all' there vs 'output' here"):
+        _prune(tiny_model("qwen2", layers=6), "gisp", sparsity=0.3, steps=2, normalize="reference", out=tmp_path / "run")
 
 
 def test_random_is_seeded():

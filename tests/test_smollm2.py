@@ -1,6 +1,7 @@
 """The real SmolLM2-135M (GQA 9/3, 30 layers): one pruned level equals its export and reloads without gisp."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -48,3 +49,27 @@ def test_smollm2_export_equals_masked_model(tmp_path):
     out = tmp_path / "out"
     save_export(pruned, tokenizer, remote, ExportInfo(str(out), 0.1, 0.1, step, 0, 0, 0, 0, remote, {}), out)
     assert test_export.reload_without_gisp(out, expected, tmp_path, ids) == "GispLlamaForCausalLM"
+
+
+@pytest.mark.parametrize("method", ["flap", "shortgpt"])
+def test_smollm2_baseline_exports_reload_and_match(method, tmp_path):
+    """FLAP's compensated and ShortGPT's layer-dropped exports of the real model, reloaded without gisp."""
+    import copy
+
+    import gisp
+    from gisp.export import export
+
+    model, tokenizer = models.load("smollm2-135m")
+    dense = copy.deepcopy(model)
+    gisp.prune(model=model, tokenizer=tokenizer, data="gsm8k[:200]", method=method, sparsity=0.2, samples=4,
+               seq_len=64, out=tmp_path / "run", progress=False)
+    info = export(tmp_path / "run", 0.2, tmp_path / "out", model=dense, tokenizer=tokenizer)
+    ids = tokenizer(joined_text("gsm8k[1300:]"), return_tensors="pt")["input_ids"][:, :64]
+    with torch.no_grad():
+        expected = model(ids).logits  # the run left `model` masked (and compensated)
+    assert test_export.reload_without_gisp(tmp_path / "out", expected, tmp_path, ids)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    if method == "shortgpt":
+        assert config["num_hidden_layers"] == 30 - 6 and "auto_map" not in config  # 20% of 30 layers, stock
+    else:
+        assert config["added_biases"] and info.sparsity <= 0.2
