@@ -15,8 +15,9 @@ Protocol (written into the results file):
   (decoder projections' parameters, as exported), one run per (method, level) except iterative
   GISP, whose 5%-per-step run to the highest level passes every reported level at a step boundary.
 
-Each run is a real ``gisp prune`` command, each cell a ``gisp eval RUN --levels L`` command; both
-are recorded with wall time and the prune process's peak memory. Results:
+Run it from the repository root (data paths are relative to it). Each run is a real ``gisp prune``
+command, each cell a ``gisp eval RUN --levels L`` command; both are recorded with wall time and
+the prune process's peak memory. Results:
 ``benchmarks/results/quality-<model>.json`` (one record per cell), ``.md`` and ``.png`` plots.
 """
 
@@ -42,6 +43,7 @@ TOKENS = 16384
 LM_ARGS = ["--data", LM_CALIB, "--samples", str(TOKENS // 128), "--seq-len", "128"]
 TASK_ARGS = ["--data", PIQA_CALIB, "--objective", "margin", "--max-tokens", str(TOKENS), "--seq-len", "256"]
 BASELINES = ["wanda-sp", "flap", "llm-pruner", "shortgpt", "magnitude", "random"]
+REFERENCE_SCORING = ["--taylor-weights", "all", "--normalize", "reference"]  # GISP as its reference code scores
 
 
 @dataclass
@@ -83,23 +85,30 @@ def smollm2_plan() -> Plan:
     lm.append(Run("gisp-ppl", "lm", "gisp", ["--method", "gisp", "--steps", "10", *LM_ARGS], levels,
                   note="one run, 10 steps of 5%: every level is a step's target"))
     lm += _per_level("lm", "gisp one-shot", ["--method", "gisp", "--steps", "1"], levels, LM_ARGS)
+    lm.append(Run("gisp-reference-ppl", "lm", "gisp (reference scoring)",
+                  ["--method", "gisp", "--steps", "10", *REFERENCE_SCORING, *LM_ARGS], levels,
+                  note="q/gate/up rows + o/down columns, reference divisors; one run, 10 steps"))
     for method in BASELINES:
         lm += _per_level("lm", method, ["--method", method], levels, LM_ARGS)
     task_levels = [0.3, 0.4]
     lm.append(Run("gisp-mc", "task", "gisp", ["--method", "gisp", "--steps", "8", *TASK_ARGS], task_levels, "mc",
                   note="one run, 8 steps of 5%"))
+    lm.append(Run("gisp-reference-mc", "task", "gisp (reference scoring)",
+                  ["--method", "gisp", "--steps", "8", *REFERENCE_SCORING, *TASK_ARGS], task_levels, "mc"))
     for method in BASELINES:
         lm += _per_level("task", method, ["--method", method], task_levels, TASK_ARGS, "mc")
-    # ablations at 50%: steps, normalisation, calibration size, ranking scope
-    for steps in (1, 4, 8, 16):
+    # ablations at 50% (besides the main rows: 10 steps, 1 step, reference scoring)
+    for steps in (4, 8, 16):
         lm.append(Run(f"abl-steps{steps}", "ablation", f"gisp steps={steps}", ["--steps", str(steps), *LM_ARGS], [0.5]))
-    for norm in ("params", "zscore"):
+    for norm in ("reference", "zscore"):
         lm.append(Run(f"abl-norm-{norm}", "ablation", f"gisp normalize={norm}",
                       ["--steps", "10", "--normalize", norm, *LM_ARGS], [0.5]))
+    lm.append(Run("abl-weights-all", "ablation", "gisp taylor-weights=all",
+                  ["--steps", "10", "--taylor-weights", "all", *LM_ARGS], [0.5]))
+    lm.append(Run("abl-scope-layer", "ablation", "gisp scope=layer", ["--steps", "10", "--scope", "layer", *LM_ARGS], [0.5]))
     for tokens in (4096, 65536):
         args = ["--steps", "10", "--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"]
         lm.append(Run(f"abl-calib{tokens}", "ablation", f"gisp calibration={tokens // 1024}K", args, [0.5]))
-    lm.append(Run("abl-scope-layer", "ablation", "gisp scope=layer", ["--steps", "10", "--scope", "layer", *LM_ARGS], [0.5]))
     lm.append(Run("outside-torch-pruning", "outside", "torch-pruning 1.6.1 (Taylor)", [], levels))
     return plan
 
@@ -110,6 +119,8 @@ def qwen_plan() -> Plan:
     plan.runs.append(Run("gisp-ppl", "lm", "gisp", ["--method", "gisp", "--steps", "10", *LM_ARGS], levels,
                          note="one run, 10 steps of 5%"))
     plan.runs += _per_level("lm", "gisp one-shot", ["--method", "gisp", "--steps", "1"], levels, LM_ARGS)
+    plan.runs.append(Run("gisp-reference-ppl", "lm", "gisp (reference scoring)",
+                         ["--method", "gisp", "--steps", "10", *REFERENCE_SCORING, *LM_ARGS], levels))
     for method in ("wanda-sp", "flap", "llm-pruner"):
         plan.runs += _per_level("lm", method, ["--method", method], levels, LM_ARGS)
     return plan
@@ -120,8 +131,12 @@ PLANS = {"smollm2": smollm2_plan, "qwen": qwen_plan}
 
 # --- running ------------------------------------------------------------------------------------
 
+GISP = Path(sys.executable).with_name("gisp")  # the gisp of this interpreter's environment
+
+
 class Runner:
-    """Runs commands with wall time and peak resident memory; appends their output to a log."""
+    """Runs commands with wall time and peak resident memory; appends their output to a log.
+    Commands are recorded as ``gisp ...``; they run with this environment's ``gisp``."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -132,7 +147,8 @@ class Runner:
         """Output, seconds and peak memory (MB) of ``cmd``; exits on failure."""
         cmd = [str(c) for c in cmd]
         start = time.time()
-        proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], capture_output=True, text=True)
+        exe = [str(GISP) if cmd[0] == "gisp" and GISP.exists() else cmd[0], *cmd[1:]]
+        proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *exe], capture_output=True, text=True)
         seconds = time.time() - start
         with self.log.open("a") as f:
             f.write(f"$ {shlex.join(cmd)}\n{proc.stdout[-20000:]}\n{proc.stderr[-4000:]}\n")
@@ -313,7 +329,8 @@ def report(plan: Plan, results: Results, work: Path) -> None:
     recs = results.records
     lm = [r for r in recs if r["section"] in ("lm", "outside")]
     task = [r for r in recs if r["section"] == "task"]
-    abl = [r for r in recs if r["section"] == "ablation"] + [r for r in lm if r["method"] == "gisp" and r["requested"] == 0.5]
+    main_gisp = ("gisp", "gisp one-shot", "gisp (reference scoring)")
+    abl = [r for r in lm if r["method"] in main_gisp and r["requested"] == 0.5] + [r for r in recs if r["section"] == "ablation"]
     levels = sorted({r["requested"] for r in lm})
     dense_ppl = results.dense.get("ppl", {}).get("ppl")
     env = environment()
