@@ -187,6 +187,7 @@ class Results:
         return any(r["run"] == key and r["requested"] == level for r in self.records)
 
     def add(self, record: dict) -> None:
+        record = record | _provenance()
         self.records = [r for r in self.records if not (r["run"] == record["run"] and r["requested"] == record["requested"])]
         self.records.append(record)
         self.save()
@@ -209,13 +210,20 @@ class Results:
         tmp.replace(self.path)
 
 
+def _provenance() -> dict:
+    """Commit and time of one cell (the code can move on during a long benchmark)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip())
+    return {"git_commit": commit + ("+dirty" if dirty else ""), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def run_dense(plan: Plan, results: Results, runner: Runner, tasks: set[str]) -> None:
     for task in sorted(tasks):
         if task in results.dense:
             continue
         cmd = ["gisp", "eval", plan.model, *_eval_args(plan, task), "--json"]
         out, seconds, _ = runner.run(cmd)
-        results.dense[task] = _last_json(out) | {"command": shlex.join(map(str, cmd)), "seconds": seconds}
+        results.dense[task] = _last_json(out) | {"command": shlex.join(map(str, cmd)), "seconds": seconds} | _provenance()
         results.save()
 
 
