@@ -91,6 +91,10 @@ def test_config_resolves_method_defaults_and_refuses_bad_combinations():
     assert gisp.PruneConfig(model="m", data="d", scope="layer").normalize == "none"
     assert gisp.PruneConfig(model="m", data="d", method="wanda-sp", scope="global", normalize="zscore").scope == "global"
     assert gisp.PruneConfig(model="m", data="d", method="flap").taylor_weights is None
+    with pytest.raises(GispError, match="--normalize search compares candidates without compensation biases; not for flap"):
+        gisp.PruneConfig(model="m", data="d", method="flap", normalize="search")
+    with pytest.raises(GispError, match="--normalize search does not apply to method gisp with scope layer"):
+        gisp.PruneConfig(model="m", data="d", scope="layer", normalize="search")
     with pytest.raises(GispError, match="--taylor-weights applies to Taylor methods .* not flap"):
         gisp.PruneConfig(model="m", data="d", method="flap", taylor_weights="output")
     with pytest.raises(GispError, match="unknown taylor-weights 'rows'"):

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from gisp import saliency
 from gisp.adapters.base import ModelAdapter
 from gisp.importance import to_device
+from gisp.masking import feature_mask_hooks
 
 
 @dataclass
@@ -139,14 +140,6 @@ def _layer_inputs(model: nn.Module, adapter: ModelAdapter, batches: list[dict]) 
     return hidden, kwargs
 
 
-def _feature_mask_hooks(adapter: ModelAdapter, layer: nn.Module, keep_attention: torch.Tensor, keep_mlp: torch.Tensor) -> list:
-    """Pre-hooks zeroing removed input features of ``o_proj`` / ``down_proj``: the same output as
-    zeroing those columns (and the q / gate / up rows that feed them)."""
-    mods = adapter.layer_modules(layer)
-    return [mods.o.register_forward_pre_hook(lambda m, args: (args[0] * keep_attention.to(args[0].dtype),)),
-            mods.down.register_forward_pre_hook(lambda m, args: (args[0] * keep_mlp.to(args[0].dtype),))]
-
-
 LayerCallback = Callable[[int, LayerStats], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -172,7 +165,7 @@ def layerwise_input_stats(
                 current[0] = valid[b]
                 layer(hidden[b], **kwargs[b][index])
         keep_attention, keep_mlp = on_layer(index, stats)
-        with _hooks(_feature_mask_hooks(adapter, layer, keep_attention.to(hidden[0].device), keep_mlp.to(hidden[0].device))):
+        with _hooks(feature_mask_hooks(adapter, layer, keep_attention.to(hidden[0].device), keep_mlp.to(hidden[0].device))):
             hidden = [_first(layer(hidden[b], **kwargs[b][index])) for b in range(len(batches))]
         out.append(stats)
     return out

@@ -60,7 +60,14 @@ def prune(
         MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all"))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
     return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
-                        loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches))
+                        loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
+                        search_loss=lambda m: mean_objective(m, search_batches(batches), objective))
+
+
+def search_batches(batches: list[dict]) -> list[dict]:
+    """Every fourth calibration batch (at least one): the paired subset ``--normalize search``
+    compares its candidates on, at a quarter of a forward pass each."""
+    return batches[::4] if len(batches) >= 4 else batches[:1]
 
 
 def calibration_size(batches: list[dict]) -> dict:

@@ -69,6 +69,8 @@ class PruneConfig:
         elif self.normalize != "none" and self.scope != "global":
             raise GispError(f"--normalize {self.normalize} does not apply to method {self.method} with scope "
                             f"{self.scope}: only a global ranking compares heads with channels")
+        if self.normalize == "search" and method.compensate:
+            raise GispError(f"--normalize search compares candidates without compensation biases; not for {self.method}")
         if self.taylor_weights is None:
             self.taylor_weights = method.taylor_weights
         elif method.taylor_weights is None:

@@ -48,8 +48,6 @@ class Scores:
     ``loss``: the mean objective of the model scored, when the importance computed it.
     ``layers``: one score per layer, for depth-scope methods.
     ``input_means``: mean inputs of ``o_proj`` / ``down_proj``, for compensating methods.
-    ``head_size`` / ``channel_size``: how many weights a head / channel score sums (the ``params``
-    normalisation divides by them; ``None``: all the structure's weights).
     """
 
     heads: torch.Tensor  # [L, H] float32
@@ -57,8 +55,6 @@ class Scores:
     loss: float | None = None
     layers: torch.Tensor | None = None  # [L]
     input_means: InputMeans | None = None
-    head_size: int | None = None
-    channel_size: int | None = None
 
 
 class Importance(Protocol):
@@ -135,17 +131,7 @@ class TaylorImportance:
                 heads.append(self._heads(sal, geo))
                 channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
                                 else saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
-        head_size, channel_size = self.sizes(geo)
-        return Scores(torch.stack(heads), torch.stack(channels), loss, head_size=head_size, channel_size=channel_size)
-
-    def sizes(self, geo) -> tuple[int, int]:
-        """Weights summed per head score (per query head) and per channel score."""
-        d, hd = geo.hidden_size, geo.head_dim
-        if self.weights == "output":
-            return hd * d, d
-        if self.aggregate == "kv-group":  # a group's q rows, o columns and one K and V head, per query head
-            return (2 * geo.group_size + 2) * hd * d // geo.group_size, 3 * d
-        return (4 if geo.num_kv_heads == geo.num_heads else 2) * hd * d, 3 * d
+        return Scores(torch.stack(heads), torch.stack(channels), loss)
 
     def _heads(self, sal: dict[str, torch.Tensor], geo) -> torch.Tensor:
         if self.weights == "output":

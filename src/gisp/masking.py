@@ -1,4 +1,5 @@
-"""Applying masks to a dense model by zeroing weights (no hooks, stock forward code).
+"""Applying masks to a dense model by zeroing weights (no hooks, stock forward code); and a
+temporary hook-based view of a model under masks, for trying candidates without touching weights.
 
 A removed head loses its ``q`` rows and its ``o`` columns (a zero ``o`` column makes the head's
 output exactly zero, so its K/V need no mask, which keeps GQA's shared K/V intact). A removed
@@ -7,6 +8,9 @@ removed rows are zeroed too; they cannot reach the output once the ``o``/``down`
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -33,3 +37,28 @@ def apply_masks(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> None:
         _zero_rows(mods.gate, dead)
         _zero_rows(mods.up, dead)
         mods.down.weight[:, dead] = 0
+
+
+def feature_mask_hooks(adapter: ModelAdapter, layer: nn.Module, keep_attention: torch.Tensor, keep_mlp: torch.Tensor) -> list:
+    """Pre-hooks zeroing the removed input features of one layer's ``o_proj`` ([H*hd] keep) and
+    ``down_proj`` ([F] keep): the same output as zeroing those columns (and the rows feeding them)."""
+    mods = adapter.layer_modules(layer)
+    return [mods.o.register_forward_pre_hook(lambda m, args: (args[0] * keep_attention.to(args[0].dtype),)),
+            mods.down.register_forward_pre_hook(lambda m, args: (args[0] * keep_mlp.to(args[0].dtype),))]
+
+
+@contextmanager
+def masked_view(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> Iterator[nn.Module]:
+    """``model`` as if ``masks`` were applied, through pre-hooks; the weights are not touched and
+    the hooks are removed on exit. For trying candidate masks (no compensation biases)."""
+    hd = adapter.geometry().head_dim
+    device = next(model.parameters()).device
+    handles = []
+    for layer, module in enumerate(adapter.layers(model)):
+        keep_attention = masks.heads[layer].repeat_interleave(hd).to(device)  # [H] -> [H*hd]
+        handles += feature_mask_hooks(adapter, module, keep_attention, masks.channels[layer].to(device))
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()

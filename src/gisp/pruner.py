@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
+from gisp import balance
 from gisp.adapters import adapter_for
 from gisp.compensation import compensate
 from gisp.config import PruneConfig
@@ -23,7 +24,7 @@ from gisp.errors import GispError
 from gisp.importance import Importance, StepContext
 from gisp.masking import apply_masks
 from gisp.methods import method_for
-from gisp.methods.base import rank
+from gisp.methods.base import normalized, rank
 from gisp.schedule import target_sparsity
 from gisp.selection import select_under_budget
 from gisp.structures import (
@@ -72,16 +73,21 @@ def run_schedule(
     model: nn.Module, config: PruneConfig, importance: Importance, *,
     identity: dict, run_dir: str | Path | None = None, progress: bool = True,
     loss: Callable[[nn.Module], float] | None = None, calibration: dict | None = None,
+    search_loss: Callable[[nn.Module], float] | None = None,
 ) -> Trajectory:
     """Prune ``model`` in place over ``config.steps`` steps with ``config.method`` and return the trajectory.
 
     After every step the trajectory is saved to ``run_dir`` (if given); calling again with the same
     arguments resumes after the last saved step and reproduces the same result. ``loss`` measures
-    the calibration objective of a level when the importance does not report it; ``calibration``
+    the calibration objective of a level when the importance does not report it; ``search_loss``
+    (default: ``loss``) compares the candidates of ``--normalize search``; ``calibration``
     (sequences, tokens) is recorded as given.
     """
     method = method_for(config.method)
     loss = loss or getattr(importance, "mean_loss", None)
+    search_loss = search_loss or loss
+    if config.normalize == "search" and search_loss is None:
+        raise GispError("--normalize search needs a calibration loss to compare candidates")
     adapter = adapter_for(model.config)
     shape = layer_shape(model, adapter, compensate=method.compensate)
     geo = shape.geometry
@@ -112,15 +118,26 @@ def run_schedule(
         context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
         scores = importance(model, adapter, context)
         _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
-        ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
         before = masks.clone()
-        chosen = select_under_budget(ranking, masks, shape, dense_total - decoder_params(masks, shape), target * dense_total)
+        removed = dense_total - decoder_params(masks, shape)
+        searched = None
+        if config.normalize == "search":
+            heads, channels = normalized(scores, masks, geo, "search")
+            options = balance.candidates(heads, channels, masks, protected, shape, removed, target * dense_total)
+            searched = balance.choose(model, adapter, options, search_loss)
+            chosen, masks = searched.chosen, searched.masks
+        else:
+            ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
+            chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
         traj.record(step, chosen, scores.input_means, geo.head_dim)
         if method.compensate:
             compensate(model, adapter, before, masks, scores.input_means)
         apply_masks(model, adapter, masks)
         traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total))
         traj.steps[-1].seconds = round(time.perf_counter() - start, 3)
+        if searched is not None:
+            traj.steps[-1].exchange_rate = min(searched.rates, key=lambda r: abs(r - 1))
+            traj.steps[-1].candidates = [{"rates": o.rates, "heads": o.heads, "loss": o.loss} for o in options]
         if run_dir is not None:
             traj.save(run_dir)
     if traj.steps and traj.steps[-1].loss is None and loss is not None:

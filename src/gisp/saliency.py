@@ -12,8 +12,8 @@ from typing import Literal
 
 import torch
 
-NORMALIZATIONS = ("reference", "params", "zscore", "none")
-Normalization = Literal["reference", "params", "zscore", "none"]
+NORMALIZATIONS = ("search", "params", "reference", "zscore", "none")
+Normalization = Literal["search", "params", "reference", "zscore", "none"]
 
 
 def weight_saliency(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -136,11 +136,12 @@ def normalize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Make head and channel scores comparable in one global ranking.
 
-    ``head_size`` / ``channel_size``: how many weights each head / channel score sums (e.g. a GQA
-    head's q rows and o columns, 2 * hd * d; or its o columns only, hd * d).
+    ``head_size`` / ``channel_size``: the parameters removing one head / channel saves (a GQA
+    head's q rows and o columns, 2 * hd * d; an MHA head's 4 * hd * d; a channel's 3 * d).
 
     - ``reference``: heads / (4 * hd * d), channels / (3 * d_ff), as the GISP reference code does.
-    - ``params``: each score divided by the number of weights it sums: the mean saliency per weight.
+    - ``params``: each score divided by the parameters its removal saves: estimated loss per
+      parameter, the ratio a greedy walk under a parameter budget should rank by.
     - ``zscore``: standardised within each (layer, block type) over the structures still alive.
     - ``none``: scores are already comparable (e.g. FLAP's standardised fluctuation).
     """

@@ -35,7 +35,9 @@ _ORDER_TENSORS = ("head_step", "head_order", "channel_step", "channel_order")
 @dataclass
 class StepRecord:
     """What one step did. ``loss`` is the mean calibration loss of the model at this step's level
-    (filled in by the next scoring pass; step 0 is the dense model); ``seconds`` its wall time."""
+    (filled in by the next scoring pass; step 0 is the dense model); ``seconds`` its wall time.
+    With ``--normalize search``: the head/channel ``exchange_rate`` chosen and the ``candidates``
+    tried (their rates, heads removed and calibration-subset loss)."""
 
     step: int
     target_sparsity: float
@@ -45,6 +47,8 @@ class StepRecord:
     channels_removed: int
     loss: float | None = None
     seconds: float | None = None
+    exchange_rate: float | None = None
+    candidates: list[dict] | None = None
 
 
 @dataclass

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from gisp.adapters.base import AttentionGeometry
 from gisp.errors import GispError
 from gisp.importance import Importance, Scores
@@ -91,12 +93,17 @@ def rank(method: Method, scores: Scores, masks: Masks, protected: list[int], geo
     if scope == "layer":
         unit = geometry.group_size if method.head_unit == "kv-group" else 1
         return layer_ranking(scores.heads, scores.channels, masks, protected, unit)
+    heads, channels = normalized(scores, masks, geometry, normalization)
+    return global_ranking(heads, channels, masks, protected)
+
+
+def normalized(scores: Scores, masks: Masks, geometry: AttentionGeometry, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head and channel scores made comparable for a global ranking (``search`` starts from
+    ``params``: :mod:`gisp.balance` then scales heads against channels)."""
     mha = geometry.num_kv_heads == geometry.num_heads
-    heads, channels = normalize(
-        scores.heads, scores.channels, normalization,
-        head_size=scores.head_size or (4 if mha else 2) * geometry.head_dim * geometry.hidden_size,
-        channel_size=scores.channel_size or 3 * geometry.hidden_size,
+    return normalize(
+        scores.heads, scores.channels, "params" if normalization == "search" else normalization,
+        head_size=(4 if mha else 2) * geometry.head_dim * geometry.hidden_size, channel_size=3 * geometry.hidden_size,
         hidden_size=geometry.hidden_size, head_dim=geometry.head_dim, intermediate_size=geometry.intermediate_size,
         heads_alive=masks.heads, channels_alive=masks.channels,
     )
-    return global_ranking(heads, channels, masks, protected)

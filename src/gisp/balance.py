@@ -1,0 +1,76 @@
+"""How many heads against how many channels: the exchange rate of a global ranking, chosen by loss.
+
+A global ranking compares a head's score with a channel's. Scores per parameter saved
+(``params``) are the natural common unit, but first-order scores of the two block types are not
+calibrated against each other: on SmolLM2-135M the best rate differs by more than 2x between
+WikiText and GSM8K calibration, and any fixed divisor (the GISP reference's included) is far
+from the best on one of them (``benchmarks/quality.py``, README). So ``--normalize search`` lets
+the calibration loss decide, at every step:
+
+1. for each rate ``r`` in :data:`EXCHANGE_RATES`, multiply the heads' per-parameter scores by
+   ``r`` (``r > 1``: heads look more important, fewer are removed) and select this step's
+   removals under the same parameter budget;
+2. measure the calibration loss of each distinct candidate (masks applied through removable
+   hooks, weights untouched), and keep the lowest.
+
+The chosen rate and every candidate's loss are recorded in the step's record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gisp.adapters.base import ModelAdapter
+from gisp.masking import masked_view
+from gisp.selection import global_ranking, select_under_budget
+from gisp.structures import LayerShape, Masks, Structure
+
+#: Head-score multipliers tried at every step (a geometric grid around 1: per parameter saved).
+EXCHANGE_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class Candidate:
+    """One step's selection at one exchange rate (several rates can give the same selection)."""
+
+    rates: list[float]
+    chosen: list[Structure]
+    masks: Masks
+    loss: float | None = None
+    heads: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.heads = sum(1 for s in self.chosen if s.kind == "head")
+
+
+def candidates(
+    heads: torch.Tensor, channels: torch.Tensor, masks: Masks, protected: list[int], shape: LayerShape,
+    removed: int, target_removed: float, rates: tuple[float, ...] = EXCHANGE_RATES,
+) -> list[Candidate]:
+    """One selection under the step's budget per rate (``heads`` and ``channels`` normalised per
+    parameter); rates giving the same selection share one candidate."""
+    out: dict[tuple, Candidate] = {}
+    for rate in rates:
+        trial = masks.clone()
+        chosen = select_under_budget(global_ranking(heads * rate, channels, trial, protected), trial, shape, removed, target_removed)
+        key = (trial.heads.numpy().tobytes(), trial.channels.numpy().tobytes())
+        if key in out:
+            out[key].rates.append(rate)
+        else:
+            out[key] = Candidate([rate], chosen, trial)
+    return list(out.values())
+
+
+def choose(model: nn.Module, adapter: ModelAdapter, options: list[Candidate], loss: Callable[[nn.Module], float]) -> Candidate:
+    """The candidate with the lowest calibration loss (ties: the rate nearest 1); every
+    candidate's ``loss`` is filled in. A single candidate is returned without a forward pass."""
+    if len(options) == 1:
+        return options[0]
+    for option in options:
+        with masked_view(model, adapter, option.masks):
+            option.loss = loss(model)
+    return min(options, key=lambda o: (o.loss, min(abs(torch.tensor(r).log2().item()) for r in o.rates)))

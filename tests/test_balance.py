@@ -1,0 +1,78 @@
+"""The head/channel exchange-rate search: hook views, candidates, choice, and the run record."""
+
+import copy
+
+import torch
+
+from gisp import balance
+from gisp.adapters import adapter_for
+from gisp.masking import apply_masks, masked_view
+from gisp.structures import Masks, decoder_params, dense_layer_params, layer_shape
+
+from conftest import tiny_model
+from test_methods import IDS, _prune
+
+
+def test_masked_view_equals_zeroed_weights_and_leaves_nothing_behind():
+    model = tiny_model("qwen2", layers=3)
+    adapter = adapter_for(model.config)
+    masks = Masks.dense(layer_shape(model, adapter).geometry)
+    masks.heads[1, [0, 3, 4]] = False
+    masks.channels[2, ::3] = False
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad(), masked_view(model, adapter, masks):
+        viewed = model(IDS).logits
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    masked = copy.deepcopy(model)
+    apply_masks(masked, adapter, masks)
+    with torch.no_grad():
+        assert torch.allclose(viewed, masked(IDS).logits, atol=1e-5)
+
+
+def test_candidates_meet_the_budget_merge_duplicates_and_order_heads_by_rate():
+    model = tiny_model("llama-gqa", layers=4)
+    shape = layer_shape(model, adapter_for(model.config))
+    masks = Masks.dense(shape.geometry)
+    gen = torch.Generator().manual_seed(0)
+    heads, channels = torch.rand(4, 6, generator=gen), torch.rand(4, 40, generator=gen)
+    total = dense_layer_params(shape) * 4
+    options = balance.candidates(heads, channels, masks, [0], shape, 0, 0.3 * total)
+    rates = [r for o in options for r in o.rates]
+    assert sorted(rates) == sorted(balance.EXCHANGE_RATES) and len(options) <= len(rates)
+    for o in options:
+        removed = total - decoder_params(o.masks, shape)
+        assert 0.3 * total - shape.channel_params <= removed <= 0.3 * total + 0.5
+        assert o.heads == int((~o.masks.heads).sum())
+    by_rate = sorted(options, key=lambda o: o.rates[0])
+    assert [o.heads for o in by_rate] == sorted((o.heads for o in by_rate), reverse=True)  # higher rate, fewer heads
+    assert masks.heads.all() and masks.channels.all()  # the masks passed in are not touched
+
+
+def test_choose_takes_the_lowest_loss_and_skips_the_forward_for_one_candidate():
+    model = tiny_model("llama-gqa", layers=2)
+    adapter = adapter_for(model.config)
+    geo = layer_shape(model, adapter).geometry
+    a, b = Masks.dense(geo), Masks.dense(geo)
+    b.channels[1, :5] = False
+    options = [balance.Candidate([1.0], [], a), balance.Candidate([2.0, 4.0], [], b)]
+    losses = iter([3.0, 2.0])
+    assert balance.choose(model, adapter, options, lambda m: next(losses)) is options[1]
+    assert [o.loss for o in options] == [3.0, 2.0]
+    calls = []
+    assert balance.choose(model, adapter, options[:1], lambda m: calls.append(1) or 0.0) is options[0] and not calls
+
+
+def test_search_run_records_its_choice_and_exports_its_masked_model():
+    from gisp.export import build_pruned_model
+
+    dense = tiny_model("llama-gqa", layers=6)
+    work = copy.deepcopy(dense)
+    traj = _prune(work, "gisp", sparsity=0.5, steps=3, normalize="search")
+    for record in traj.steps[1:]:
+        assert record.exchange_rate in balance.EXCHANGE_RATES
+        best = min(record.candidates, key=lambda c: c["loss"])
+        assert record.exchange_rate in best["rates"] or len(record.candidates) == 1
+    pruned, _ = build_pruned_model(dense, traj.masks_at_step(3))
+    with torch.no_grad():
+        assert torch.allclose(pruned(IDS).logits, work(IDS).logits, atol=1e-4)
