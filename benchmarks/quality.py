@@ -75,12 +75,13 @@ class Plan:
 def _per_level(section: str, label: str, method_args: list[str], levels: list[float], task_args: list[str],
                task: str = "ppl", prefix: str = "") -> list[Run]:
     slug = label.replace(" ", "-")
-    return [Run(f"{prefix}{slug}-{task}-{int(l * 100)}", section, label, method_args + task_args, [l], task) for l in levels]
+    return [Run(f"{prefix}{slug}-{task}-{int(l * 100)}", section, label, method_args + task_args, [l], task)
+            for l in sorted(levels, reverse=True)]
 
 
 def smollm2_plan() -> Plan:
     levels = [0.2, 0.3, 0.4, 0.5]
-    plan = Plan("smollm2-135m", "smollm2")
+    plan = Plan("smollm2-135m", "smollm2", eval_limit=400)  # 400 windows (51K tokens) of the held-out half: CPU budget
     lm = plan.runs
     lm.append(Run("gisp-ppl", "lm", "gisp", ["--method", "gisp", "--steps", "10", *LM_ARGS], levels,
                   note="one run, 10 steps of 5%: every level is a step's target"))
@@ -284,6 +285,7 @@ def execute(plan: Plan, sections: set[str], work: Path) -> Results:
 
     results, runner = Results(plan), Runner(work)
     runs = [r for r in plan.runs if r.section in sections]
+    runs.sort(key=lambda r: -max(r.levels))  # the highest levels (the question) first; stable within
     run_dense(plan, results, runner, {r.task for r in runs if r.section != "outside"} | ({"ppl"} if runs else set()))
     for run in tqdm(runs, desc=f"quality {plan.name}", unit="run", file=sys.stdout):
         if all(results.has(run.key, l) for l in run.levels):

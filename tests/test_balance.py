@@ -6,11 +6,13 @@ import torch
 
 from gisp import balance
 from gisp.adapters import adapter_for
+from gisp.importance import TaylorImportance
 from gisp.masking import apply_masks, masked_view
-from gisp.structures import Masks, decoder_params, dense_layer_params, layer_shape
+from gisp.methods.base import normalized
+from gisp.structures import Masks, decoder_params, dense_layer_params, layer_shape, protected_layers
 
 from conftest import tiny_model
-from test_methods import IDS, _prune
+from test_methods import BATCHES, IDS, _prune
 
 
 def test_masked_view_equals_zeroed_weights_and_leaves_nothing_behind():
@@ -76,3 +78,23 @@ def test_search_run_records_its_choice_and_exports_its_masked_model():
     pruned, _ = build_pruned_model(dense, traj.masks_at_step(3))
     with torch.no_grad():
         assert torch.allclose(pruned(IDS).logits, work(IDS).logits, atol=1e-4)
+
+
+def test_search_compares_look_aheads_at_the_final_sparsity_and_takes_the_steps_share_at_that_rate():
+    dense = tiny_model("llama-gqa", layers=6)
+    traj = _prune(copy.deepcopy(dense), "gisp", sparsity=0.5, steps=3, normalize="search")
+    shape = layer_shape(dense, adapter_for(dense.config))
+    total = dense_layer_params(shape) * 6
+    for record in traj.steps[1:]:
+        assert all({"rates", "heads_at_target", "loss"} <= set(c) for c in record.candidates)
+    # replaying step 1: scores of the dense model, look-aheads to 50%, then 1/3 of it at the chosen rate
+    model = copy.deepcopy(dense)
+    scores = TaylorImportance(BATCHES, progress=False, weights="output")(model, adapter_for(model.config))
+    heads, channels = normalized(scores, Masks.dense(shape.geometry), shape.geometry, "search")
+    protected = protected_layers(6, 0.2, 1)
+    options = balance.candidates(heads, channels, Masks.dense(shape.geometry), protected, shape, 0, 0.5 * total)
+    assert sorted(o.heads for o in options) == sorted(c["heads_at_target"] for c in traj.steps[1].candidates)
+    rate = traj.steps[1].exchange_rate
+    step1 = Masks.dense(shape.geometry)
+    balance.select_at_rate(heads, channels, step1, protected, shape, 0, 0.5 / 3 * total, rate)
+    assert torch.equal(step1.heads, traj.masks_at_step(1).heads) and torch.equal(step1.channels, traj.masks_at_step(1).channels)

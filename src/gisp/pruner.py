@@ -122,10 +122,11 @@ def run_schedule(
         removed = dense_total - decoder_params(masks, shape)
         searched = None
         if config.normalize == "search":
-            heads, channels = normalized(scores, masks, geo, "search")
-            options = balance.candidates(heads, channels, masks, protected, shape, removed, target * dense_total)
+            heads, channels = normalized(scores, masks, geo, "search")  # look ahead to the final sparsity
+            options = balance.candidates(heads, channels, masks, protected, shape, removed, config.sparsity * dense_total)
             searched = balance.choose(model, adapter, options, search_loss)
-            chosen, masks = searched.chosen, searched.masks
+            rate = balance.preferred_rate(searched.rates)
+            chosen = balance.select_at_rate(heads, channels, masks, protected, shape, removed, target * dense_total, rate)
         else:
             ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
             chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
@@ -136,8 +137,8 @@ def run_schedule(
         traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total))
         traj.steps[-1].seconds = round(time.perf_counter() - start, 3)
         if searched is not None:
-            traj.steps[-1].exchange_rate = min(searched.rates, key=lambda r: abs(r - 1))
-            traj.steps[-1].candidates = [{"rates": o.rates, "heads": o.heads, "loss": o.loss} for o in options]
+            traj.steps[-1].exchange_rate = rate
+            traj.steps[-1].candidates = [{"rates": o.rates, "heads_at_target": o.heads, "loss": o.loss} for o in options]
         if run_dir is not None:
             traj.save(run_dir)
     if traj.steps and traj.steps[-1].loss is None and loss is not None:

@@ -37,7 +37,8 @@ class StepRecord:
     """What one step did. ``loss`` is the mean calibration loss of the model at this step's level
     (filled in by the next scoring pass; step 0 is the dense model); ``seconds`` its wall time.
     With ``--normalize search``: the head/channel ``exchange_rate`` chosen and the ``candidates``
-    tried (their rates, heads removed and calibration-subset loss)."""
+    tried: each a look-ahead to the run's final sparsity (its rates, the heads it would have
+    removed by then, and its calibration-subset loss)."""
 
     step: int
     target_sparsity: float
