@@ -3,16 +3,21 @@
 import copy
 
 import torch
+from conftest import tiny_model
+from test_methods import BATCHES, IDS, _prune
 
 from gisp import balance
 from gisp.adapters import adapter_for
 from gisp.importance import TaylorImportance
 from gisp.masking import apply_masks, masked_view
 from gisp.methods.base import normalized
-from gisp.structures import Masks, decoder_params, dense_layer_params, layer_shape, protected_layers
-
-from conftest import tiny_model
-from test_methods import BATCHES, IDS, _prune
+from gisp.structures import (
+    Masks,
+    decoder_params,
+    dense_layer_params,
+    layer_shape,
+    protected_layers,
+)
 
 
 def test_masked_view_equals_zeroed_weights_and_leaves_nothing_behind():
