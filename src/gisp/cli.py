@@ -23,7 +23,7 @@ _HELP = {
     "prompt_field": "prompt field of jsonl:PATH answer data", "answer_field": "answer field of jsonl:PATH answer data",
     "method": "pruning method: gisp, wanda-sp, flap, llm-pruner, shortgpt, magnitude, random (gisp.methods)",
     "normalize": "how head and channel scores are made comparable in a global ranking "
-                 "(reference, params, zscore, none; default: the method's)",
+                 "(search, params, reference, zscore, none; default: the method's)",
     "taylor_weights": "Taylor methods: which weights a structure's score sums, all (q rows + o columns of a head, "
                       "gate/up rows + down column of a channel) or output (o columns / down column)",
     "scope": "ranking scope: global (one ranking over all layers), layer (same fraction per layer), "
