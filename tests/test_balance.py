@@ -11,6 +11,7 @@ from gisp.adapters import adapter_for
 from gisp.importance import TaylorImportance
 from gisp.masking import apply_masks, masked_view
 from gisp.methods.base import normalized
+from gisp.report import info_text
 from gisp.structures import (
     Masks,
     decoder_params,
@@ -80,6 +81,10 @@ def test_search_run_records_its_choice_and_exports_its_masked_model():
         assert record.exchange_rate in balance.EXCHANGE_RATES
         best = min(record.candidates, key=lambda c: c["loss"])
         assert record.exchange_rate in best["rates"] or len(record.candidates) == 1
+    rows = info_text(traj).splitlines()
+    header = next(i for i, line in enumerate(rows) if line.startswith("step"))
+    assert rows[header].endswith("head/channel rate")
+    assert [float(rows[header + 2 + s].split()[-1]) for s in (1, 2, 3)] == [r.exchange_rate for r in traj.steps[1:]]
     pruned, _ = build_pruned_model(dense, traj.masks_at_step(3))
     with torch.no_grad():
         assert torch.allclose(pruned(IDS).logits, work(IDS).logits, atol=1e-4)

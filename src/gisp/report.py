@@ -56,10 +56,13 @@ def info_text(traj: Trajectory) -> str:
         "sparsity = removed / dense parameters of the decoder layers' projections; model = removed / all parameters",
         "",
     ]
+    searched = any(r.exchange_rate is not None for r in traj.steps)  # --normalize search: the rate chosen
     steps = table(
-        ["step", "target", "sparsity", "model", "heads removed", "channels removed", "calib loss", "seconds"],
+        ["step", "target", "sparsity", "model", "heads removed", "channels removed", "calib loss", "seconds"]
+        + (["head/channel rate"] if searched else []),
         [[r.step, r.target_sparsity, r.sparsity, r.model_sparsity, r.heads_removed, r.channels_removed, r.loss,
-          None if r.seconds is None else f"{r.seconds:.1f}"] for r in traj.steps],
+          None if r.seconds is None else f"{r.seconds:.1f}"] + ([None if r.exchange_rate is None else f"{r.exchange_rate:g}"] if searched else [])
+         for r in traj.steps],
     )
     masks = traj.masks_at_step(traj.completed_steps)
     num_layers, num_heads = masks.heads.shape
