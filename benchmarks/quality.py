@@ -85,12 +85,12 @@ def smollm2_plan() -> Plan:
     lm = plan.runs
     lm.append(Run("gisp-ppl", "lm", "gisp", ["--method", "gisp", "--steps", "10", *LM_ARGS], levels,
                   note="one run, 10 steps of 5%: every level is a step's target"))
+    for method in BASELINES:
+        lm += _per_level("lm", method, ["--method", method], levels, LM_ARGS)
     lm += _per_level("lm", "gisp one-shot", ["--method", "gisp", "--steps", "1"], levels, LM_ARGS)
     lm.append(Run("gisp-reference-ppl", "lm", "gisp (reference scoring)",
                   ["--method", "gisp", "--steps", "10", *REFERENCE_SCORING, *LM_ARGS], levels,
                   note="q/gate/up rows + o/down columns, reference divisors; one run, 10 steps"))
-    for method in BASELINES:
-        lm += _per_level("lm", method, ["--method", method], levels, LM_ARGS)
     task_levels = [0.3, 0.4]
     lm.append(Run("gisp-mc", "task", "gisp", ["--method", "gisp", "--steps", "8", *TASK_ARGS], task_levels, "mc",
                   note="one run, 8 steps of 5%"))
@@ -101,7 +101,7 @@ def smollm2_plan() -> Plan:
     # ablations at 50% (besides the main rows: 10 steps, 1 step, reference scoring)
     for steps in (4, 8, 16):
         lm.append(Run(f"abl-steps{steps}", "ablation", f"gisp steps={steps}", ["--steps", str(steps), *LM_ARGS], [0.5]))
-    for norm in ("reference", "zscore"):
+    for norm in ("params", "reference", "zscore"):
         lm.append(Run(f"abl-norm-{norm}", "ablation", f"gisp normalize={norm}",
                       ["--steps", "10", "--normalize", norm, *LM_ARGS], [0.5]))
     lm.append(Run("abl-weights-all", "ablation", "gisp taylor-weights=all",

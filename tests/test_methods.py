@@ -83,7 +83,7 @@ def test_registry_names_every_method_and_takes_new_ones():
 
 def test_config_resolves_method_defaults_and_refuses_bad_combinations():
     default = gisp.PruneConfig(model="m", data="d")
-    assert (default.steps, default.taylor_weights, default.normalize, default.scope) == (8, "output", "params", "global")
+    assert (default.steps, default.taylor_weights, default.normalize, default.scope) == (8, "output", "search", "global")
     config = gisp.PruneConfig(model="m", data="d", method="wanda-sp")
     assert (config.steps, config.normalize) == (1, "none")
     assert gisp.PruneConfig(model="m", data="d", method="magnitude").normalize == "params"

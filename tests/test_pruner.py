@@ -82,6 +82,9 @@ class _Crash:
             raise KeyboardInterrupt
         return self.inner(model, adapter, context)
 
+    def mean_loss(self, model):
+        return self.inner.mean_loss(model)
+
 
 def test_interrupted_run_resumes_to_the_same_trajectory(tmp_path):
     _, full = _prune(run_dir=tmp_path / "full")
@@ -140,9 +143,14 @@ def test_public_api_takes_a_user_loss(tmp_path):
 
     model = tiny_model("qwen3", layers=6)
     traj = gisp.prune(model=model, objective=first_token_loss, batches=_batches(), data="custom", sparsity=0.3,
-                      steps=2, protect_first=0.2, out=tmp_path / "run", progress=False)
+                      steps=2, protect_first=0.2, out=tmp_path / "run", progress=False, normalize="params")
     assert calls == [4, 2] * 2 + [4, 2]  # two gradient passes, then the final loss
     assert traj.completed_steps == 2 and traj.steps[-1].sparsity > 0.29
+    calls.clear()  # the search compares its candidates with the same objective, on every 4th batch only
+    searched = gisp.prune(model=tiny_model("qwen3", layers=6), objective=first_token_loss, batches=_batches(),
+                          data="custom", sparsity=0.3, steps=2, protect_first=0.2, progress=False)
+    looked = [len(r.candidates) if len(r.candidates) > 1 else 0 for r in searched.steps[1:]]
+    assert calls == [4, 2] + [4] * looked[0] + [4, 2] + [4] * looked[1] + [4, 2]
     assert Trajectory.load(tmp_path / "run").model["spec"] == "in-memory model"
     with pytest.raises(GispError, match="pass either a PruneConfig or its fields"):
         gisp.prune(PruneConfig(model="m", data="d"), sparsity=0.2)

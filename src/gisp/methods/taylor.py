@@ -4,11 +4,13 @@ Both score with first-order Taylor importance ``|W * dL/dW|``, the gradient aver
 calibration set, summed per structure. They differ in what a structure is and how it is ranked:
 
 - ``gisp``: a head is scored by its ``o_proj`` columns and a channel by its ``down_proj`` column
-  (``taylor_weights="output"``), each score divided by the number of weights it sums (``params``),
-  and all are ranked globally across layers; iterative (scores recomputed on the pruned model at
-  every step). The reference code's scoring, q rows + o columns of a head and gate/up rows + down
-  column of a channel with its ``reference`` divisors, is ``--taylor-weights all --normalize
-  reference``: on SmolLM2-135M it ranks worse (``benchmarks/quality.py``; the README explains why).
+  (``taylor_weights="output"``), each score divided by the parameters its removal saves, with the
+  head/channel exchange rate chosen by calibration loss at every step (``normalize="search"``,
+  :mod:`gisp.balance`), and all are ranked globally across layers; iterative (scores recomputed on
+  the pruned model at every step). The reference code's scoring, q rows + o columns of a head and
+  gate/up rows + down column of a channel with its ``reference`` divisors, is ``--taylor-weights
+  all --normalize reference``: on SmolLM2-135M it ranks worse (``benchmarks/quality.py``,
+  ``benchmarks/exchange_rate.py``; the README explains why).
 - ``llm-pruner``: a head is its whole coupled KV group (q/k/v rows and o columns), removed
   together; no normalisation; the same fraction of every unprotected layer; one shot, no LoRA.
 """
@@ -27,8 +29,8 @@ def _taylor(aggregate: str):
 
 
 register_method(Method(
-    name="gisp", summary="first-order Taylor |W*g| of o/down columns per weight, global ranking, iterative",
-    build=_taylor("head"), scope="global", normalize="params", steps=8, uses_gradients=True, taylor_weights="output",
+    name="gisp", summary="first-order Taylor |W*g| of o/down columns, head/channel rate searched, global ranking, iterative",
+    build=_taylor("head"), scope="global", normalize="search", steps=8, uses_gradients=True, taylor_weights="output",
 ))
 register_method(Method(
     name="llm-pruner", summary="first-order Taylor |W*g| per coupled KV group and channel, same ratio per layer",
