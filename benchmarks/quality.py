@@ -58,6 +58,7 @@ class Run:
     task: str = "ppl"  # ppl | mc
     note: str = ""
     target: float | None = None  # the run's --sparsity (default: its highest level)
+    order: float | None = None  # when to run it: highest first (default: its highest level)
 
     @property
     def sparsity(self) -> float:
@@ -90,7 +91,7 @@ def smollm2_plan() -> Plan:
     lm += _per_level("lm", "gisp one-shot", ["--method", "gisp", "--steps", "1"], levels, LM_ARGS)
     lm.append(Run("gisp-reference-ppl", "lm", "gisp (reference scoring)",
                   ["--method", "gisp", "--steps", "10", *REFERENCE_SCORING, *LM_ARGS], levels,
-                  note="q/gate/up rows + o/down columns, reference divisors; one run, 10 steps"))
+                  note="q/gate/up rows + o/down columns, reference divisors; one run, 10 steps", order=0.35))
     task_levels = [0.3, 0.4]
     lm.append(Run("gisp-mc", "task", "gisp", ["--method", "gisp", "--steps", "8", *TASK_ARGS], task_levels, "mc",
                   note="one run, 8 steps of 5%"))
@@ -285,7 +286,7 @@ def execute(plan: Plan, sections: set[str], work: Path) -> Results:
 
     results, runner = Results(plan), Runner(work)
     runs = [r for r in plan.runs if r.section in sections]
-    runs.sort(key=lambda r: -max(r.levels))  # the highest levels (the question) first; stable within
+    runs.sort(key=lambda r: -(r.order or max(r.levels)))  # the question (40-50%) first; stable within
     run_dense(plan, results, runner, {r.task for r in runs if r.section != "outside"} | ({"ppl"} if runs else set()))
     for run in tqdm(runs, desc=f"quality {plan.name}", unit="run", file=sys.stdout):
         if all(results.has(run.key, l) for l in run.levels):
