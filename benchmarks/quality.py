@@ -308,7 +308,7 @@ def _cell(records: list[dict], method: str, level: float, metric: str, fmt: str 
 
 def _best(records: list[dict], level: float, metric: str, lower: bool) -> str | None:
     vals = [(r[metric], r["method"]) for r in records if r["requested"] == level and metric in r]
-    return (min(vals) if lower else max(vals))[1] if vals else None
+    return (min(vals) if lower else max(vals))[1] if len(vals) > 1 else None  # bold only beside others
 
 
 def table(records: list[dict], levels: list[float], metric: str, lower: bool, fmt: str = "{:.2f}") -> str:
