@@ -63,7 +63,7 @@ def test_choose_takes_the_lowest_loss_and_skips_the_forward_for_one_candidate():
     geo = layer_shape(model, adapter).geometry
     a, b = Masks.dense(geo), Masks.dense(geo)
     b.channels[1, :5] = False
-    options = [balance.Candidate([1.0], [], a), balance.Candidate([2.0, 4.0], [], b)]
+    options = [balance.Candidate([1.0], 0, a), balance.Candidate([2.0, 4.0], 0, b)]
     losses = iter([3.0, 2.0])
     assert balance.choose(model, adapter, options, lambda m: next(losses)) is options[1]
     assert [o.loss for o in options] == [3.0, 2.0]

@@ -2,10 +2,10 @@
 
 A global ranking compares a head's score with a channel's. Scores per parameter saved
 (``params``) are the natural common unit, but first-order scores of the two block types are not
-calibrated against each other: on SmolLM2-135M the best rate differs by more than 2x between
-WikiText and GSM8K calibration, and any fixed divisor (the GISP reference's included) is far
-from the best on one of them (``benchmarks/quality.py``, README). So ``--normalize search`` lets
-the calibration loss decide, at every step:
+calibrated against each other: on SmolLM2-135M the best rate differs 4x between WikiText and
+GSM8K calibration, and any fixed divisor (the GISP reference's included) is far from the best on
+one of them (``benchmarks/exchange_rate.py``, README). So ``--normalize search`` lets the
+calibration loss decide, at every step (:func:`search_step`):
 
 1. for each rate ``r`` in :data:`EXCHANGE_RATES`, multiply the heads' per-parameter scores by
    ``r`` (``r > 1``: heads look more important, fewer are removed) and select, from the current
@@ -24,8 +24,9 @@ loss are recorded in the step's record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,16 +44,13 @@ EXCHANGE_RATES = tuple(round(2 ** (k / 2), 4) for k in range(-4, 5))  # 0.25 ...
 
 @dataclass
 class Candidate:
-    """One step's selection at one exchange rate (several rates can give the same selection)."""
+    """One look-ahead: the masks some exchange rates lead to (several rates can give the same),
+    the heads those rates remove on the way, and the calibration loss once measured."""
 
     rates: list[float]
-    chosen: list[Structure]
+    heads: int
     masks: Masks
     loss: float | None = None
-    heads: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.heads = sum(1 for s in self.chosen if s.kind == "head")
 
 
 def candidates(
@@ -69,13 +67,13 @@ def candidates(
         if key in out:
             out[key].rates.append(rate)
         else:
-            out[key] = Candidate([rate], chosen, trial)
+            out[key] = Candidate([rate], sum(1 for s in chosen if s.kind == "head"), trial)
     return list(out.values())
 
 
 def preferred_rate(rates: list[float]) -> float:
     """Of rates giving the same selection, the one nearest 1 (per parameter saved) in log scale."""
-    return min(rates, key=lambda r: (abs(torch.tensor(r).log2().item()), r))
+    return min(rates, key=lambda r: (abs(math.log2(r)), r))
 
 
 def select_at_rate(
@@ -94,4 +92,18 @@ def choose(model: nn.Module, adapter: ModelAdapter, options: list[Candidate], lo
     for option in options:
         with masked_view(model, adapter, option.masks):
             option.loss = loss(model)
-    return min(options, key=lambda o: (o.loss, abs(torch.tensor(preferred_rate(o.rates)).log2().item())))
+    return min(options, key=lambda o: (o.loss, abs(math.log2(preferred_rate(o.rates)))))
+
+
+def search_step(
+    model: nn.Module, adapter: ModelAdapter, heads: torch.Tensor, channels: torch.Tensor, masks: Masks,
+    protected: list[int], shape: LayerShape, removed: int, step_removed: float, final_removed: float,
+    loss: Callable[[nn.Module], float],
+) -> tuple[list[Structure], float, list[Candidate]]:
+    """One step of ``--normalize search``: look-aheads to ``final_removed`` at every rate, the rate
+    of the lowest calibration loss, and this step's removals (up to ``step_removed``) at that rate.
+
+    ``masks`` is updated in place; returns the removals, the rate and every look-ahead."""
+    options = candidates(heads, channels, masks, protected, shape, removed, final_removed)
+    rate = preferred_rate(choose(model, adapter, options, loss).rates)
+    return select_at_rate(heads, channels, masks, protected, shape, removed, step_removed, rate), rate, options

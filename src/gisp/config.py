@@ -23,7 +23,8 @@ class PruneConfig:
     ``sparsity`` is the final *parameter* sparsity of the decoder layers' seven projections
     (weights and biases), counted as the exported model holds them. ``method`` names a registered
     pruning method (:mod:`gisp.methods`); ``steps``, ``normalize`` and ``scope`` left at ``None``
-    take that method's defaults (``gisp``: 8 steps, ``params``, global; the baselines: one shot). ``scope`` overrides how scores are ranked (``global``, ``layer``, ``depth``), e.g. GISP's
+    take that method's defaults (``gisp``: 8 steps, ``search``, global; the baselines: one
+    shot). ``scope`` overrides how scores are ranked (``global``, ``layer``, ``depth``), e.g. GISP's
     scores ranked within each layer, to separate what a method scores from how it ranks.
     ``taylor_weights`` (Taylor methods): which weights a structure's score sums, ``all`` (a head's
     q rows and o columns, a channel's gate/up rows and down column) or ``output`` (o columns /

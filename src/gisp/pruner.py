@@ -120,13 +120,11 @@ def run_schedule(
         _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
         before = masks.clone()
         removed = dense_total - decoder_params(masks, shape)
-        searched = None
+        options = None
         if config.normalize == "search":
-            heads, channels = normalized(scores, masks, geo, "search")  # look ahead to the final sparsity
-            options = balance.candidates(heads, channels, masks, protected, shape, removed, config.sparsity * dense_total)
-            searched = balance.choose(model, adapter, options, search_loss)
-            rate = balance.preferred_rate(searched.rates)
-            chosen = balance.select_at_rate(heads, channels, masks, protected, shape, removed, target * dense_total, rate)
+            heads, channels = normalized(scores, masks, geo, "search")
+            chosen, rate, options = balance.search_step(model, adapter, heads, channels, masks, protected, shape, removed,
+                                                        target * dense_total, config.sparsity * dense_total, search_loss)
         else:
             ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
             chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
@@ -136,7 +134,7 @@ def run_schedule(
         apply_masks(model, adapter, masks)
         traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total))
         traj.steps[-1].seconds = round(time.perf_counter() - start, 3)
-        if searched is not None:
+        if options is not None:
             traj.steps[-1].exchange_rate = rate
             traj.steps[-1].candidates = [{"rates": o.rates, "heads_at_target": o.heads, "loss": o.loss} for o in options]
         if run_dir is not None:
