@@ -8,8 +8,8 @@ Torch-Pruning library, same model, same calibration tokens, same evaluation (iss
 
 Protocol (written into the results file):
 - LM: calibration = random 128-token windows of the first 31 articles of WikiText-2 test
-  (``wikitext2:PATH[:31]``), perplexity at seq_len 128 on the other 31 articles (``[31:]``), never
-  on text the calibration saw. 128 windows = 16,384 tokens for every method in a cell.
+  (``wikitext2:PATH[:31]``), perplexity at seq_len 128 on the other 31 articles (``[31:]``; SmolLM2:
+  their first 400 windows, Qwen: 400, for CPU time), never on text the calibration saw. 128 windows = 16,384 tokens for every method in a cell.
 - Task: ``margin`` calibration on PIQA dev questions 1-500 (16,384 tokens), acc / acc_norm on 501-1000.
 - Every method: the same protected layers (first 10%, last), the same sparsity definition
   (decoder projections' parameters, as exported), one run per (method, level) except iterative
