@@ -85,10 +85,13 @@ def smollm2_plan() -> Plan:
     plan = Plan("smollm2-135m", "smollm2", eval_limit=400)  # 400 windows (51K tokens) of the held-out half: CPU budget
     lm = plan.runs
     lm.append(Run("gisp-ppl", "lm", "gisp", ["--method", "gisp", "--steps", "10", *LM_ARGS], levels,
-                  note="one run, 10 steps of 5%: every level is a step's target"))
+                  note="one run, 10 steps of 5%: every level is a step's target; bias-compensated (the default)"))
     for method in BASELINES:
         lm += _per_level("lm", method, ["--method", method], levels, LM_ARGS)
     lm += _per_level("lm", "gisp one-shot", ["--method", "gisp", "--steps", "1"], levels, LM_ARGS)
+    lm.append(Run("gisp-nocomp-ppl", "lm", "gisp (no compensation)",
+                  ["--method", "gisp", "--steps", "10", "--no-compensate", *LM_ARGS], levels,
+                  note="one run, 10 steps of 5%, without bias compensation", order=0.36))
     lm.append(Run("gisp-reference-ppl", "lm", "gisp (reference scoring)",
                   ["--method", "gisp", "--steps", "10", *REFERENCE_SCORING, *LM_ARGS], levels,
                   note="q/gate/up rows + o/down columns, reference divisors; one run, 10 steps", order=0.35))
@@ -99,7 +102,9 @@ def smollm2_plan() -> Plan:
                   ["--method", "gisp", "--steps", "8", *REFERENCE_SCORING, *TASK_ARGS], task_levels, "mc"))
     for method in BASELINES:
         lm += _per_level("task", method, ["--method", method], task_levels, TASK_ARGS, "mc")
-    # ablations at 50% (besides the main rows: 10 steps, 1 step, reference scoring)
+    # ablations at 50% (besides the main rows: 10 steps, 1 step, no compensation, reference scoring)
+    lm.append(Run("gisp-one-shot-nocomp-ppl-50", "ablation", "gisp one-shot (no compensation)",
+                  ["--method", "gisp", "--steps", "1", "--no-compensate", *LM_ARGS], [0.5]))
     for steps in (4, 8, 16):
         lm.append(Run(f"abl-steps{steps}", "ablation", f"gisp steps={steps}", ["--steps", str(steps), *LM_ARGS], [0.5]))
     for norm in ("params", "reference", "zscore"):

@@ -38,6 +38,32 @@ def test_masked_view_equals_zeroed_weights_and_leaves_nothing_behind():
         assert torch.allclose(viewed, masked(IDS).logits, atol=1e-5)
 
 
+def test_masked_view_with_means_equals_compensated_weights():
+    from gisp.compensation import compensate
+    from gisp.methods.flap import FlapImportance
+    from test_methods import _context
+
+    model = tiny_model("llama-gqa", layers=3)
+    adapter = adapter_for(model.config)
+    means = FlapImportance(BATCHES, progress=False)(model, adapter, _context(model)).input_means
+    before = Masks.dense(layer_shape(model, adapter).geometry)
+    before.heads[2, 1] = False  # removed earlier: zero weights already
+    apply_masks(model, adapter, before)
+    masks = before.clone()
+    masks.heads[1, [0, 5]] = False
+    masks.channels[2, ::4] = False
+    with torch.no_grad(), masked_view(model, adapter, masks, means):
+        viewed = model(IDS).logits
+    assert not any(m._forward_pre_hooks for m in model.modules())
+    compensated = copy.deepcopy(model)
+    compensate(compensated, adapter, before, masks, means)
+    apply_masks(compensated, adapter, masks)
+    with torch.no_grad():
+        assert torch.allclose(viewed, compensated(IDS).logits, atol=1e-5)
+        with masked_view(model, adapter, masks):  # without means: plain zeroing, a different model
+            assert not torch.allclose(viewed, model(IDS).logits, atol=1e-3)
+
+
 def test_candidates_meet_the_budget_merge_duplicates_and_order_heads_by_rate():
     model = tiny_model("llama-gqa", layers=4)
     shape = layer_shape(model, adapter_for(model.config))
@@ -85,7 +111,7 @@ def test_search_run_records_its_choice_and_exports_its_masked_model():
     header = next(i for i, line in enumerate(rows) if line.startswith("step"))
     assert rows[header].endswith("head/channel rate")
     assert [float(rows[header + 2 + s].split()[-1]) for s in (1, 2, 3)] == [r.exchange_rate for r in traj.steps[1:]]
-    pruned, _ = build_pruned_model(dense, traj.masks_at_step(3))
+    pruned, _ = build_pruned_model(dense, traj.masks_at_step(3), traj.input_means)
     with torch.no_grad():
         assert torch.allclose(pruned(IDS).logits, work(IDS).logits, atol=1e-4)
 
@@ -93,13 +119,13 @@ def test_search_run_records_its_choice_and_exports_its_masked_model():
 def test_search_compares_look_aheads_at_the_final_sparsity_and_takes_the_steps_share_at_that_rate():
     dense = tiny_model("llama-gqa", layers=6)
     traj = _prune(copy.deepcopy(dense), "gisp", sparsity=0.5, steps=3, normalize="search")
-    shape = layer_shape(dense, adapter_for(dense.config))
+    shape = layer_shape(dense, adapter_for(dense.config), compensate=True)
     total = dense_layer_params(shape) * 6
     for record in traj.steps[1:]:
         assert all({"rates", "heads_at_target", "loss"} <= set(c) for c in record.candidates)
     # replaying step 1: scores of the dense model, look-aheads to 50%, then 1/3 of it at the chosen rate
     model = copy.deepcopy(dense)
-    scores = TaylorImportance(BATCHES, progress=False, weights="output")(model, adapter_for(model.config))
+    scores = TaylorImportance(BATCHES, progress=False, weights="output", compensate=True)(model, adapter_for(model.config))
     heads, channels = normalized(scores, Masks.dense(shape.geometry), shape.geometry, "search")
     protected = protected_layers(6, 0.2, 1)
     options = balance.candidates(heads, channels, Masks.dense(shape.geometry), protected, shape, 0, 0.5 * total)

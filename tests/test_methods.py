@@ -13,6 +13,7 @@ from gisp.compensation import compensate
 from gisp.errors import GispError
 from gisp.export import build_pruned_model, export, save_export, ExportInfo
 from gisp.importance import StepContext
+from gisp.objectives import lm_loss
 from gisp.masking import apply_masks
 from gisp.methods import Method, method_for, method_names, register_method
 from gisp.methods.flap import FlapImportance
@@ -83,7 +84,9 @@ def test_registry_names_every_method_and_takes_new_ones():
 
 def test_config_resolves_method_defaults_and_refuses_bad_combinations():
     default = gisp.PruneConfig(model="m", data="d")
-    assert (default.steps, default.taylor_weights, default.normalize, default.scope) == (8, "output", "search", "global")
+    assert (default.steps, default.taylor_weights, default.normalize, default.scope, default.compensate) == (
+        8, "output", "search", "global", True)
+    assert gisp.PruneConfig(model="m", data="d", taylor_weights="all").compensate is False  # reference scoring
     config = gisp.PruneConfig(model="m", data="d", method="wanda-sp")
     assert (config.steps, config.normalize) == (1, "none")
     assert gisp.PruneConfig(model="m", data="d", method="magnitude").normalize == "params"
@@ -92,8 +95,15 @@ def test_config_resolves_method_defaults_and_refuses_bad_combinations():
     assert gisp.PruneConfig(model="m", data="d", scope="layer").normalize == "none"
     assert gisp.PruneConfig(model="m", data="d", method="wanda-sp", scope="global", normalize="zscore").scope == "global"
     assert gisp.PruneConfig(model="m", data="d", method="flap").taylor_weights is None
-    with pytest.raises(GispError, match="--normalize search compares candidates without compensation biases; not for flap"):
+    with pytest.raises(GispError, match="--normalize search rescales nonnegative scores per parameter; flap's are standardised"):
         gisp.PruneConfig(model="m", data="d", method="flap", normalize="search")
+    assert gisp.PruneConfig(model="m", data="d", method="flap").compensate is True
+    assert gisp.PruneConfig(model="m", data="d", method="flap", compensate=False).compensate is False
+    assert gisp.PruneConfig(model="m", data="d", compensate=False).compensate is False
+    with pytest.raises(GispError, match=r"--compensate needs a method that measures input means \(gisp, flap\), not wanda-sp"):
+        gisp.PruneConfig(model="m", data="d", method="wanda-sp", compensate=True)
+    with pytest.raises(GispError, match="--compensate scores o_proj/down_proj columns; use it with --taylor-weights output"):
+        gisp.PruneConfig(model="m", data="d", compensate=True, taylor_weights="all")
     with pytest.raises(GispError, match="--normalize search does not apply to method gisp with scope layer"):
         gisp.PruneConfig(model="m", data="d", scope="layer", normalize="search")
     with pytest.raises(GispError, match="--taylor-weights applies to Taylor methods .* not flap"):
@@ -173,6 +183,57 @@ def test_flap_compensation_keeps_the_mean_output():
     pruned_out = x @ o.weight.double().T + o.bias.double()
     assert torch.allclose(pruned_out.mean(0), dense_out.mean(0), atol=1e-5)
     assert adapter.all_layer_modules(masked)[0].o.bias is None  # untouched layers gain nothing
+
+
+def test_compensated_taylor_scores_by_hand():
+    """gisp --compensate: o/down columns scored as removals that keep their mean, from the mean
+    weight gradient, the mean output gradient (a zero bias's gradient) and the mean input."""
+    model = tiny_model("llama-gqa", layers=3)
+    adapter = adapter_for(model.config)
+    scores = TaylorImportance(BATCHES, progress=False, weights="output", compensate=True)(model, adapter, _context(model))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    probe = copy.deepcopy(model)
+    mods = adapter.all_layer_modules(probe)[1]
+    for m in (mods.o, mods.down):
+        m.bias = torch.nn.Parameter(torch.zeros(48))
+    params = [mods.o.weight, mods.o.bias, mods.down.weight, mods.down.bias]
+    loss = sum(lm_loss(probe, b) * b["input_ids"].shape[0] / IDS.shape[0] for b in BATCHES)  # shares 4/6, 2/6
+    g_o, b_o, g_down, b_down = torch.autograd.grad(loss, params)
+    mu_o, mu_down = _inputs(model, 1, "o").mean(0), _inputs(model, 1, "down").mean(0)
+    heads = (mods.o.weight * (g_o - b_o[:, None] * mu_o[None, :].float())).abs().sum(0).reshape(6, 8).sum(1)
+    channels = (mods.down.weight * (g_down - b_down[:, None] * mu_down[None, :].float())).abs().sum(0)
+    assert torch.allclose(scores.heads[1], heads, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(scores.channels[1], channels, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(scores.input_means.attention[1].double(), mu_o, atol=1e-5)
+    assert torch.allclose(scores.input_means.mlp[1].double(), mu_down, atol=1e-5)
+    assert scores.heads.grad_fn is None and scores.channels.grad_fn is None
+    plain = TaylorImportance(BATCHES, progress=False, weights="output")(model, adapter, _context(model))
+    assert plain.input_means is None and not torch.allclose(plain.channels[1], scores.channels[1])
+
+
+def test_compensated_gisp_run_exports_its_masked_model_with_biases(tmp_path):
+    dense = tiny_model("llama-gqa", layers=6)
+    work = copy.deepcopy(dense)
+    traj = _prune(work, "gisp", sparsity=0.5, steps=3, compensate=True, out=tmp_path / "run")
+    assert traj.compensated and traj.config["compensate"] is True
+    assert adapter_for(work.config).all_layer_modules(work)[3].down.bias is not None
+    export(tmp_path / "run", 0.5, tmp_path / "out", model=dense, tokenizer=None)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["added_biases"]
+    with torch.no_grad():
+        expected = work(IDS).logits
+    reload_without_gisp(tmp_path / "out", expected, tmp_path, IDS)
+    # a nested level between steps recomputes its biases from the dense weights
+    shape = layer_shape(dense, adapter_for(dense.config), compensate=True)
+    masks, _ = traj.masks_at_sparsity(0.3, shape)
+    masked = copy.deepcopy(dense)
+    compensate(masked, adapter_for(dense.config), Masks.dense(shape.geometry), masks, traj.input_means)
+    apply_masks(masked, adapter_for(dense.config), masks)
+    pruned, _ = build_pruned_model(dense, masks, traj.input_means)
+    with torch.no_grad():
+        assert torch.allclose(pruned(IDS).logits, masked(IDS).logits, atol=1e-4)
+    # resuming a compensated run needs the same setting
+    with pytest.raises(GispError, match="compensate: True there vs False here"):
+        _prune(copy.deepcopy(dense), "gisp", sparsity=0.5, steps=3, compensate=False, out=tmp_path / "run")
 
 
 def test_llm_pruner_scores_whole_kv_groups_by_hand():

@@ -7,6 +7,8 @@ from gisp import PruneConfig
 from gisp.adapters import adapter_for
 from gisp.errors import GispError
 from gisp.importance import TaylorImportance
+from gisp.methods import MethodInputs, method_for
+from gisp.objectives import lm_loss
 from gisp.pruner import run_schedule
 from gisp.structures import decoder_params, dense_layer_params, layer_shape, protected_layers
 from gisp.trajectory import Trajectory
@@ -19,10 +21,16 @@ def _batches(n=6, seq=16, seed=0):
     return [{"input_ids": chunk} for chunk in ids.split(4)]
 
 
+def config_importance(config: PruneConfig, batches: list[dict]):
+    """The importance ``gisp prune`` builds for ``config`` (its method, weights and compensation)."""
+    return method_for(config.method).build(
+        MethodInputs(batches, lm_loss, config.seed, False, config.taylor_weights, bool(config.compensate)))
+
+
 def _prune(name="llama-gqa", run_dir=None, importance=None, layers=6, **cfg):
     model = tiny_model(name, layers=layers)
     config = PruneConfig(model=name, data="unused", **({"sparsity": 0.5, "steps": 4, "protect_first": 0.2} | cfg))
-    importance = importance or TaylorImportance(_batches(), progress=False)
+    importance = importance or config_importance(config, _batches())
     traj = run_schedule(model, config, importance, identity={"spec": name, "fingerprint": "x"}, run_dir=run_dir, progress=False)
     return model, traj
 
@@ -31,7 +39,7 @@ def _prune(name="llama-gqa", run_dir=None, importance=None, layers=6, **cfg):
 @pytest.mark.parametrize("normalize", ["reference", "params", "zscore"])
 def test_masks_are_nested_and_budgets_met(name, normalize):
     model, traj = _prune(name, normalize=normalize)
-    shape = layer_shape(model, adapter_for(model.config))
+    shape = layer_shape(tiny_model(name, layers=6), adapter_for(model.config), compensate=traj.compensated)  # dense shape
     dense = dense_layer_params(shape) * shape.geometry.num_layers
     assert traj.completed_steps == 4
     for step in range(1, 5):
@@ -89,7 +97,7 @@ class _Crash:
 def test_interrupted_run_resumes_to_the_same_trajectory(tmp_path):
     _, full = _prune(run_dir=tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
-        _prune(run_dir=tmp_path / "resumed", importance=_Crash(TaylorImportance(_batches(), progress=False), 3))
+        _prune(run_dir=tmp_path / "resumed", importance=_Crash(TaylorImportance(_batches(), progress=False, weights="output", compensate=True), 3))
     assert Trajectory.load(tmp_path / "resumed").completed_steps == 2
     _, resumed = _prune(run_dir=tmp_path / "resumed")
     for name in ("head_step", "head_order", "channel_step", "channel_order"):
@@ -104,7 +112,7 @@ def test_resume_refuses_other_settings_or_model(tmp_path):
     model = tiny_model("llama-gqa", layers=6)
     config = PruneConfig(model="x", data="unused", sparsity=0.5, steps=4, protect_first=0.2)
     with pytest.raises(GispError, match="belongs to another model"):
-        run_schedule(model, config, TaylorImportance(_batches(), progress=False),
+        run_schedule(model, config, config_importance(config, _batches()),
                      identity={"spec": "x", "fingerprint": "other"}, run_dir=tmp_path / "run", progress=False)
 
 
@@ -127,8 +135,9 @@ def test_config_rejects_unknown_keys_and_bad_values():
 
 def test_unreachable_sparsity_is_refused_before_any_work():
     # 4 of 6 layers prunable; emptied layers are dropped from exports, so at most 4/6 is reachable
+    # (without compensation: a compensated layer keeps its output bias, and with it the layer)
     with pytest.raises(GispError, match=r"out of reach with 2 protected layers \(at most 0\.6667"):
-        _prune("llama-mha", sparsity=0.7, importance=_Crash(None, 1))
+        _prune("llama-mha", sparsity=0.7, compensate=False, importance=_Crash(None, 1))
 
 
 def test_public_api_takes_a_user_loss(tmp_path):

@@ -120,3 +120,21 @@ def test_output_weights_scores_sum_o_and_down_columns_only():
     assert torch.allclose(out.heads[1, 4], o[:, 32:40].sum(), rtol=1e-4)
     assert torch.allclose(out.channels[1, 9], (mods.down.weight.detach()[:, 9] * g_down[:, 9]).abs().sum(), rtol=1e-4)
     assert (full.heads > out.heads).all() and (full.channels > out.channels).all()
+
+
+def test_compensated_saliency_by_hand_and_free_for_a_constant_input():
+    """|W_ij (g_ij - mu_j b_i)|; a feature whose input never varies costs nothing once compensated."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, generator=gen, dtype=torch.float64)  # 50 tokens, 3 input features
+    x[:, 1] = 0.7  # feature 1 is constant
+    delta = torch.randn(50, 4, generator=gen, dtype=torch.float64)  # dL/dy per token, d = 4
+    weight = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    grad, bias_grad, means = delta.T @ x, delta.sum(0), x.mean(0)  # dL/dW, dL/db, mean input
+    sal = saliency.compensated_saliency(weight, grad, bias_grad, means)
+    expected = (weight * (grad - bias_grad[:, None] * means[None, :])).abs()
+    assert torch.allclose(sal.double(), expected, atol=1e-5)
+    assert torch.allclose(sal[:, 1], torch.zeros(4), atol=1e-5)  # compensated removal of a constant: free
+    assert saliency.weight_saliency(weight, grad)[:, 1].sum() > 0.1  # zeroing it is not
+    # the signed column sum is the first-order loss change of replacing x_j by its mean
+    signed = (weight * (grad - bias_grad[:, None] * means[None, :])).sum(0)
+    assert torch.allclose(signed, ((delta @ weight) * (x - means)).sum(0), atol=1e-9)

@@ -11,7 +11,6 @@ from gisp.adapters import adapter_for
 from gisp.config import PruneConfig
 from gisp.data import calibration_batches, joined_text
 from gisp.export import ExportInfo, build_pruned_model, save_export
-from gisp.importance import TaylorImportance
 from gisp.masking import apply_masks
 from gisp.pruner import run_schedule
 from gisp.structures import layer_shape
@@ -26,22 +25,32 @@ pytestmark = [
 
 
 def test_smollm2_export_equals_masked_model(tmp_path):
+    """GISP's defaults (bias compensation included) on the real model: a nested level's export
+    equals the masked, compensated model."""
+    import copy
+
+    from test_pruner import config_importance
+
+    from gisp.compensation import compensate
+    from gisp.structures import Masks
+
     model, tokenizer = models.load("smollm2-135m")
     config = PruneConfig(model="smollm2-135m", data="gsm8k[:200]", sparsity=0.2, steps=2, samples=4, seq_len=64,
                          normalize="params")
     batches = calibration_batches(tokenizer, joined_text(config.data), 4, 64, 0, 4)
-    dense = {k: v.clone() for k, v in model.state_dict().items()}
-    traj = run_schedule(model, config, TaylorImportance(batches, progress=False),
+    traj = run_schedule(copy.deepcopy(model), config, config_importance(config, batches),
                         identity={"spec": "smollm2-135m", "fingerprint": "-"}, progress=False)
-    model.load_state_dict(dense)  # back to dense weights; export one nested level of the run
-    shape = layer_shape(model, adapter_for(model.config))
-    masks, step = traj.masks_at_sparsity(0.1, shape)
+    assert traj.compensated
+    adapter = adapter_for(model.config)
+    shape = layer_shape(model, adapter, compensate=True)
+    masks, step = traj.masks_at_sparsity(0.1, shape)  # one nested level of the run
     assert step == 1 and not (masks.heads.all() and masks.channels.all())
 
     ids = tokenizer(joined_text("gsm8k[1300:]"), return_tensors="pt")["input_ids"][:, :96]
-    pruned, remote = build_pruned_model(model, masks)
+    pruned, remote = build_pruned_model(model, masks, traj.input_means)
     assert remote  # SmolLM2 layers end up with different sizes
-    apply_masks(model, adapter_for(model.config), masks)
+    compensate(model, adapter, Masks.dense(shape.geometry), masks, traj.input_means)
+    apply_masks(model, adapter, masks)
     with torch.no_grad():
         expected, got = model(ids).logits, pruned(ids).logits
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()

@@ -8,14 +8,16 @@ from gisp.errors import GispError
 from gisp.structures import layer_shape, parameter_sparsity
 from gisp.trajectory import Trajectory
 
+from conftest import tiny_model
 from test_pruner import _prune
 
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    model, traj = _prune(run_dir=run_dir)
-    return model, traj, run_dir
+    _, traj = _prune(run_dir=run_dir)
+    # levels are counted on the dense model's shape (the pruned one carries compensation biases)
+    return tiny_model("llama-gqa", layers=6), traj, run_dir
 
 
 def test_roundtrip(pruned):
@@ -29,7 +31,7 @@ def test_roundtrip(pruned):
 
 def test_level_at_step_target_is_exactly_that_step(pruned):
     model, traj, _ = pruned
-    shape = layer_shape(model, adapter_for(model.config))
+    shape = layer_shape(model, adapter_for(model.config), compensate=traj.compensated)
     for record in traj.steps[1:]:
         masks, step = traj.masks_at_sparsity(record.target_sparsity, shape)
         expected = traj.masks_at_step(record.step)
@@ -39,7 +41,7 @@ def test_level_at_step_target_is_exactly_that_step(pruned):
 
 def test_level_between_steps_is_nested_and_within_budget(pruned):
     model, traj, _ = pruned
-    shape = layer_shape(model, adapter_for(model.config))
+    shape = layer_shape(model, adapter_for(model.config), compensate=traj.compensated)
     previous = traj.masks_at_step(0)
     for sparsity in (0.05, 0.2, 0.22, 0.35, 0.45, 0.5):
         masks, step = traj.masks_at_sparsity(sparsity, shape)
@@ -55,7 +57,7 @@ def test_level_between_steps_is_nested_and_within_budget(pruned):
 def test_level_beyond_run_is_refused(pruned):
     model, traj, _ = pruned
     with pytest.raises(GispError, match="never reached"):
-        traj.masks_at_sparsity(0.51, layer_shape(model, adapter_for(model.config)))
+        traj.masks_at_sparsity(0.51, layer_shape(model, adapter_for(model.config), compensate=traj.compensated))
 
 
 def test_steps_after_completed_steps_are_ignored(pruned, tmp_path):

@@ -6,6 +6,9 @@
   earlier layers *as pruned* (Wanda-sp's sequential setting): a callback decides what to remove in
   a layer from its statistics, and that layer's outputs are recomputed with it removed.
 - :func:`block_influence`: ShortGPT's ``1 - cos(h_in, h_out)`` per layer.
+- :func:`compensation_hooks`: during a gradient pass, the mean input of every ``o_proj`` /
+  ``down_proj`` feature and the gradient of their outputs summed over tokens (compensated Taylor
+  scores, :func:`gisp.saliency.compensated_saliency`).
 
 Padding (``attention_mask`` 0) is excluded from every statistic. Hooks are registered for one
 pass and always removed; the model's weights are never modified here.
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 
 from gisp import saliency
 from gisp.adapters.base import ModelAdapter
+from gisp.compensation import InputMeans
 from gisp.importance import to_device
 from gisp.masking import feature_mask_hooks
 
@@ -110,6 +114,48 @@ def input_stats(model: nn.Module, adapter: ModelAdapter, batches: list[dict], pr
             valid[0] = _valid(batch)
             model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
     return stats
+
+
+@dataclass
+class CompensationStats:
+    """What compensated Taylor scoring needs of every layer's ``o_proj`` / ``down_proj``: input
+    statistics (for the means) and the output gradient summed over real tokens, weighted by each
+    batch's share as the weight gradients are (float32, ``[d]`` each)."""
+
+    inputs: list[LayerStats]
+    o_grad: list[torch.Tensor | None]
+    down_grad: list[torch.Tensor | None]
+    valid: list = field(default_factory=lambda: [None])  # the current batch's token mask
+    share: list = field(default_factory=lambda: [1.0])  # the current batch's loss weight
+
+    def means(self) -> InputMeans:
+        return InputMeans(torch.stack([s.attention.mean for s in self.inputs]), torch.stack([s.mlp.mean for s in self.inputs]))
+
+
+@contextmanager
+def compensation_hooks(model: nn.Module, adapter: ModelAdapter) -> Iterator[CompensationStats]:
+    """Hooks that fill a :class:`CompensationStats` during forward + backward passes; set its
+    ``valid`` and ``share`` before each batch. Removed on exit."""
+    layers = adapter.layers(model)
+    stats = CompensationStats([LayerStats() for _ in layers], [None] * len(layers), [None] * len(layers))
+
+    def grad_sink(store: list, index: int):
+        def on_output(module, args, output):
+            def on_grad(grad: torch.Tensor) -> None:
+                total = _tokens(grad, stats.valid[0]).float().sum(0) * stats.share[0]  # [B, T, d] -> [d]
+                store[index] = total if store[index] is None else store[index] + total
+            if output.requires_grad:
+                output.register_hook(on_grad)
+        return on_output
+
+    handles = []
+    for i, layer in enumerate(layers):
+        mods = adapter.layer_modules(layer)
+        handles += _stats_hooks(adapter, layer, stats.inputs[i], stats.valid)
+        handles += [mods.o.register_forward_hook(grad_sink(stats.o_grad, i)),
+                    mods.down.register_forward_hook(grad_sink(stats.down_grad, i))]
+    with _hooks(handles):
+        yield stats
 
 
 def _first(output):

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from gisp.adapters.base import ModelAdapter
+from gisp.compensation import InputMeans
 from gisp.masking import masked_view
 from gisp.selection import global_ranking, select_under_budget
 from gisp.structures import LayerShape, Masks, Structure
@@ -84,13 +85,15 @@ def select_at_rate(
     return select_under_budget(global_ranking(heads * rate, channels, masks, protected), masks, shape, removed, target_removed)
 
 
-def choose(model: nn.Module, adapter: ModelAdapter, options: list[Candidate], loss: Callable[[nn.Module], float]) -> Candidate:
+def choose(model: nn.Module, adapter: ModelAdapter, options: list[Candidate], loss: Callable[[nn.Module], float],
+           means: InputMeans | None = None) -> Candidate:
     """The candidate with the lowest calibration loss (ties: the rate nearest 1); every
-    candidate's ``loss`` is filled in. A single candidate is returned without a forward pass."""
+    candidate's ``loss`` is filled in (bias-compensated with ``means``). A single candidate is
+    returned without a forward pass."""
     if len(options) == 1:
         return options[0]
     for option in options:
-        with masked_view(model, adapter, option.masks):
+        with masked_view(model, adapter, option.masks, means):
             option.loss = loss(model)
     return min(options, key=lambda o: (o.loss, abs(math.log2(preferred_rate(o.rates)))))
 
@@ -98,12 +101,13 @@ def choose(model: nn.Module, adapter: ModelAdapter, options: list[Candidate], lo
 def search_step(
     model: nn.Module, adapter: ModelAdapter, heads: torch.Tensor, channels: torch.Tensor, masks: Masks,
     protected: list[int], shape: LayerShape, removed: int, step_removed: float, final_removed: float,
-    loss: Callable[[nn.Module], float],
+    loss: Callable[[nn.Module], float], means: InputMeans | None = None,
 ) -> tuple[list[Structure], float, list[Candidate]]:
     """One step of ``--normalize search``: look-aheads to ``final_removed`` at every rate, the rate
-    of the lowest calibration loss, and this step's removals (up to ``step_removed``) at that rate.
+    of the lowest calibration loss (compensated with ``means`` when the run compensates), and this
+    step's removals (up to ``step_removed``) at that rate.
 
     ``masks`` is updated in place; returns the removals, the rate and every look-ahead."""
     options = candidates(heads, channels, masks, protected, shape, removed, final_removed)
-    rate = preferred_rate(choose(model, adapter, options, loss).rates)
+    rate = preferred_rate(choose(model, adapter, options, loss, means).rates)
     return select_at_rate(heads, channels, masks, protected, shape, removed, step_removed, rate), rate, options

@@ -26,6 +26,8 @@ _HELP = {
                  "(search, params, reference, zscore, none; default: the method's)",
     "taylor_weights": "Taylor methods: which weights a structure's score sums, all (q rows + o columns of a head, "
                       "gate/up rows + down column of a channel) or output (o columns / down column)",
+    "compensate": "replace removed o_proj/down_proj inputs by their calibration mean, kept as an output bias "
+                  "(flap: on; gisp: scores the compensated removal; needs --taylor-weights output)",
     "scope": "ranking scope: global (one ranking over all layers), layer (same fraction per layer), "
              "depth (whole layers); default: the method's",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
@@ -37,7 +39,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in fields(PruneConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-        if f.default is MISSING:  # required fields
+        if str(f.type) == "bool | None":  # --x / --no-x, None: the method's default
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{_HELP.get(f.name, '')} (default: the method's)".strip())
+        elif f.default is MISSING:  # required fields
             parser.add_argument(flag, dest=f.name, type=kind, required=True, help=_HELP.get(f.name))
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=f.default,

@@ -28,7 +28,9 @@ class PruneConfig:
     scores ranked within each layer, to separate what a method scores from how it ranks.
     ``taylor_weights`` (Taylor methods): which weights a structure's score sums, ``all`` (a head's
     q rows and o columns, a channel's gate/up rows and down column) or ``output`` (o columns /
-    down column only).
+    down column only). ``compensate``: removed ``o_proj`` / ``down_proj`` inputs are replaced by
+    their calibration mean, carried as an output bias (FLAP's bias compensation; for ``gisp`` the
+    Taylor scores then measure the compensated removal); ``None`` takes the method's default.
     """
 
     model: str
@@ -48,6 +50,7 @@ class PruneConfig:
     normalize: str | None = None
     scope: str | None = None
     taylor_weights: str | None = None
+    compensate: bool | None = None
     protect_first: float = 0.1
     protect_last: int = 1
     dtype: str = "float32"
@@ -57,7 +60,7 @@ class PruneConfig:
 
     def validate(self) -> None:
         """Reject out-of-range values with a one-line message; fill method defaults."""
-        from gisp.methods import method_for  # the registry imports the importances
+        from gisp.methods import method_for, method_names  # the registry imports the importances
 
         method = method_for(self.method)
         if self.steps is None:
@@ -70,14 +73,22 @@ class PruneConfig:
         elif self.normalize != "none" and self.scope != "global":
             raise GispError(f"--normalize {self.normalize} does not apply to method {self.method} with scope "
                             f"{self.scope}: only a global ranking compares heads with channels")
-        if self.normalize == "search" and method.compensate:
-            raise GispError(f"--normalize search compares candidates without compensation biases; not for {self.method}")
         if self.taylor_weights is None:
             self.taylor_weights = method.taylor_weights
         elif method.taylor_weights is None:
             raise GispError(f"--taylor-weights applies to Taylor methods (gisp, llm-pruner), not {self.method}")
         else:
             _choice("taylor-weights", self.taylor_weights, TAYLOR_WEIGHTS)
+        if self.normalize == "search" and not method.searchable:
+            raise GispError(f"--normalize search rescales nonnegative scores per parameter; {self.method}'s are standardised "
+                            "(signed), use its default")
+        if self.compensate is None:  # compensated scores exist for output columns only
+            self.compensate = method.compensate and self.taylor_weights != "all"
+        elif self.compensate and not method.can_compensate:
+            able = ", ".join(n for n in method_names() if method_for(n).can_compensate)
+            raise GispError(f"--compensate needs a method that measures input means ({able}), not {self.method}")
+        if self.compensate and self.taylor_weights == "all":
+            raise GispError("--compensate scores o_proj/down_proj columns; use it with --taylor-weights output")
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
         for name in ("steps", "samples", "seq_len", "batch_size"):

@@ -13,8 +13,9 @@ coupled KV group (LLM-Pruner).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from gisp.adapters.base import ModelAdapter
 from gisp.compensation import InputMeans
 from gisp.objectives import Objective, lm_loss
 from gisp.structures import LayerShape, Masks
+
+if TYPE_CHECKING:
+    from gisp.activations import CompensationStats
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -65,6 +69,12 @@ def batch_size(batch: dict) -> int:
     return int(batch["input_ids"].shape[0])
 
 
+def token_mask(batch: dict) -> torch.Tensor | None:
+    """Real (unpadded) tokens of a batch, [B, T] bool; None when every token is real."""
+    mask = batch.get("attention_mask")
+    return None if mask is None else mask.bool()
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -84,6 +94,10 @@ class TaylorImportance:
     - ``"output"``: only the weights whose removal removes the structure's output, a head's
       ``o_proj`` columns and a channel's ``down_proj`` column. Gradients are then taken for
       ``o_proj`` and ``down_proj`` only.
+
+    ``compensate`` (with ``"output"``): score each column as a removal whose mean input becomes a
+    bias (:func:`gisp.saliency.compensated_saliency`), and return the input means the driver
+    compensates with; the output gradients and means come from the same gradient pass.
     """
 
     batches: list[dict]
@@ -92,22 +106,34 @@ class TaylorImportance:
     description: str = "gradients"
     aggregate: Literal["head", "kv-group"] = "head"
     weights: Literal["all", "output"] = "all"
+    compensate: bool = False
 
-    def average_gradients(self, model: nn.Module, weights: list[nn.Parameter]) -> tuple[list[torch.Tensor], float]:
-        """Mean gradient of the objective for ``weights`` (float32) and the mean loss."""
+    def __post_init__(self) -> None:
+        if self.compensate and self.weights != "output":
+            raise ValueError("compensated Taylor scores are defined for output columns only (weights='output')")
+
+    def average_gradients(self, model: nn.Module, weights: list[nn.Parameter],
+                          comp: CompensationStats | None = None) -> tuple[list[torch.Tensor], float]:
+        """Mean gradient of the objective for ``weights`` (float32) and the mean loss; ``comp``
+        (hooks registered) is told each batch's token mask and share."""
         device = weights[0].device
         total = sum(batch_size(b) for b in self.batches)
         grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         loss_sum = 0.0
         for batch in tqdm(self.batches, desc=self.description, disable=not self.progress, leave=False):
             share = batch_size(batch) / total
-            loss = self.objective(model, to_device(batch, device))
+            batch = to_device(batch, device)
+            if comp is not None:
+                comp.valid[0], comp.share[0] = token_mask(batch), share
+            loss = self.objective(model, batch)
             for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
                 acc.add_(g.float(), alpha=share)
             loss_sum += float(loss.detach()) * share
         return grads, loss_sum
 
     def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext | None = None) -> Scores:
+        from gisp.activations import compensation_hooks  # activations builds on this module
+
         geo = adapter.geometry()
         layers = adapter.all_layer_modules(model)
         roles = PROJECTIONS if self.weights == "all" else ("o", "down")
@@ -118,20 +144,25 @@ class TaylorImportance:
                 p.requires_grad_(False)
             for w in weights:
                 w.requires_grad_(True)
-            with torch.enable_grad():
-                grads, loss = self.average_gradients(model, weights)
+            with torch.enable_grad(), compensation_hooks(model, adapter) if self.compensate else nullcontext() as comp:
+                grads, loss = self.average_gradients(model, weights, comp)
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
+        means = comp.means() if comp is not None else None
         heads, channels = [], []
         n = len(roles)
         with torch.no_grad():  # scores hold no autograd graph
             for i in range(len(layers)):
                 sal = {r: saliency.weight_saliency(weights[n * i + j], grads[n * i + j]) for j, r in enumerate(roles)}
+                if comp is not None:  # o / down columns scored as removals that keep their mean
+                    sal["o"] = saliency.compensated_saliency(layers[i].o.weight, grads[n * i], comp.o_grad[i], means.attention[i])
+                    sal["down"] = saliency.compensated_saliency(layers[i].down.weight, grads[n * i + 1], comp.down_grad[i],
+                                                                means.mlp[i])
                 heads.append(self._heads(sal, geo))
                 channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
                                 else saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
-        return Scores(torch.stack(heads), torch.stack(channels), loss)
+        return Scores(torch.stack(heads), torch.stack(channels), loss, input_means=means)
 
     def _heads(self, sal: dict[str, torch.Tensor], geo) -> torch.Tensor:
         if self.weights == "output":

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gisp.adapters.base import ModelAdapter
+from gisp.compensation import InputMeans
 from gisp.structures import Masks
 
 
@@ -39,24 +40,40 @@ def apply_masks(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> None:
         mods.down.weight[:, dead] = 0
 
 
-def feature_mask_hooks(adapter: ModelAdapter, layer: nn.Module, keep_attention: torch.Tensor, keep_mlp: torch.Tensor) -> list:
+def _replace(keep: torch.Tensor, fill: torch.Tensor | None):
+    """A pre-hook setting the removed input features (``keep`` False) to ``fill`` (default 0)."""
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (x * keep.to(x.dtype) if fill is None else torch.where(keep, x, fill.to(x.dtype)),)
+    return hook
+
+
+def feature_mask_hooks(
+    adapter: ModelAdapter, layer: nn.Module, keep_attention: torch.Tensor, keep_mlp: torch.Tensor,
+    fill_attention: torch.Tensor | None = None, fill_mlp: torch.Tensor | None = None,
+) -> list:
     """Pre-hooks zeroing the removed input features of one layer's ``o_proj`` ([H*hd] keep) and
-    ``down_proj`` ([F] keep): the same output as zeroing those columns (and the rows feeding them)."""
+    ``down_proj`` ([F] keep): the same output as zeroing those columns (and the rows feeding them).
+    With ``fill_*`` (the features' calibration means) removed features are set to their mean
+    instead: the same output as zeroing them and adding the compensation bias."""
     mods = adapter.layer_modules(layer)
-    return [mods.o.register_forward_pre_hook(lambda m, args: (args[0] * keep_attention.to(args[0].dtype),)),
-            mods.down.register_forward_pre_hook(lambda m, args: (args[0] * keep_mlp.to(args[0].dtype),))]
+    return [mods.o.register_forward_pre_hook(_replace(keep_attention, fill_attention)),
+            mods.down.register_forward_pre_hook(_replace(keep_mlp, fill_mlp))]
 
 
 @contextmanager
-def masked_view(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> Iterator[nn.Module]:
+def masked_view(model: nn.Module, adapter: ModelAdapter, masks: Masks, means: InputMeans | None = None) -> Iterator[nn.Module]:
     """``model`` as if ``masks`` were applied, through pre-hooks; the weights are not touched and
-    the hooks are removed on exit. For trying candidate masks (no compensation biases)."""
+    the hooks are removed on exit. For trying candidate masks. With ``means`` (measured on the
+    model as it stands) the candidate's removals are bias-compensated: a removed feature feeds its
+    mean (structures removed earlier have zero columns, so their fill adds nothing)."""
     hd = adapter.geometry().head_dim
     device = next(model.parameters()).device
     handles = []
     for layer, module in enumerate(adapter.layers(model)):
         keep_attention = masks.heads[layer].repeat_interleave(hd).to(device)  # [H] -> [H*hd]
-        handles += feature_mask_hooks(adapter, module, keep_attention, masks.channels[layer].to(device))
+        fills = (means.attention[layer].to(device), means.mlp[layer].to(device)) if means is not None else (None, None)
+        handles += feature_mask_hooks(adapter, module, keep_attention, masks.channels[layer].to(device), *fills)
     try:
         yield model
     finally:

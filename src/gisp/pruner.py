@@ -61,7 +61,7 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
     ours = config.trajectory_keys()
     # Settings a run predates take the values that version used, so older runs still resume.
     defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": "gisp", "steps": 8, "normalize": "reference", "scope": "global",
-                                                                "taylor_weights": "all"}
+                                                                "taylor_weights": "all", "compensate": traj.compensated}
     theirs = {k: traj.config.get(k, defaults.get(k)) for k in ours}
     if theirs != ours:
         diff = ", ".join(f"{k}: {theirs.get(k)!r} there vs {v!r} here" for k, v in ours.items() if theirs.get(k) != v)
@@ -89,7 +89,7 @@ def run_schedule(
     if config.normalize == "search" and search_loss is None:
         raise GispError("--normalize search needs a calibration loss to compare candidates")
     adapter = adapter_for(model.config)
-    shape = layer_shape(model, adapter, compensate=method.compensate)
+    shape = layer_shape(model, adapter, compensate=bool(config.compensate))
     geo = shape.geometry
     protected = protected_layers(geo.num_layers, config.protect_first, config.protect_last)
     if len(protected) >= geo.num_layers:
@@ -103,7 +103,7 @@ def run_schedule(
     dense_total = dense_layer_params(shape) * geo.num_layers
     model_total = model_parameters(model)
     traj = open_run(run_dir, config, identity) or Trajectory.empty(
-        geo.num_layers, geo.num_heads, geo.intermediate_size, compensated=method.compensate, head_dim=geo.head_dim)
+        geo.num_layers, geo.num_heads, geo.intermediate_size, compensated=bool(config.compensate), head_dim=geo.head_dim)
     traj.config, traj.model = config.to_dict(), identity
     traj.calibration = calibration or traj.calibration
     masks = traj.masks_at_step(traj.completed_steps)
@@ -117,6 +117,8 @@ def run_schedule(
         target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
         context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
         scores = importance(model, adapter, context)
+        if config.compensate and scores.input_means is None:
+            raise GispError(f"--compensate needs input means, and the importance given for {method.name} returned none")
         _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
         before = masks.clone()
         removed = dense_total - decoder_params(masks, shape)
@@ -124,12 +126,13 @@ def run_schedule(
         if config.normalize == "search":
             heads, channels = normalized(scores, masks, geo, "search")
             chosen, rate, options = balance.search_step(model, adapter, heads, channels, masks, protected, shape, removed,
-                                                        target * dense_total, config.sparsity * dense_total, search_loss)
+                                                        target * dense_total, config.sparsity * dense_total, search_loss,
+                                                        scores.input_means if config.compensate else None)
         else:
             ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
             chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
         traj.record(step, chosen, scores.input_means, geo.head_dim)
-        if method.compensate:
+        if config.compensate:
             compensate(model, adapter, before, masks, scores.input_means)
         apply_masks(model, adapter, masks)
         traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total))

@@ -25,6 +25,19 @@ def weight_saliency(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return (weight.float() * grad.float()).abs()
 
 
+def compensated_saliency(weight: torch.Tensor, grad: torch.Tensor, output_grad: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
+    """First-order saliency of removing an output projection's input columns *with bias
+    compensation*, per weight -> [d, in].
+
+    Compensation replaces input ``x_j`` by its calibration mean ``mu_j`` instead of zero, so the
+    output changes by ``W[:, j] * (x_j - mu_j)`` and the first-order loss change is
+    ``sum_i W_ij * (g_ij - mu_j * b_i)``, with ``g`` [d, in] the mean gradient of ``W`` and ``b`` [d]
+    the mean gradient of the projection's output summed over tokens (a bias's gradient). A feature
+    whose input is nearly constant costs almost nothing to remove once compensated.
+    """
+    return (weight.float() * (grad.float() - output_grad.float()[:, None] * means.float()[None, :])).abs()
+
+
 def head_scores(
     q: torch.Tensor, o: torch.Tensor, head_dim: int,
     k: torch.Tensor | None = None, v: torch.Tensor | None = None,

@@ -136,15 +136,19 @@ class Trajectory:
         """The longest prefix of the removal order whose parameter sparsity does not exceed
         ``sparsity``, and the last step that prefix contains completely.
 
-        At a step's target this is exactly that step's subnetwork (a step stops less than one MLP
-        channel short of its target, and nothing cheaper than a channel exists); between steps it
-        continues into the next step's removals in the order that step chose them.
+        At a step's target this is exactly that step's subnetwork: the prefix never runs past the
+        first step whose target reaches ``sparsity`` (a compensating run's first removal in a block
+        adds a bias, so a later step's removal could otherwise still squeeze into the gap a step
+        left); between steps it continues into the next step's removals in the order that step
+        chose them.
         """
         self.check_reachable(sparsity)
         masks = Masks.dense(shape.geometry)
         budget = sparsity * dense_layer_params(shape) * shape.geometry.num_layers
+        last = next((r.step for r in self.steps if r.step > 0 and r.target_sparsity >= sparsity - 1e-9), self.completed_steps)
+        within = int(((self.head_step > 0) & (self.head_step <= last)).sum() + ((self.channel_step > 0) & (self.channel_step <= last)).sum())
         removed = 0
-        for s in self.removal_order():
+        for s in self.removal_order()[:within]:
             saving = removal_saving(s, masks, shape)
             if removed + saving > budget + 1e-6:
                 break

@@ -2,7 +2,7 @@
 
 | name | importance | scope |
 |---|---|---|
-| ``gisp`` | ``|W * dL/dW|`` per query head / channel, block-normalised | global, iterative |
+| ``gisp`` | compensated ``|W * dL/dW|`` of ``o_proj`` / ``down_proj`` columns per query head / channel, per parameter, head/channel rate searched, bias compensation | global, iterative |
 | ``wanda-sp`` | ``|W| * ||X||`` of ``o_proj`` / ``down_proj`` columns, layers in order | per layer |
 | ``flap`` | fluctuation of ``o_proj`` / ``down_proj`` inputs, standardised per block, bias compensation | global |
 | ``llm-pruner`` | ``|W * dL/dW|`` per coupled KV group / channel | per layer |

@@ -31,6 +31,7 @@ class MethodInputs:
     seed: int = 0
     progress: bool = True
     taylor_weights: str = "all"
+    compensate: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class Method:
     ``build`` makes its importance; ``scope`` is how scores become a ranking (``global``, ``layer``,
     ``depth``, see :mod:`gisp.selection`); ``normalize`` the default normalisation of a global
     ranking; ``steps`` the default number of steps (the schedule is the same for every method);
-    ``compensate``: the method adds output biases (FLAP); ``head_unit``: heads are removed one
+    ``compensate``: the method adds output biases by default (FLAP), ``can_compensate``: its
+    importance reports input means, so ``--compensate`` may turn them on or off; ``searchable``:
+    its scores are nonnegative, so ``--normalize search`` may rescale them per parameter; ``head_unit``: heads are removed one
     query head at a time or as whole KV groups; ``uses_data`` / ``uses_gradients``: whether the
     calibration batches are read, and whether the objective is differentiated; ``taylor_weights``:
     for Taylor importances, which weights a structure's score sums by default (``None``: not a
@@ -54,6 +57,8 @@ class Method:
     normalize: str = "none"
     steps: int = 1
     compensate: bool = False
+    can_compensate: bool = False
+    searchable: bool = True
     head_unit: Literal["head", "kv-group"] = "head"
     uses_data: bool = True
     uses_gradients: bool = False

@@ -45,5 +45,5 @@ class FlapImportance:
 
 register_method(Method(
     name="flap", summary="fluctuation of o_proj/down_proj inputs, standardised per block, global, bias compensation",
-    build=lambda inputs: FlapImportance(inputs.batches, inputs.progress), scope="global", compensate=True,
+    build=lambda inputs: FlapImportance(inputs.batches, inputs.progress), scope="global", compensate=True, can_compensate=True, searchable=False,
 ))

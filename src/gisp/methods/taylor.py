@@ -4,7 +4,10 @@ Both score with first-order Taylor importance ``|W * dL/dW|``, the gradient aver
 calibration set, summed per structure. They differ in what a structure is and how it is ranked:
 
 - ``gisp``: a head is scored by its ``o_proj`` columns and a channel by its ``down_proj`` column
-  (``taylor_weights="output"``), each score divided by the parameters its removal saves, with the
+  (``taylor_weights="output"``), as a removal whose mean input is kept as an output bias (bias
+  compensation, ``compensate=True``: the score is the first-order loss change of replacing the
+  inputs by their calibration mean, :func:`gisp.saliency.compensated_saliency`, and the driver adds
+  the bias), each score divided by the parameters its removal saves, with the
   head/channel exchange rate chosen by calibration loss at every step (``normalize="search"``,
   :mod:`gisp.balance`), and all are ranked globally across layers; iterative (scores recomputed on
   the pruned model at every step). The reference code's scoring, q rows + o columns of a head and
@@ -24,13 +27,15 @@ from gisp.methods.base import Method, MethodInputs, register_method
 def _taylor(aggregate: str):
     def build(inputs: MethodInputs) -> TaylorImportance:
         return TaylorImportance(inputs.batches, inputs.objective, progress=inputs.progress, aggregate=aggregate,
-                                weights=inputs.taylor_weights)
+                                weights=inputs.taylor_weights, compensate=inputs.compensate)
     return build
 
 
 register_method(Method(
-    name="gisp", summary="first-order Taylor |W*g| of o/down columns, head/channel rate searched, global ranking, iterative",
+    name="gisp", summary="first-order Taylor |W*g| of o/down columns with bias compensation, head/channel rate searched, "
+            "global ranking, iterative",
     build=_taylor("head"), scope="global", normalize="search", steps=8, uses_gradients=True, taylor_weights="output",
+    compensate=True, can_compensate=True,
 ))
 register_method(Method(
     name="llm-pruner", summary="first-order Taylor |W*g| per coupled KV group and channel, same ratio per layer",
