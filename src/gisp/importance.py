@@ -154,11 +154,12 @@ class TaylorImportance:
         n = len(roles)
         with torch.no_grad():  # scores hold no autograd graph
             for i in range(len(layers)):
-                sal = {r: saliency.weight_saliency(weights[n * i + j], grads[n * i + j]) for j, r in enumerate(roles)}
-                if comp is not None:  # o / down columns scored as removals that keep their mean
-                    sal["o"] = saliency.compensated_saliency(layers[i].o.weight, grads[n * i], comp.o_grad[i], means.attention[i])
-                    sal["down"] = saliency.compensated_saliency(layers[i].down.weight, grads[n * i + 1], comp.down_grad[i],
-                                                                means.mlp[i])
+                if comp is None:
+                    sal = {r: saliency.weight_saliency(weights[n * i + j], grads[n * i + j]) for j, r in enumerate(roles)}
+                else:  # o / down columns scored as removals that keep their mean (roles are o, down)
+                    sal = {"o": saliency.compensated_saliency(weights[n * i], grads[n * i], comp.o_grad[i], means.attention[i]),
+                           "down": saliency.compensated_saliency(weights[n * i + 1], grads[n * i + 1], comp.down_grad[i],
+                                                                 means.mlp[i])}
                 heads.append(self._heads(sal, geo))
                 channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
                                 else saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
