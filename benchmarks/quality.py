@@ -4,6 +4,7 @@ Torch-Pruning library, same model, same calibration tokens, same evaluation (iss
     python benchmarks/quality.py --model smollm2            # every section, resumable
     python benchmarks/quality.py --model smollm2 --sections lm,task
     python benchmarks/quality.py --model qwen
+    python benchmarks/quality.py --model smollm2 --runs abl-calib4096   # chosen runs only (--list names them)
     python benchmarks/quality.py --model smollm2 --report   # rewrite table and plots from the results
 
 Protocol (written into the results file):
@@ -113,9 +114,12 @@ def smollm2_plan() -> Plan:
     lm.append(Run("abl-weights-all", "ablation", "gisp taylor-weights=all",
                   ["--steps", "10", "--taylor-weights", "all", *LM_ARGS], [0.5]))
     lm.append(Run("abl-scope-layer", "ablation", "gisp scope=layer", ["--steps", "10", "--scope", "layer", *LM_ARGS], [0.5]))
-    for tokens in (4096, 65536):
-        args = ["--steps", "10", "--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"]
-        lm.append(Run(f"abl-calib{tokens}", "ablation", f"gisp calibration={tokens // 1024}K", args, [0.5]))
+    for tokens in (4096, 65536):  # GISP and FLAP with less / more calibration: who gains from data?
+        args = ["--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"]
+        lm.append(Run(f"abl-calib{tokens}", "ablation", f"gisp calibration={tokens // 1024}K", ["--steps", "10", *args],
+                      [0.4, 0.5]))
+        lm.append(Run(f"abl-flap-calib{tokens}", "ablation", f"flap calibration={tokens // 1024}K",
+                      ["--method", "flap", *args], [0.4, 0.5]))
     lm.append(Run("outside-torch-pruning", "outside", "torch-pruning 1.6.1 (Taylor)", [], levels))
     return plan
 
@@ -267,7 +271,27 @@ def run_gisp_cli(plan: Plan, run: Run, results: Results, runner: Runner) -> None
             "prune_process_seconds": process["seconds"], "peak_memory_mb": process["peak_memory_mb"],
             "prune_command": shlex.join(map(str, cmd)), "eval_command": shlex.join(map(str, eval_cmd)),
             "eval_seconds": eval_seconds,
-        } | metrics)
+        } | metrics | step_facts(info, row["step"]))
+
+
+def step_facts(info: dict, step: int) -> dict:
+    """What the run recorded at the cell's step: calibration loss of that level (the objective
+    on the calibration batches) and the heads and channels removed."""
+    record = next((s for s in info["steps"] if s["step"] == step), {})
+    return {"calibration_loss": record.get("loss"), "heads_removed": record.get("heads_removed"),
+            "channels_removed": record.get("channels_removed")}
+
+
+def backfill_step_facts(results: Results, work: Path) -> None:
+    """Add :func:`step_facts` to cells recorded before they were collected (from their run directory)."""
+    changed = False
+    for record in results.records:
+        run_file = work / record["run"] / "run.json"
+        if "calibration_loss" not in record and "step" in record and run_file.is_file():
+            record.update(step_facts(json.loads(run_file.read_text()), record["step"]))
+            changed = True
+    if changed:
+        results.save()
 
 
 def run_outside(plan: Plan, run: Run, results: Results, runner: Runner) -> None:
@@ -290,6 +314,7 @@ def execute(plan: Plan, sections: set[str], work: Path) -> Results:
     from tqdm import tqdm
 
     results, runner = Results(plan), Runner(work)
+    backfill_step_facts(results, work)
     runs = [r for r in plan.runs if r.section in sections]
     runs.sort(key=lambda r: -(r.order or max(r.levels)))  # the issue's question (40-50%) first; stable within
     run_dense(plan, results, runner, {r.task for r in runs if r.section != "outside"} | ({"ppl"} if runs else set()))
@@ -317,7 +342,7 @@ def _best(records: list[dict], level: float, metric: str, lower: bool) -> str | 
 
 
 def table(records: list[dict], levels: list[float], metric: str, lower: bool, fmt: str = "{:.2f}") -> str:
-    methods = list(dict.fromkeys(r["method"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))  # records come in the plan's order
     lines = ["| method | " + " | ".join(f"{l:.0%}" for l in levels) + " |", "|---" * (len(levels) + 1) + "|"]
     for m in methods:
         cells = []
@@ -329,11 +354,14 @@ def table(records: list[dict], levels: list[float], metric: str, lower: bool, fm
 
 
 def details(records: list[dict], metric_cols: list[str]) -> str:
-    head = ["method", "requested", "sparsity", "parameters", *metric_cols, "calib tokens", "prune s", "peak MB"]
+    head = ["method", "requested", "sparsity", "parameters", *metric_cols, "calib loss", "heads removed", "calib tokens",
+            "prune s", "peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in records:
         vals = [r["method"], f"{r['requested']:.0%}", f"{r.get('sparsity', float('nan')):.4f}", f"{r.get('parameters', 0):,}"]
         vals += [f"{r[m]:.4f}" if isinstance(r.get(m), float) else str(r.get(m, "—")) for m in metric_cols]
+        vals += [f"{r['calibration_loss']:.4f}" if isinstance(r.get("calibration_loss"), float) else "—",
+                 str(r.get("heads_removed", "—"))]
         vals += [f"{r.get('calibration_tokens') or 0:,}", f"{r.get('prune_seconds', r.get('prune_process_seconds', 0)):.0f}",
                  f"{r.get('peak_memory_mb', float('nan')):.0f}"]
         lines.append("| " + " | ".join(vals) + " |")
@@ -341,12 +369,13 @@ def details(records: list[dict], metric_cols: list[str]) -> str:
 
 
 def report(plan: Plan, results: Results, work: Path) -> None:
-    """Markdown tables and plots from the results file."""
-    recs = results.records
+    """Markdown tables and plots from the results file (methods in the plan's order)."""
+    order = list(dict.fromkeys(r.label for r in plan.runs))
+    recs = sorted(results.records, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["requested"]))
     lm = [r for r in recs if r["section"] in ("lm", "outside")]
     task = [r for r in recs if r["section"] == "task"]
-    main_gisp = ("gisp", "gisp one-shot", "gisp (reference scoring)")
-    abl = [r for r in lm if r["method"] in main_gisp and r["requested"] == 0.5] + [r for r in recs if r["section"] == "ablation"]
+    main_rows = ("gisp", "gisp one-shot", "gisp (reference scoring)", "flap")  # beside the ablations, at 40/50%
+    abl = [r for r in lm if r["method"] in main_rows and r["requested"] in (0.4, 0.5)] + [r for r in recs if r["section"] == "ablation"]
     levels = sorted({r["requested"] for r in lm})
     dense_ppl = results.dense.get("ppl", {}).get("ppl")
     env = environment()
@@ -363,7 +392,8 @@ def report(plan: Plan, results: Results, work: Path) -> None:
                   "acc:", "", table(task, sorted({r["requested"] for r in task}), "acc", lower=False, fmt="{:.3f}"), "",
                   "acc_norm:", "", table(task, sorted({r["requested"] for r in task}), "acc_norm", lower=False, fmt="{:.3f}")]
     if abl:
-        parts += ["", "GISP ablations at 50% (perplexity):", "", table(abl, [0.5], "ppl", lower=True)]
+        parts += ["", "Ablations (perplexity; the main rows repeated for reference):", "",
+                  table(abl, sorted({r["requested"] for r in abl}), "ppl", lower=True)]
     parts += ["", "## Every cell", "", details(lm + abl, ["ppl"])]
     if task:
         parts += ["", details(task, ["acc", "acc_norm"])]
@@ -439,11 +469,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(PLANS), default="smollm2")
     ap.add_argument("--sections", default="lm,task,ablation,outside")
+    ap.add_argument("--runs", default=None, help="only these run keys, comma-separated (see --list)")
     ap.add_argument("--work", default=None, help="run directories (default: runs/quality-MODEL)")
     ap.add_argument("--report", action="store_true", help="only rewrite the table and plots")
     ap.add_argument("--list", action="store_true", help="print the runs and their commands")
     args = ap.parse_args()
     plan = PLANS[args.model]()
+    if args.runs:
+        keys = set(args.runs.split(","))
+        unknown = keys - {r.key for r in plan.runs}
+        if unknown:
+            ap.error(f"unknown run keys {', '.join(sorted(unknown))}; see --list")
+        plan.runs = [r for r in plan.runs if r.key in keys]
     work = Path(args.work or f"runs/quality-{plan.name}")
     if args.list:
         for run in plan.runs:
