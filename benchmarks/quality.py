@@ -271,25 +271,29 @@ def run_gisp_cli(plan: Plan, run: Run, results: Results, runner: Runner) -> None
             "prune_process_seconds": process["seconds"], "peak_memory_mb": process["peak_memory_mb"],
             "prune_command": shlex.join(map(str, cmd)), "eval_command": shlex.join(map(str, eval_cmd)),
             "eval_seconds": eval_seconds,
-        } | metrics | step_facts(info, row["step"]))
+        } | metrics | step_facts(info, row["step"], row["sparsity"]))
 
 
-def step_facts(info: dict, step: int) -> dict:
+def step_facts(info: dict, step: int, sparsity: float) -> dict:
     """What the run recorded at the cell's step: calibration loss of that level (the objective
-    on the calibration batches) and the heads and channels removed."""
+    on the calibration batches) and the heads and channels removed. Empty for a level between two
+    steps (its step record describes another model)."""
     record = next((s for s in info["steps"] if s["step"] == step), {})
+    if abs(record.get("sparsity", -1) - sparsity) > 1e-9:
+        return {"calibration_loss": None, "heads_removed": None, "channels_removed": None}
     return {"calibration_loss": record.get("loss"), "heads_removed": record.get("heads_removed"),
             "channels_removed": record.get("channels_removed")}
 
 
 def backfill_step_facts(results: Results, work: Path) -> None:
-    """Add :func:`step_facts` to cells recorded before they were collected (from their run directory)."""
+    """Set :func:`step_facts` of every cell from its run directory (cells recorded before they were collected)."""
     changed = False
     for record in results.records:
         run_file = work / record["run"] / "run.json"
-        if "calibration_loss" not in record and "step" in record and run_file.is_file():
-            record.update(step_facts(json.loads(run_file.read_text()), record["step"]))
-            changed = True
+        if "step" in record and run_file.is_file():
+            facts = step_facts(json.loads(run_file.read_text()), record["step"], record["sparsity"])
+            changed |= any(record.get(k) != v for k, v in facts.items())
+            record.update(facts)
     if changed:
         results.save()
 

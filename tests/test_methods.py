@@ -216,6 +216,8 @@ def test_compensated_gisp_run_exports_its_masked_model_with_biases(tmp_path):
     work = copy.deepcopy(dense)
     traj = _prune(work, "gisp", sparsity=0.5, steps=3, compensate=True, out=tmp_path / "run")
     assert traj.compensated and traj.config["compensate"] is True
+    from gisp.report import info_text
+    assert "compensate: yes" in info_text(traj)
     assert adapter_for(work.config).all_layer_modules(work)[3].down.bias is not None
     export(tmp_path / "run", 0.5, tmp_path / "out", model=dense, tokenizer=None)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["added_biases"]
