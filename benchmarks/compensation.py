@@ -22,15 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from common import RESULTS, environment
 from quality import LM_EVAL
 
 from gisp import models
-from gisp.activations import input_stats
+from gisp.activations import input_means, input_stats
 from gisp.adapters import adapter_for
 from gisp.calibration import build_batches, read_source
-from gisp.compensation import InputMeans, compensate
+from gisp.compensation import compensate
 from gisp.config import PruneConfig
 from gisp.evaluation.tasks import EvalOptions, evaluate_model
 from gisp.masking import apply_masks
@@ -51,8 +50,7 @@ def replay_with_compensation(run: Path) -> dict[str, float]:
     out = {}
     for step in range(1, traj.completed_steps + 1):
         before, after = traj.masks_at_step(step - 1), traj.masks_at_step(step)
-        stats = input_stats(model, adapter, batches, progress=False)  # on the model as pruned so far
-        means = InputMeans(torch.stack([s.attention.mean for s in stats]), torch.stack([s.mlp.mean for s in stats]))
+        means = input_means(input_stats(model, adapter, batches, progress=False))  # on the model as pruned so far
         compensate(model, adapter, before, after, means)
         apply_masks(model, adapter, after)
         if step in LEVELS:

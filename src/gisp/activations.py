@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from gisp import saliency
 from gisp.adapters.base import ModelAdapter
 from gisp.compensation import InputMeans
-from gisp.importance import to_device
+from gisp.importance import to_device, token_mask
 from gisp.masking import feature_mask_hooks
 
 
@@ -78,11 +78,6 @@ def _tokens(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]) if valid is None else x[valid]
 
 
-def _valid(batch: dict) -> torch.Tensor | None:
-    mask = batch.get("attention_mask")
-    return None if mask is None else mask.bool()
-
-
 @contextmanager
 def _hooks(handles: list) -> Iterator[None]:
     try:
@@ -111,9 +106,14 @@ def input_stats(model: nn.Module, adapter: ModelAdapter, batches: list[dict], pr
     with _hooks(handles):
         for batch in tqdm(batches, desc="activations", disable=not progress, leave=False):
             batch = to_device(batch, device)
-            valid[0] = _valid(batch)
+            valid[0] = token_mask(batch)
             model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
     return stats
+
+
+def input_means(stats: list[LayerStats]) -> InputMeans:
+    """Every layer's mean ``o_proj`` / ``down_proj`` input, as compensation stores it."""
+    return InputMeans(torch.stack([s.attention.mean for s in stats]), torch.stack([s.mlp.mean for s in stats]))
 
 
 @dataclass
@@ -129,7 +129,7 @@ class CompensationStats:
     share: list = field(default_factory=lambda: [1.0])  # the current batch's loss weight
 
     def means(self) -> InputMeans:
-        return InputMeans(torch.stack([s.attention.mean for s in self.inputs]), torch.stack([s.mlp.mean for s in self.inputs]))
+        return input_means(self.inputs)
 
 
 @contextmanager
@@ -201,7 +201,7 @@ def layerwise_input_stats(
     weights are untouched). Memory: one hidden state per calibration token.
     """
     hidden, kwargs = _layer_inputs(model, adapter, batches)
-    valid = [_valid(to_device(b, hidden[0].device)) for b in batches]
+    valid = [token_mask(to_device(b, hidden[0].device)) for b in batches]
     out: list[LayerStats] = []
     for index, layer in enumerate(tqdm(adapter.layers(model), desc="layers", disable=not progress, leave=False)):
         stats = LayerStats()
@@ -237,7 +237,7 @@ def block_influence(model: nn.Module, adapter: ModelAdapter, batches: list[dict]
     with _hooks(handles):
         for batch in tqdm(batches, desc="block influence", disable=not progress, leave=False):
             batch = to_device(batch, device)
-            valid[0] = _valid(batch)
+            valid[0] = token_mask(batch)
             count[0] += int(valid[0].sum()) if valid[0] is not None else batch["input_ids"].numel()
             model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
     return (total / max(count[0], 1)).float()

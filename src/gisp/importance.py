@@ -132,7 +132,8 @@ class TaylorImportance:
         return grads, loss_sum
 
     def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext | None = None) -> Scores:
-        from gisp.activations import compensation_hooks  # activations builds on this module
+        # activations builds on this module, so it is imported here
+        from gisp.activations import compensation_hooks
 
         geo = adapter.geometry()
         layers = adapter.all_layer_modules(model)

@@ -43,8 +43,8 @@ class Method:
     ranking; ``steps`` the default number of steps (the schedule is the same for every method);
     ``compensate``: the method adds output biases by default (FLAP), ``can_compensate``: its
     importance reports input means, so ``--compensate`` may turn them on or off; ``searchable``:
-    its scores are nonnegative, so ``--normalize search`` may rescale them per parameter; ``head_unit``: heads are removed one
-    query head at a time or as whole KV groups; ``uses_data`` / ``uses_gradients``: whether the
+    its scores are nonnegative, so ``--normalize search`` may rescale them per parameter;
+    ``head_unit``: heads are removed one query head at a time or as whole KV groups; ``uses_data`` / ``uses_gradients``: whether the
     calibration batches are read, and whether the objective is differentiated; ``taylor_weights``:
     for Taylor importances, which weights a structure's score sums by default (``None``: not a
     Taylor method).

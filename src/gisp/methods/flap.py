@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from gisp import saliency
-from gisp.activations import input_stats
+from gisp.activations import input_means, input_stats
 from gisp.adapters.base import ModelAdapter
-from gisp.compensation import InputMeans
 from gisp.importance import Scores, StepContext
 from gisp.methods.base import Method, register_method
 
@@ -39,11 +38,11 @@ class FlapImportance:
             heads.append(saliency.head_reduce(saliency.standardize(attention, alive), geo.head_dim, "mean"))
             mlp = saliency.fluctuation(mods.down.weight.cpu(), stats[layer].mlp.variance)
             channels.append(saliency.standardize(mlp, context.masks.channels[layer]))
-        means = InputMeans(torch.stack([s.attention.mean for s in stats]), torch.stack([s.mlp.mean for s in stats]))
-        return Scores(torch.stack(heads), torch.stack(channels), input_means=means)
+        return Scores(torch.stack(heads), torch.stack(channels), input_means=input_means(stats))
 
 
 register_method(Method(
     name="flap", summary="fluctuation of o_proj/down_proj inputs, standardised per block, global, bias compensation",
-    build=lambda inputs: FlapImportance(inputs.batches, inputs.progress), scope="global", compensate=True, can_compensate=True, searchable=False,
+    build=lambda inputs: FlapImportance(inputs.batches, inputs.progress), scope="global",
+    compensate=True, can_compensate=True, searchable=False,
 ))
