@@ -112,6 +112,16 @@ def test_config_resolves_method_defaults_and_refuses_bad_combinations():
         gisp.PruneConfig(model="m", data="d", taylor_weights="rows")
     with pytest.raises(GispError, match="unknown method 'obs'; choose from gisp, "):
         gisp.PruneConfig(model="m", data="d", method="obs")
+    assert gisp.PruneConfig(model="m", data="d", taylor_weights="all").saliency == "first-order"
+    assert gisp.PruneConfig(model="m", data="d", method="llm-pruner").saliency == "first-order"
+    assert gisp.PruneConfig(model="m", data="d", method="flap").saliency is None
+    assert gisp.PruneConfig(model="m", data="d", saliency="fisher").saliency == "fisher"
+    with pytest.raises(GispError, match="--saliency fisher scores o_proj/down_proj columns; use it with --taylor-weights output"):
+        gisp.PruneConfig(model="m", data="d", saliency="fisher", taylor_weights="all")
+    with pytest.raises(GispError, match="--saliency applies to Taylor methods .* not wanda-sp"):
+        gisp.PruneConfig(model="m", data="d", method="wanda-sp", saliency="fisher")
+    with pytest.raises(GispError, match="unknown saliency 'hessian'; choose from first-order, fisher"):
+        gisp.PruneConfig(model="m", data="d", saliency="hessian")
 
 
 # --- importances against hand computations ---------------------------------------------------
@@ -209,6 +219,46 @@ def test_compensated_taylor_scores_by_hand():
     assert scores.heads.grad_fn is None and scores.channels.grad_fn is None
     plain = TaylorImportance(BATCHES, progress=False, weights="output")(model, adapter, _context(model))
     assert plain.input_means is None and not torch.allclose(plain.channels[1], scores.channels[1])
+
+
+def _per_token_input_grads(model, layer: int, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every token's input ``x`` of ``o_proj`` / ``down_proj`` of ``layer`` and ``dL/dx`` of the
+    share-weighted calibration loss -> ([N, n], [N, n]), by autograd on the inputs themselves."""
+    probe = copy.deepcopy(model)
+    for p in probe.parameters():
+        p.requires_grad_(True)
+    mod = getattr(adapter_for(probe.config).all_layer_modules(probe)[layer], role)
+    xs, grads = [], []
+
+    def keep(module, args):
+        args[0].retain_grad()
+        xs.append(args[0])
+
+    handle = mod.register_forward_pre_hook(keep)
+    for b in BATCHES:
+        (lm_loss(probe, b) * b["input_ids"].shape[0] / IDS.shape[0]).backward()
+        grads.append(xs[-1].grad.reshape(-1, xs[-1].shape[-1]))
+    handle.remove()
+    return torch.cat([x.detach().reshape(-1, x.shape[-1]) for x in xs]).double(), torch.cat(grads).double()
+
+
+@pytest.mark.parametrize("compensate_", [True, False])
+def test_fisher_scores_by_hand(compensate_):
+    """--saliency fisher: each head / channel scores sum_t (sum_j dL/dx_j(t) (x_j(t) - mu_j))^2, mu the
+    calibration mean (compensated) or 0, from per-token input gradients taken by autograd."""
+    model = tiny_model("llama-gqa", layers=3)
+    adapter = adapter_for(model.config)
+    scores = TaylorImportance(BATCHES, progress=False, weights="output", compensate=compensate_,
+                              saliency="fisher")(model, adapter, _context(model))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    for role, got, group in (("o", scores.heads[1], 8), ("down", scores.channels[1], 1)):
+        x, gx = _per_token_input_grads(model, 1, role)
+        mu = x.mean(0) if compensate_ else torch.zeros(x.shape[1], dtype=torch.float64)
+        want = (gx * (x - mu)).reshape(x.shape[0], -1, group).sum(-1).pow(2).sum(0)  # [N, G, g] -> [G]
+        assert torch.allclose(got.double(), want, rtol=1e-3, atol=1e-9), role
+    assert (scores.input_means is not None) == compensate_
+    first = TaylorImportance(BATCHES, progress=False, weights="output", compensate=compensate_)(model, adapter, _context(model))
+    assert not torch.allclose(first.heads[1], scores.heads[1])
 
 
 def test_compensated_gisp_run_exports_its_masked_model_with_biases(tmp_path):

@@ -120,11 +120,15 @@ def input_means(stats: list[LayerStats]) -> InputMeans:
 class CompensationStats:
     """What compensated Taylor scoring needs of every layer's ``o_proj`` / ``down_proj``: input
     statistics (for the means) and the output gradient summed over real tokens, weighted by each
-    batch's share as the weight gradients are (float32, ``[d]`` each)."""
+    batch's share as the weight gradients are (float32, ``[d]`` each). With ``fisher``, also the
+    per-token moments of :func:`gisp.saliency.fisher_moments` per head (``o``) and channel
+    (``down``), each batch's gradients scaled by its share."""
 
     inputs: list[LayerStats]
     o_grad: list[torch.Tensor | None]
     down_grad: list[torch.Tensor | None]
+    o_moments: list[tuple | None]
+    down_moments: list[tuple | None]
     valid: list = field(default_factory=lambda: [None])  # the current batch's token mask
     share: list = field(default_factory=lambda: [1.0])  # the current batch's loss weight
 
@@ -132,18 +136,36 @@ class CompensationStats:
         return input_means(self.inputs)
 
 
+def _accumulate(store: list, index: int, values) -> None:
+    """Add a tensor (or a tuple of tensors) into ``store[index]``."""
+    if store[index] is None:
+        store[index] = values
+    elif isinstance(values, tuple):
+        store[index] = tuple(a + b for a, b in zip(store[index], values))
+    else:
+        store[index] = store[index] + values
+
+
 @contextmanager
-def compensation_hooks(model: nn.Module, adapter: ModelAdapter) -> Iterator[CompensationStats]:
+def compensation_hooks(model: nn.Module, adapter: ModelAdapter, fisher: bool = False) -> Iterator[CompensationStats]:
     """Hooks that fill a :class:`CompensationStats` during forward + backward passes; set its
     ``valid`` and ``share`` before each batch. Removed on exit."""
     layers = adapter.layers(model)
-    stats = CompensationStats([LayerStats() for _ in layers], [None] * len(layers), [None] * len(layers))
+    n = len(layers)
+    stats = CompensationStats([LayerStats() for _ in layers], [None] * n, [None] * n, [None] * n, [None] * n)
+    head_dim = adapter.geometry().head_dim
 
-    def grad_sink(store: list, index: int):
+    def grad_sink(store: list, moments: list, index: int, group: int):
         def on_output(module, args, output):
+            x = args[0].detach()
+            valid, share = stats.valid[0], stats.share[0]
+
             def on_grad(grad: torch.Tensor) -> None:
-                total = _tokens(grad, stats.valid[0]).float().sum(0) * stats.share[0]  # [B, T, d] -> [d]
-                store[index] = total if store[index] is None else store[index] + total
+                grad = _tokens(grad, valid).float() * share  # [B, T, d] -> [N, d]
+                _accumulate(store, index, grad.sum(0))
+                if fisher:  # dL/dx = dL/dout @ W: [N, d] @ [d, n] -> [N, n]
+                    grad_in = grad @ module.weight.detach().float()
+                    _accumulate(moments, index, saliency.fisher_moments(grad_in, _tokens(x, valid), group))
             if output.requires_grad:
                 output.register_hook(on_grad)
         return on_output
@@ -152,8 +174,8 @@ def compensation_hooks(model: nn.Module, adapter: ModelAdapter) -> Iterator[Comp
     for i, layer in enumerate(layers):
         mods = adapter.layer_modules(layer)
         handles += _stats_hooks(adapter, layer, stats.inputs[i], stats.valid)
-        handles += [mods.o.register_forward_hook(grad_sink(stats.o_grad, i)),
-                    mods.down.register_forward_hook(grad_sink(stats.down_grad, i))]
+        handles += [mods.o.register_forward_hook(grad_sink(stats.o_grad, stats.o_moments, i, head_dim)),
+                    mods.down.register_forward_hook(grad_sink(stats.down_grad, stats.down_moments, i, 1))]
     with _hooks(handles):
         yield stats
 

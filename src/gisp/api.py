@@ -57,7 +57,8 @@ def prune(
         batches = build_batches(config, source, tokenizer)
     objective = objective or OBJECTIVES[config.objective]
     importance = method_for(config.method).build(
-        MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate)))
+        MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate),
+                     config.saliency or "first-order"))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
     return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                         loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),

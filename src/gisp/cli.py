@@ -28,6 +28,8 @@ _HELP = {
                       "gate/up rows + down column of a channel) or output (o columns / down column)",
     "compensate": "replace removed o_proj/down_proj inputs by their calibration mean, kept as an output bias "
                   "(flap: on; gisp: scores the compensated removal; needs --taylor-weights output)",
+    "saliency": "Taylor methods with --taylor-weights output: first-order (|W*g| of the mean gradient) or fisher "
+                "(per-token squared first-order effects, summed); default: the method's",
     "scope": "ranking scope: global (one ranking over all layers), layer (same fraction per layer), "
              "depth (whole layers); default: the method's",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",

@@ -12,6 +12,7 @@ from gisp.selection import SCOPES
 
 OBJECTIVE_NAMES = ("lm", "answer", "margin")
 TAYLOR_WEIGHTS = ("all", "output")
+SALIENCIES = ("first-order", "fisher")
 
 
 @dataclass
@@ -31,6 +32,8 @@ class PruneConfig:
     down column only). ``compensate``: removed ``o_proj`` / ``down_proj`` inputs are replaced by
     their calibration mean, carried as an output bias (FLAP's bias compensation; for ``gisp`` the
     Taylor scores then measure the compensated removal); ``None`` takes the method's default.
+    ``saliency`` (Taylor methods with ``output`` weights): ``first-order`` (``|W * g|`` of the mean
+    gradient) or ``fisher`` (per-token squared first-order effects, summed).
     """
 
     model: str
@@ -51,6 +54,7 @@ class PruneConfig:
     scope: str | None = None
     taylor_weights: str | None = None
     compensate: bool | None = None
+    saliency: str | None = None
     protect_first: float = 0.1
     protect_last: int = 1
     dtype: str = "float32"
@@ -89,6 +93,14 @@ class PruneConfig:
             raise GispError(f"--compensate needs a method that measures input means ({able}), not {self.method}")
         if self.compensate and self.taylor_weights == "all":
             raise GispError("--compensate scores o_proj/down_proj columns; use it with --taylor-weights output")
+        if self.saliency is None:  # Fisher scores exist for output columns only
+            self.saliency = "first-order" if method.saliency and self.taylor_weights == "all" else method.saliency
+        elif method.taylor_weights is None:
+            raise GispError(f"--saliency applies to Taylor methods (gisp, llm-pruner), not {self.method}")
+        else:
+            _choice("saliency", self.saliency, SALIENCIES)
+            if self.saliency == "fisher" and self.taylor_weights != "output":
+                raise GispError("--saliency fisher scores o_proj/down_proj columns; use it with --taylor-weights output")
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
         for name in ("steps", "samples", "seq_len", "batch_size"):

@@ -98,6 +98,9 @@ class TaylorImportance:
     ``compensate`` (with ``"output"``): score each column as a removal whose mean input becomes a
     bias (:func:`gisp.saliency.compensated_saliency`), and return the input means the driver
     compensates with; the output gradients and means come from the same gradient pass.
+    ``saliency`` (with ``"output"``): ``"first-order"`` sums ``|W * g|`` of the mean gradient;
+    ``"fisher"`` scores each head / channel by the sum over tokens of its squared per-token
+    first-order effect (:func:`gisp.saliency.fisher_scores`), from the same gradient pass.
     """
 
     batches: list[dict]
@@ -107,10 +110,13 @@ class TaylorImportance:
     aggregate: Literal["head", "kv-group"] = "head"
     weights: Literal["all", "output"] = "all"
     compensate: bool = False
+    saliency: Literal["first-order", "fisher"] = "first-order"
 
     def __post_init__(self) -> None:
         if self.compensate and self.weights != "output":
             raise ValueError("compensated Taylor scores are defined for output columns only (weights='output')")
+        if self.saliency == "fisher" and self.weights != "output":
+            raise ValueError("Fisher scores are defined for output columns only (weights='output')")
 
     def average_gradients(self, model: nn.Module, weights: list[nn.Parameter],
                           comp: CompensationStats | None = None) -> tuple[list[torch.Tensor], float]:
@@ -145,12 +151,16 @@ class TaylorImportance:
                 p.requires_grad_(False)
             for w in weights:
                 w.requires_grad_(True)
-            with torch.enable_grad(), compensation_hooks(model, adapter) if self.compensate else nullcontext() as comp:
+            fisher = self.saliency == "fisher"
+            hooks = compensation_hooks(model, adapter, fisher) if self.compensate or fisher else nullcontext()
+            with torch.enable_grad(), hooks as comp:
                 grads, loss = self.average_gradients(model, weights, comp)
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
-        means = comp.means() if comp is not None else None
+        means = comp.means() if self.compensate else None
+        if fisher:
+            return self._fisher(comp, means, geo, loss)
         heads, channels = [], []
         n = len(roles)
         with torch.no_grad():  # scores hold no autograd graph
@@ -164,6 +174,18 @@ class TaylorImportance:
                 heads.append(self._heads(sal, geo))
                 channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
                                 else saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
+        return Scores(torch.stack(heads), torch.stack(channels), loss, input_means=means)
+
+    def _fisher(self, comp: CompensationStats, means: InputMeans | None, geo, loss: float) -> Scores:
+        """Fisher scores of every head and channel from the hooks' moments (zero-mean removal
+        when not compensating)."""
+        heads, channels = [], []
+        for i in range(len(comp.o_moments)):
+            head = saliency.fisher_scores(*comp.o_moments[i], None if means is None else means.attention[i])
+            if self.aggregate == "kv-group":  # [H] -> [KV] -> [H]: each head carries its group's sum
+                head = head.reshape(geo.num_kv_heads, geo.group_size).sum(1).repeat_interleave(geo.group_size)
+            heads.append(head)
+            channels.append(saliency.fisher_scores(*comp.down_moments[i], None if means is None else means.mlp[i]))
         return Scores(torch.stack(heads), torch.stack(channels), loss, input_means=means)
 
     def _heads(self, sal: dict[str, torch.Tensor], geo) -> torch.Tensor:

@@ -38,6 +38,39 @@ def compensated_saliency(weight: torch.Tensor, grad: torch.Tensor, output_grad: 
     return (weight.float() * (grad.float() - output_grad.float()[:, None] * means.float()[None, :])).abs()
 
 
+def fisher_moments(grad_in: torch.Tensor, inputs: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token moments of an output projection's input features, grouped into structures of
+    ``group`` features (a head's ``head_dim`` columns, a channel's one), summed over tokens.
+
+    ``grad_in`` [N, n] is ``dL/dx`` of each token's input ``x`` = ``inputs`` [N, n]. With
+    ``p = grad_in * inputs`` per feature and ``A = sum_group p`` per structure, returns (float64)
+    ``sum_t A^2`` [G], ``sum_t A * grad_in`` [G, group] and ``sum_t grad_in grad_in^T`` [G, group, group]:
+    what :func:`fisher_scores` needs to evaluate the squared effect of replacing ``x`` by any
+    constant, without a second pass once that constant (the mean) is known.
+    """
+    s = grad_in.float().reshape(grad_in.shape[0], -1, group)  # [N, n] -> [N, G, g]
+    a = (s * inputs.float().reshape(s.shape)).sum(-1)  # [N, G]
+    moments = a.pow(2).sum(0), torch.einsum("ng,ngi->gi", a, s), torch.einsum("ngi,ngj->gij", s, s)
+    return tuple(m.double() for m in moments)
+
+
+def fisher_scores(aa: torch.Tensor, a_s: torch.Tensor, ss: torch.Tensor, means: torch.Tensor | None) -> torch.Tensor:
+    """Empirical-Fisher importance of each structure -> [G]: ``sum_t (sum_j dL/dx_j(t) * (x_j(t) - mu_j))^2``.
+
+    Removing a structure moves each token's input features from ``x_j(t)`` to ``mu_j`` (its
+    calibration mean under bias compensation, 0 without: ``means=None``); the loss change of a
+    token is to first order ``sum_j dL/dx_j(t) (x_j(t) - mu_j)``. The first-order sum over tokens
+    can cancel (a trained model sits near a minimum); the sum of squares is the Fisher
+    (Gauss-Newton) estimate of the second-order loss increase, which cannot. ``aa``, ``a_s``, ``ss``
+    come from :func:`fisher_moments`; ``means`` is [G * g].
+    """
+    if means is None:
+        return aa.float()
+    mu = means.double().reshape(a_s.shape)  # [G*g] -> [G, g]
+    score = aa - 2 * (a_s * mu).sum(-1) + torch.einsum("gi,gij,gj->g", mu, ss, mu)
+    return score.clamp(min=0).float()
+
+
 def head_scores(
     q: torch.Tensor, o: torch.Tensor, head_dim: int,
     k: torch.Tensor | None = None, v: torch.Tensor | None = None,

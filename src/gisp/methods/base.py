@@ -32,6 +32,7 @@ class MethodInputs:
     progress: bool = True
     taylor_weights: str = "all"
     compensate: bool = False
+    saliency: str = "first-order"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class Method:
     ``head_unit``: heads are removed one query head at a time or as whole KV groups; ``uses_data`` / ``uses_gradients``: whether the
     calibration batches are read, and whether the objective is differentiated; ``taylor_weights``:
     for Taylor importances, which weights a structure's score sums by default (``None``: not a
-    Taylor method).
+    Taylor method); ``saliency``: Taylor methods' default per-structure score
+    (``first-order`` or ``fisher``).
     """
 
     name: str
@@ -63,6 +65,7 @@ class Method:
     uses_data: bool = True
     uses_gradients: bool = False
     taylor_weights: str | None = None
+    saliency: str | None = None
 
 
 _METHODS: dict[str, Method] = {}

@@ -27,7 +27,8 @@ from gisp.methods.base import Method, MethodInputs, register_method
 def _taylor(aggregate: str):
     def build(inputs: MethodInputs) -> TaylorImportance:
         return TaylorImportance(inputs.batches, inputs.objective, progress=inputs.progress, aggregate=aggregate,
-                                weights=inputs.taylor_weights, compensate=inputs.compensate)
+                                weights=inputs.taylor_weights, compensate=inputs.compensate,
+                                saliency=inputs.saliency)
     return build
 
 
@@ -35,9 +36,10 @@ register_method(Method(
     name="gisp", summary="first-order Taylor |W*g| of o/down columns with bias compensation, head/channel rate searched, "
             "global ranking, iterative",
     build=_taylor("head"), scope="global", normalize="search", steps=8, uses_gradients=True, taylor_weights="output",
-    compensate=True, can_compensate=True,
+    compensate=True, can_compensate=True, saliency="first-order",
 ))
 register_method(Method(
     name="llm-pruner", summary="first-order Taylor |W*g| per coupled KV group and channel, same ratio per layer",
     build=_taylor("kv-group"), scope="layer", head_unit="kv-group", uses_gradients=True, taylor_weights="all",
+    saliency="first-order",
 ))
