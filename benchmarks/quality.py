@@ -120,6 +120,11 @@ def smollm2_plan() -> Plan:
                       [0.4, 0.5]))
         lm.append(Run(f"abl-flap-calib{tokens}", "ablation", f"flap calibration={tokens // 1024}K",
                       ["--method", "flap", *args], [0.4, 0.5]))
+    # the Fisher score (per-token squared first-order effects): does a score that cannot cancel close the gap to FLAP?
+    lm.append(Run("abl-fisher-one-shot", "ablation", "gisp one-shot saliency=fisher",
+                  ["--method", "gisp", "--steps", "1", "--saliency", "fisher", *LM_ARGS], [0.5]))
+    lm.append(Run("abl-fisher", "ablation", "gisp saliency=fisher", ["--steps", "10", "--saliency", "fisher", *LM_ARGS],
+                  [0.4, 0.5]))
     lm.append(Run("outside-torch-pruning", "outside", "torch-pruning 1.6.1 (Taylor)", [], levels))
     return plan
 
