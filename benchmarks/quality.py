@@ -86,13 +86,19 @@ def smollm2_plan() -> Plan:
     plan = Plan("smollm2-135m", "smollm2", eval_limit=400)  # 400 windows (51K tokens) of the held-out half: CPU budget
     lm = plan.runs
     lm.append(Run("gisp-ppl", "lm", "gisp", ["--method", "gisp", "--steps", "10", *LM_ARGS], levels,
-                  note="one run, 10 steps of 5%: every level is a step's target; bias-compensated (the default)"))
+                  note="one run, 10 steps of 5%: every level is a step's target; Fisher scores, bias-compensated (the defaults)"))
     for method in BASELINES:
         lm += _per_level("lm", method, ["--method", method], levels, LM_ARGS)
     lm += _per_level("lm", "gisp one-shot", ["--method", "gisp", "--steps", "1"], levels, LM_ARGS)
+    lm.append(Run("gisp-first-order-ppl", "lm", "gisp (first-order)",
+                  ["--method", "gisp", "--steps", "10", "--saliency", "first-order", *LM_ARGS], levels,
+                  note="one run, 10 steps of 5%, compensated first-order scores (the default before --saliency fisher)",
+                  order=0.37))
+    lm += _per_level("lm", "gisp one-shot (first-order)", ["--method", "gisp", "--steps", "1", "--saliency", "first-order"],
+                     [0.4, 0.5], LM_ARGS)
     lm.append(Run("gisp-nocomp-ppl", "lm", "gisp (no compensation)",
-                  ["--method", "gisp", "--steps", "10", "--no-compensate", *LM_ARGS], levels,
-                  note="one run, 10 steps of 5%, without bias compensation", order=0.36))
+                  ["--method", "gisp", "--steps", "10", "--no-compensate", "--saliency", "first-order", *LM_ARGS], levels,
+                  note="one run, 10 steps of 5%, first-order scores without bias compensation", order=0.36))
     lm.append(Run("gisp-reference-ppl", "lm", "gisp (reference scoring)",
                   ["--method", "gisp", "--steps", "10", *REFERENCE_SCORING, *LM_ARGS], levels,
                   note="q/gate/up rows + o/down columns, reference divisors; one run, 10 steps", order=0.35))
@@ -105,7 +111,7 @@ def smollm2_plan() -> Plan:
         lm += _per_level("task", method, ["--method", method], task_levels, TASK_ARGS, "mc")
     # ablations at 50% (besides the main rows: 10 steps, 1 step, no compensation, reference scoring)
     lm.append(Run("gisp-one-shot-nocomp-ppl-50", "ablation", "gisp one-shot (no compensation)",
-                  ["--method", "gisp", "--steps", "1", "--no-compensate", *LM_ARGS], [0.5]))
+                  ["--method", "gisp", "--steps", "1", "--no-compensate", "--saliency", "first-order", *LM_ARGS], [0.5]))
     for steps in (4, 8, 16):
         lm.append(Run(f"abl-steps{steps}", "ablation", f"gisp steps={steps}", ["--steps", str(steps), *LM_ARGS], [0.5]))
     for norm in ("params", "reference", "zscore"):
@@ -116,15 +122,10 @@ def smollm2_plan() -> Plan:
     lm.append(Run("abl-scope-layer", "ablation", "gisp scope=layer", ["--steps", "10", "--scope", "layer", *LM_ARGS], [0.5]))
     for tokens in (4096, 65536):  # GISP and FLAP with less / more calibration: who gains from data?
         args = ["--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"]
-        lm.append(Run(f"abl-calib{tokens}", "ablation", f"gisp calibration={tokens // 1024}K", ["--steps", "10", *args],
-                      [0.4, 0.5]))
+        lm.append(Run(f"abl-calib{tokens}", "ablation", f"gisp (first-order) calibration={tokens // 1024}K",
+                      ["--steps", "10", "--saliency", "first-order", *args], [0.4, 0.5]))
         lm.append(Run(f"abl-flap-calib{tokens}", "ablation", f"flap calibration={tokens // 1024}K",
                       ["--method", "flap", *args], [0.4, 0.5]))
-    # the Fisher score (per-token squared first-order effects): does a score that cannot cancel close the gap to FLAP?
-    lm.append(Run("abl-fisher-one-shot", "ablation", "gisp one-shot saliency=fisher",
-                  ["--method", "gisp", "--steps", "1", "--saliency", "fisher", *LM_ARGS], [0.5]))
-    lm.append(Run("abl-fisher", "ablation", "gisp saliency=fisher", ["--steps", "10", "--saliency", "fisher", *LM_ARGS],
-                  [0.4, 0.5]))
     lm.append(Run("outside-torch-pruning", "outside", "torch-pruning 1.6.1 (Taylor)", [], levels))
     return plan
 
@@ -383,7 +384,7 @@ def report(plan: Plan, results: Results, work: Path) -> None:
     recs = sorted(results.records, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["requested"]))
     lm = [r for r in recs if r["section"] in ("lm", "outside")]
     task = [r for r in recs if r["section"] == "task"]
-    main_rows = ("gisp", "gisp one-shot", "gisp (reference scoring)", "flap")  # beside the ablations, at 40/50%
+    main_rows = ("gisp", "gisp one-shot", "gisp (first-order)", "gisp (reference scoring)", "flap")  # beside the ablations, at 40/50%
     abl = [r for r in lm if r["method"] in main_rows and r["requested"] in (0.4, 0.5)] + [r for r in recs if r["section"] == "ablation"]
     levels = sorted({r["requested"] for r in lm})
     dense_ppl = results.dense.get("ppl", {}).get("ppl")

@@ -125,7 +125,8 @@ def test_search_compares_look_aheads_at_the_final_sparsity_and_takes_the_steps_s
         assert all({"rates", "heads_at_target", "loss"} <= set(c) for c in record.candidates)
     # replaying step 1: scores of the dense model, look-aheads to 50%, then 1/3 of it at the chosen rate
     model = copy.deepcopy(dense)
-    scores = TaylorImportance(BATCHES, progress=False, weights="output", compensate=True)(model, adapter_for(model.config))
+    scores = TaylorImportance(BATCHES, progress=False, weights="output", compensate=True, saliency="fisher")(
+        model, adapter_for(model.config))
     heads, channels = normalized(scores, Masks.dense(shape.geometry), shape.geometry, "search")
     protected = protected_layers(6, 0.2, 1)
     options = balance.candidates(heads, channels, Masks.dense(shape.geometry), protected, shape, 0, 0.5 * total)

@@ -112,6 +112,7 @@ def test_config_resolves_method_defaults_and_refuses_bad_combinations():
         gisp.PruneConfig(model="m", data="d", taylor_weights="rows")
     with pytest.raises(GispError, match="unknown method 'obs'; choose from gisp, "):
         gisp.PruneConfig(model="m", data="d", method="obs")
+    assert default.saliency == "fisher"
     assert gisp.PruneConfig(model="m", data="d", taylor_weights="all").saliency == "first-order"
     assert gisp.PruneConfig(model="m", data="d", method="llm-pruner").saliency == "first-order"
     assert gisp.PruneConfig(model="m", data="d", method="flap").saliency is None
@@ -267,7 +268,7 @@ def test_compensated_gisp_run_exports_its_masked_model_with_biases(tmp_path):
     traj = _prune(work, "gisp", sparsity=0.5, steps=3, compensate=True, out=tmp_path / "run")
     assert traj.compensated and traj.config["compensate"] is True
     from gisp.report import info_text
-    assert "compensate: yes" in info_text(traj)
+    assert "compensate: yes" in info_text(traj) and "saliency: fisher" in info_text(traj)
     assert adapter_for(work.config).all_layer_modules(work)[3].down.bias is not None
     export(tmp_path / "run", 0.5, tmp_path / "out", model=dense, tokenizer=None)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["added_biases"]

@@ -52,6 +52,7 @@ def info_text(traj: Trajectory) -> str:
         f"method: {cfg.get('method', 'gisp')}  target sparsity: {cfg.get('sparsity')}  steps: {traj.completed_steps}/{cfg.get('steps')} ({cfg.get('schedule')})  "
         f"normalize: {cfg.get('normalize')}  scope: {cfg.get('scope', 'global')}  "
         + (f"taylor-weights: {cfg['taylor_weights']}  " if cfg.get("taylor_weights") else "")
+        + (f"saliency: {cfg['saliency']}  " if cfg.get("saliency") else "")
         + f"compensate: {'yes' if traj.compensated else 'no'}  "
         + f"protect-first: {cfg.get('protect_first')}  protect-last: {cfg.get('protect_last')}",
         "sparsity = removed / dense parameters of the decoder layers' projections; model = removed / all parameters",
