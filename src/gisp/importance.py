@@ -8,7 +8,9 @@ start of a step. This module holds the interface and the gradient-based one;
 :class:`TaylorImportance` averages the objective's gradient over the whole calibration set in
 float32 (gradients are taken only for the seven prunable projections, not embeddings or lm_head),
 then sums ``|W * g|`` per structure with :mod:`gisp.saliency`: per query head (GISP) or per
-coupled KV group (LLM-Pruner).
+coupled KV group (LLM-Pruner). With ``saliency="fisher"`` (GISP's default) the same pass also
+collects per-token moments of ``o_proj`` / ``down_proj`` inputs and their gradients, and each
+head / channel scores the squared per-token loss change of its removal, summed over tokens.
 """
 
 from __future__ import annotations
