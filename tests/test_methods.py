@@ -252,6 +252,8 @@ def test_fisher_scores_by_hand(compensate_):
     scores = TaylorImportance(BATCHES, progress=False, weights="output", compensate=compensate_,
                               saliency="fisher")(model, adapter, _context(model))
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    # activation gradients only: no weight gradient was taken, and every parameter is left as it was
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
     for role, got, group in (("o", scores.heads[1], 8), ("down", scores.channels[1], 1)):
         x, gx = _per_token_input_grads(model, 1, role)
         mu = x.mean(0) if compensate_ else torch.zeros(x.shape[1], dtype=torch.float64)

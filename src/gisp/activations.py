@@ -7,8 +7,9 @@
   a layer from its statistics, and that layer's outputs are recomputed with it removed.
 - :func:`block_influence`: ShortGPT's ``1 - cos(h_in, h_out)`` per layer.
 - :func:`compensation_hooks`: during a gradient pass, the mean input of every ``o_proj`` /
-  ``down_proj`` feature and the gradient of their outputs summed over tokens (compensated Taylor
-  scores, :func:`gisp.saliency.compensated_saliency`).
+  ``down_proj`` feature and either the gradient of their outputs summed over tokens (compensated
+  Taylor scores, :func:`gisp.saliency.compensated_saliency`) or the Fisher moments of their inputs
+  (:func:`gisp.saliency.fisher_moments`).
 
 Padding (``attention_mask`` 0) is excluded from every statistic. Hooks are registered for one
 pass and always removed; the model's weights are never modified here.
@@ -149,33 +150,48 @@ def _accumulate(store: list, index: int, values) -> None:
 @contextmanager
 def compensation_hooks(model: nn.Module, adapter: ModelAdapter, fisher: bool = False) -> Iterator[CompensationStats]:
     """Hooks that fill a :class:`CompensationStats` during forward + backward passes; set its
-    ``valid`` and ``share`` before each batch. Removed on exit."""
+    ``valid`` and ``share`` before each batch. Removed on exit.
+
+    Without ``fisher``: input statistics and output gradients (first-order compensated scores).
+    With ``fisher``: input statistics and the Fisher moments, from the gradient of each
+    ``o_proj`` / ``down_proj`` input as autograd computes it (the first-order output gradients are
+    not needed, so none are summed). Either way the hooks only see tensors that require grad.
+    """
     layers = adapter.layers(model)
     n = len(layers)
     stats = CompensationStats([LayerStats() for _ in layers], [None] * n, [None] * n, [None] * n, [None] * n)
     head_dim = adapter.geometry().head_dim
 
-    def grad_sink(store: list, moments: list, index: int, group: int):
+    def output_grad_sink(store: list, index: int):
         def on_output(module, args, output):
-            x = args[0].detach()
             valid, share = stats.valid[0], stats.share[0]
-
-            def on_grad(grad: torch.Tensor) -> None:
-                grad = _tokens(grad, valid).float() * share  # [B, T, d] -> [N, d]
-                _accumulate(store, index, grad.sum(0))
-                if fisher:  # dL/dx = dL/dout @ W: [N, d] @ [d, n] -> [N, n]
-                    grad_in = grad @ module.weight.detach().float()
-                    _accumulate(moments, index, saliency.fisher_moments(grad_in, _tokens(x, valid), group))
-            if output.requires_grad:
-                output.register_hook(on_grad)
+            if output.requires_grad:  # [B, T, d] -> [N, d] -> [d]
+                output.register_hook(lambda grad: _accumulate(store, index, (_tokens(grad, valid).float() * share).sum(0)))
         return on_output
+
+    def input_grad_sink(moments: list, index: int, group: int):
+        def on_input(module, args):
+            x, valid, share = args[0], stats.valid[0], stats.share[0]
+            if not x.requires_grad:
+                return
+            inputs = _tokens(x.detach(), valid)  # [B, T, n] -> [N, n]
+
+            def on_grad(grad: torch.Tensor) -> None:  # dL/dx, [B, T, n] -> [N, n]
+                grad_in = _tokens(grad, valid).float() * share
+                _accumulate(moments, index, saliency.fisher_moments(grad_in, inputs, group))
+            x.register_hook(on_grad)
+        return on_input
 
     handles = []
     for i, layer in enumerate(layers):
         mods = adapter.layer_modules(layer)
         handles += _stats_hooks(adapter, layer, stats.inputs[i], stats.valid)
-        handles += [mods.o.register_forward_hook(grad_sink(stats.o_grad, stats.o_moments, i, head_dim)),
-                    mods.down.register_forward_hook(grad_sink(stats.down_grad, stats.down_moments, i, 1))]
+        if fisher:
+            handles += [mods.o.register_forward_pre_hook(input_grad_sink(stats.o_moments, i, head_dim)),
+                        mods.down.register_forward_pre_hook(input_grad_sink(stats.down_moments, i, 1))]
+        else:
+            handles += [mods.o.register_forward_hook(output_grad_sink(stats.o_grad, i)),
+                        mods.down.register_forward_hook(output_grad_sink(stats.down_grad, i))]
     with _hooks(handles):
         yield stats
 

@@ -8,14 +8,16 @@ start of a step. This module holds the interface and the gradient-based one;
 :class:`TaylorImportance` averages the objective's gradient over the whole calibration set in
 float32 (gradients are taken only for the seven prunable projections, not embeddings or lm_head),
 then sums ``|W * g|`` per structure with :mod:`gisp.saliency`: per query head (GISP) or per
-coupled KV group (LLM-Pruner). With ``saliency="fisher"`` (GISP's default) the same pass also
-collects per-token moments of ``o_proj`` / ``down_proj`` inputs and their gradients, and each
-head / channel scores the squared per-token loss change of its removal, summed over tokens.
+coupled KV group (LLM-Pruner). With ``saliency="fisher"`` (GISP's default) no weight gradient is
+taken: the backward pass collects per-token moments of ``o_proj`` / ``down_proj`` inputs and their
+gradients, and each head / channel scores the squared per-token loss change of its removal,
+summed over tokens.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -123,8 +125,9 @@ class TaylorImportance:
     def average_gradients(self, model: nn.Module, weights: list[nn.Parameter],
                           comp: CompensationStats | None = None) -> tuple[list[torch.Tensor], float]:
         """Mean gradient of the objective for ``weights`` (float32) and the mean loss; ``comp``
-        (hooks registered) is told each batch's token mask and share."""
-        device = weights[0].device
+        (hooks registered) is told each batch's token mask and share. With no ``weights`` the
+        backward pass only feeds the hooks (Fisher scores) and no weight gradient is computed."""
+        device = next(model.parameters()).device
         total = sum(batch_size(b) for b in self.batches)
         grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         loss_sum = 0.0
@@ -134,8 +137,11 @@ class TaylorImportance:
             if comp is not None:
                 comp.valid[0], comp.share[0] = token_mask(batch), share
             loss = self.objective(model, batch)
-            for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
-                acc.add_(g.float(), alpha=share)
+            if weights:
+                for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
+                    acc.add_(g.float(), alpha=share)
+            else:
+                loss.backward()
             loss_sum += float(loss.detach()) * share
         return grads, loss_sum
 
@@ -145,7 +151,8 @@ class TaylorImportance:
 
         geo = adapter.geometry()
         layers = adapter.all_layer_modules(model)
-        roles = PROJECTIONS if self.weights == "all" else ("o", "down")
+        fisher = self.saliency == "fisher"
+        roles = () if fisher else PROJECTIONS if self.weights == "all" else ("o", "down")
         weights = [getattr(mods, r).weight for mods in layers for r in roles]
         flags = [p.requires_grad for p in model.parameters()]
         try:
@@ -153,9 +160,9 @@ class TaylorImportance:
                 p.requires_grad_(False)
             for w in weights:
                 w.requires_grad_(True)
-            fisher = self.saliency == "fisher"
             hooks = compensation_hooks(model, adapter, fisher) if self.compensate or fisher else nullcontext()
-            with torch.enable_grad(), hooks as comp:
+            root = differentiable_embeddings(model) if fisher else nullcontext()
+            with torch.enable_grad(), hooks as comp, root:
                 grads, loss = self.average_gradients(model, weights, comp)
         finally:
             for p, flag in zip(model.parameters(), flags):
@@ -206,6 +213,18 @@ class TaylorImportance:
     def mean_loss(self, model: nn.Module) -> float:
         """The objective's mean over the calibration set, forward only."""
         return mean_objective(model, self.batches, self.objective)
+
+
+@contextmanager
+def differentiable_embeddings(model: nn.Module) -> Iterator[None]:
+    """Make the input embeddings a leaf that requires grad, so a backward pass reaches every
+    layer's activations while no weight requires grad (activation gradients only, as the Fisher
+    scores need: no weight-gradient matmuls). The hook is removed on exit."""
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, args, out: out.detach().requires_grad_())
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
