@@ -20,6 +20,13 @@ TINY = {
     "mistral": dict(model_type="mistral", num_attention_heads=6, num_key_value_heads=3),
     "qwen2": dict(model_type="qwen2", num_attention_heads=6, num_key_value_heads=2),
     "qwen3": dict(model_type="qwen3", num_attention_heads=6, num_key_value_heads=2),
+    # fused qkv_proj / gate_up_proj
+    "phi3": dict(model_type="phi3", num_attention_heads=6, num_key_value_heads=2, pad_token_id=0, eos_token_id=2),
+    # embedding / attention / residual / logit multipliers, all off their defaults
+    "granite": dict(model_type="granite", num_attention_heads=6, num_key_value_heads=3, embedding_multiplier=3.0,
+                    attention_multiplier=0.2, residual_multiplier=0.7, logits_scaling=2.5),
+    # q/k norms over the whole projection
+    "olmo2": dict(model_type="olmo2", num_attention_heads=6, num_key_value_heads=2, pad_token_id=0, eos_token_id=2),
 }
 
 

@@ -98,8 +98,9 @@ def _assert_error(capsys, argv, match):
 def test_unknown_model_type(tmp_path, corpus_file, capsys):
     from transformers import AutoConfig
     AutoConfig.for_model("gpt2", n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path / "gpt2")
+    from gisp.adapters import supported_model_types
     _assert_error(capsys, _prune_args(tmp_path / "gpt2", f"text:{corpus_file}", tmp_path / "run"),
-                  "unsupported model type 'gpt2'; gisp supports: llama, mistral, qwen2, qwen3")
+                  f"unsupported model type 'gpt2'; gisp supports: {', '.join(supported_model_types())}")
     assert not (tmp_path / "run").exists()
 
 

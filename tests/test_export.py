@@ -134,7 +134,7 @@ def test_uniform_llama_with_non_divisor_head_count_uses_remote_config(tmp_path):
     out, logits, remote = _export(tmp_path, model, masks)
     config = json.loads((out / "config.json").read_text())
     assert remote and "per_layer_config" not in config and config["num_attention_heads"] == 5
-    assert reload_without_gisp(out, logits, tmp_path) == "GispLlamaForCausalLM"
+    assert reload_without_gisp(out, logits, tmp_path) == "GispForCausalLM"
 
 
 def test_export_state_dict_shapes(tmp_path):

@@ -273,7 +273,7 @@ def test_compensated_gisp_run_exports_its_masked_model_with_biases(tmp_path):
     assert "compensate: yes" in info_text(traj) and "saliency: fisher" in info_text(traj)
     assert adapter_for(work.config).all_layer_modules(work)[3].down.bias is not None
     export(tmp_path / "run", 0.5, tmp_path / "out", model=dense, tokenizer=None)
-    assert json.loads((tmp_path / "out" / "config.json").read_text())["added_biases"]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["gisp_remote"]["added_biases"]
     with torch.no_grad():
         expected = work(IDS).logits
     reload_without_gisp(tmp_path / "out", expected, tmp_path, IDS)
@@ -414,7 +414,7 @@ def test_flap_export_carries_its_biases_and_loads_without_gisp(tmp_path):
     traj = _prune(work, "flap", sparsity=0.4, out=tmp_path / "run")
     info = export(tmp_path / "run", 0.4, tmp_path / "out", model=dense, tokenizer=None)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["added_biases"] and all(n.endswith(("o_proj", "down_proj")) for n in config["added_biases"])
+    assert config["gisp_remote"]["added_biases"] and all(n.endswith(("o_proj", "down_proj")) for n in config["gisp_remote"]["added_biases"])
     with torch.no_grad():
         expected = work(IDS).logits
     assert reload_without_gisp(tmp_path / "out", expected, tmp_path, IDS).startswith("Gisp")
@@ -423,8 +423,8 @@ def test_flap_export_carries_its_biases_and_loads_without_gisp(tmp_path):
     assert info.decoder_parameters == decoder_params(traj.masks_at_step(1), shape)
     from safetensors.torch import load_file
     state = load_file(tmp_path / "out" / "model.safetensors")
-    biases = sum(state[f"{n}.bias"].numel() for n in config["added_biases"])
-    assert biases == 48 * len(config["added_biases"])
+    biases = sum(state[f"{n}.bias"].numel() for n in config["gisp_remote"]["added_biases"])
+    assert biases == 48 * len(config["gisp_remote"]["added_biases"])
 
 
 def test_flap_nested_level_recomputes_its_biases_from_the_dense_weights():

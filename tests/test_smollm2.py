@@ -81,4 +81,4 @@ def test_smollm2_baseline_exports_reload_and_match(method, tmp_path):
     if method == "shortgpt":
         assert config["num_hidden_layers"] == 30 - 6 and "auto_map" not in config  # 20% of 30 layers, stock
     else:
-        assert config["added_biases"] and info.sparsity <= 0.2
+        assert config["gisp_remote"]["added_biases"] and info.sparsity <= 0.2

@@ -1,13 +1,16 @@
 """gisp: Global Iterative Structured Pruning for Hugging Face LLMs.
 
 ``gisp.prune`` runs GISP and records a trajectory; ``gisp.export`` turns any level of it into a
-physically smaller checkpoint; ``gisp.load`` loads models and exports.
+physically smaller checkpoint; ``gisp.load`` loads models and exports. ``gisp.register_adapter``
+adds a model family (a :class:`ModelAdapter` subclass).
 """
 
+from gisp.adapters import FusedRows, LayerModules, ModelAdapter, register_adapter, supported_model_types
 from gisp.api import export, load, prune
 from gisp.config import PruneConfig
 from gisp.errors import GispError
 from gisp.trajectory import Trajectory
 
-__all__ = ["GispError", "PruneConfig", "Trajectory", "export", "load", "prune"]
+__all__ = ["FusedRows", "GispError", "LayerModules", "ModelAdapter", "PruneConfig", "Trajectory", "export", "load",
+           "prune", "register_adapter", "supported_model_types"]
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from torch import nn
@@ -12,12 +13,15 @@ from gisp.calibration import build_batches, read_source
 from gisp.config import PruneConfig
 from gisp.errors import GispError
 from gisp.export import ExportInfo
+from gisp.export import check_exportable
 from gisp.export import export as _export
 from gisp.importance import mean_objective
 from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective
 from gisp.pruner import run_schedule
 from gisp.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
 
 
 def prune(
@@ -48,9 +52,10 @@ def prune(
     config = config or PruneConfig.from_dict(settings)
     source = read_source(config) if batches is None else None  # bad data fails before any model loads
     if model is None:
-        adapter_for(models.load_config(config.model))  # fail fast on unknown types, before loading weights
+        check_family(models.load_config(config.model), config)  # fail fast, before loading weights
         model, tokenizer = models.load(config.model, config.dtype)
-    adapter_for(model.config)
+    else:
+        check_family(model.config, config)
     if batches is None and tokenizer is None:
         raise GispError("a model passed in needs its tokenizer to build calibration batches (or pass batches=...)")
     if batches is None:
@@ -63,6 +68,18 @@ def prune(
     return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                         loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
                         search_loss=lambda m: mean_objective(m, search_batches(batches), objective))
+
+
+def check_family(model_config, config: PruneConfig) -> None:
+    """Refuse, from the config alone, a family gisp cannot prune with ``config.method`` and export
+    exactly (:func:`gisp.export.check_exportable`); note when only channels will be pruned."""
+    adapter = adapter_for(model_config)
+    method = method_for(config.method)
+    if not adapter.prunable_heads:
+        if (config.scope or method.scope) == "depth":
+            raise GispError(f"{adapter.heads_note}; {method.name} removes whole layers, so it cannot prune this family")
+        logger.warning("gisp: note: %s", adapter.heads_note)
+    check_exportable(model_config)
 
 
 def search_batches(batches: list[dict]) -> list[dict]:

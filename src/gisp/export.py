@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gisp import models
-from gisp.adapters import ModelAdapter, adapter_for
+from gisp.adapters import ExportClasses, FusedRows, ModelAdapter, adapter_for, base_linear
 from gisp.compensation import InputMeans, output_bias
 from gisp.errors import GispError
 from gisp.remote import modeling_gisp
@@ -97,10 +97,14 @@ def _sliced_attention(mods, plan: AttentionPlan, hd: int) -> dict[str, torch.Ten
 
 def _sliced_mlp(mods, kept: torch.Tensor) -> dict[str, torch.Tensor]:
     idx = kept.nonzero()[:, 0]
-    out = {"gate.weight": mods.gate.weight[idx], "up.weight": mods.up.weight[idx], "down.weight": mods.down.weight[:, idx]}
+    out = {"up.weight": mods.up.weight[idx], "down.weight": mods.down.weight[:, idx]}
     for role in ("gate", "up"):
-        if getattr(mods, role).bias is not None:
-            out[f"{role}.bias"] = getattr(mods, role).bias[idx]
+        projection = getattr(mods, role)
+        if projection is None:  # a non-gated MLP
+            continue
+        out[f"{role}.weight"] = projection.weight[idx]
+        if projection.bias is not None:
+            out[f"{role}.bias"] = projection.bias[idx]
     return out
 
 
@@ -142,13 +146,7 @@ def sliced_state_dict(model: nn.Module, adapter: ModelAdapter, masks: Masks, mea
         sliced = _sliced_attention(mods, plan, hd) | _sliced_mlp(mods, masks.channels[layer])
         if means is not None:
             sliced |= _compensated_biases(mods, masks, layer, means, hd)
-        linears = mods.linears()
-        for key, tensor in sliced.items():
-            role, param = key.split(".")
-            name = names[id(linears[role])]
-            if param == "bias" and linears[role].bias is None:
-                added.append(name)
-            state[f"{name}.{param}"] = tensor.clone()
+        _write(state, sliced, mods, names, adapter, added)
         sizes.append(LayerSizes(plan.num_heads, plan.num_kv_heads, int(masks.channels[layer].sum())))
     dropped = set(masks.empty_layers()) if shape.droppable else set()
     kept = [i for i in range(len(sizes)) if i not in dropped]
@@ -156,6 +154,25 @@ def sliced_state_dict(model: nn.Module, adapter: ModelAdapter, masks: Masks, mea
     state = {new: state[old] for old, new in _renamed_keys(state, rename)}
     added = [new for old, new in _renamed_keys(dict.fromkeys(added), rename)]
     return SlicedModel(state, [sizes[i] for i in kept], kept, added)
+
+
+def _write(state: dict, sliced: dict[str, torch.Tensor], mods, names: dict, adapter: ModelAdapter,
+           added: list[str]) -> None:
+    """Put one layer's sliced tensors (``"q.weight"`` ...) into ``state`` under their module names;
+    the blocks of a fused linear are re-fused in their dense row order (:meth:`ModelAdapter.fuse`)."""
+    projections = mods.linears()
+    parts: dict[tuple[int, str], list[tuple[int, torch.Tensor]]] = {}
+    for key, tensor in sliced.items():
+        role, param = key.split(".")
+        projection = projections[role]
+        linear = base_linear(projection)
+        start = projection.start if isinstance(projection, FusedRows) else 0
+        parts.setdefault((id(linear), param), []).append((start, tensor))
+        if param == "bias" and linear.bias is None and names[id(linear)] not in added:
+            added.append(names[id(linear)])
+    for (linear_id, param), blocks in parts.items():
+        tensors = [t for _, t in sorted(blocks, key=lambda b: b[0])]
+        state[f"{names[linear_id]}.{param}"] = (adapter.fuse(tensors) if len(tensors) > 1 else tensors[0]).clone()
 
 
 def _renumber(layer_names: list[str], kept: list[int]) -> dict[str, str | None]:
@@ -179,8 +196,16 @@ def _renamed_keys(keys, rename: dict[str, str | None]):
             yield key, key
 
 
-def export_config(base_config, adapter: ModelAdapter, sliced: SlicedModel):
-    """Config for the sliced model, and whether it needs ``modeling_gisp.py``."""
+def export_config(base_config, adapter: ModelAdapter, sliced: SlicedModel, classes: ExportClasses):
+    """Config for the sliced model, and whether it needs ``modeling_gisp.py``.
+
+    Equal layers, no added bias and sizes the stock config accepts: a stock config. Otherwise
+    the generic remote config built on ``classes``, with transformers' ``per_layer_config`` for
+    layers that differ. Its ``config.json`` also sets ``allow_global_per_layer_attribute_access``,
+    so stock code that reads the config without the remote code (``AutoTokenizer``,
+    ``AutoConfig``) loads it: the global values are the dense model's, the per-layer ones are in
+    ``per_layer_config``.
+    """
     values = {k: v for k, v in base_config.to_dict().items() if k not in _DROP_CONFIG_KEYS}
     values["head_dim"] = adapter.geometry().head_dim
     dense_layers = values["num_hidden_layers"]
@@ -194,36 +219,46 @@ def export_config(base_config, adapter: ModelAdapter, sliced: SlicedModel):
     if uniform and not sliced.added_biases:
         try:
             return type(base_config)(**values), False
-        except Exception:  # stock validation, e.g. Llama's hidden_size % num_heads check
+        except Exception:  # stock validation, e.g. hidden_size % num_heads == 0
             pass
-    prefix = adapter.remote_class_prefix
-    config = getattr(modeling_gisp, f"{prefix}Config")(**values)
+    values[modeling_gisp.REMOTE_KEY] = {"config": classes.config, "model": classes.model, "layers": classes.layers,
+                                        "added_biases": list(sliced.added_biases)}
     if not uniform:
-        config.per_layer_config = {i: asdict(s) for i, s in enumerate(sliced.sizes)}
-    if sliced.added_biases:
-        config.added_biases = sliced.added_biases
-    config.auto_map = {
-        "AutoConfig": f"modeling_gisp.{prefix}Config",
-        "AutoModelForCausalLM": f"modeling_gisp.{prefix}ForCausalLM",
-    }
+        values["per_layer_config"] = {i: asdict(s) for i, s in enumerate(sliced.sizes)}
+    config = modeling_gisp.config_class(classes.config)(**values)
+    if not uniform:
+        config.allow_global_per_layer_attribute_access = True
+    config.auto_map = {"AutoConfig": "modeling_gisp.GispConfig", "AutoModelForCausalLM": "modeling_gisp.GispForCausalLM"}
     return config, True
 
 
 def build_pruned_model(model: nn.Module, masks: Masks, means: InputMeans | None = None) -> tuple[nn.Module, bool]:
     """A new, physically smaller model equal to ``model`` under ``masks`` (and compensation
     ``means``); and whether it needs remote code."""
-    from transformers import AutoModelForCausalLM
-
     adapter = adapter_for(model.config)
     sliced = sliced_state_dict(model, adapter, masks, means)
-    config, remote = export_config(model.config, adapter, sliced)
+    config, remote = export_config(model.config, adapter, sliced, adapter.export_classes(model))
     dtype = next(model.parameters()).dtype
-    if remote:
-        pruned = getattr(modeling_gisp, f"{adapter.remote_class_prefix}ForCausalLM")(config).to(dtype)
-    else:
-        pruned = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    pruned = _instantiate(config, remote, type(model), dtype)
     pruned.load_state_dict(sliced.state, strict=True)
     return pruned.eval(), remote
+
+
+def _instantiate(config, remote: bool, stock: type, dtype: torch.dtype) -> nn.Module:
+    """An empty model for ``config``: the remote class, or the dense model's own stock class."""
+    cls = modeling_gisp.GispForCausalLM if remote else stock
+    with _default_dtype(dtype):
+        return cls(config)
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -318,3 +353,71 @@ def _info(out, requested, step, masks, shape: LayerShape, model, pruned, remote,
         parameters=model_parameters(pruned), dense_parameters=model_parameters(model),
         remote_code=remote, base_model=base,
     )
+
+
+class _Unfit(Exception):
+    """An adapter that does not describe its model (reported as is)."""
+
+
+def check_exportable(config) -> None:
+    """Refuse, before any weights load, a family gisp cannot prune *and* export exactly.
+
+    Builds the dense model on the meta device (no memory), checks that the adapter finds every
+    layer and projection with the shapes the config implies, then slices a non-uniform mask
+    (different heads and channels per layer) and builds the export's class from it, comparing
+    every tensor's name and shape with the sliced state dict. Raises :class:`GispError` with one
+    line naming the family and the first problem.
+    """
+    from transformers import AutoModelForCausalLM
+
+    adapter = adapter_for(config)
+    what = f"gisp cannot prune and export {adapter.name!r} models (adapter {type(adapter).__name__})"
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+        _check_projections(model, adapter)
+        masks = _probe_masks(adapter.geometry(), adapter.prunable_heads)
+        sliced = sliced_state_dict(model, adapter, masks)
+        built, remote = export_config(model.config, adapter, sliced, adapter.export_classes(model))
+        with torch.device("meta"):
+            pruned = (modeling_gisp.GispForCausalLM if remote else type(model))(built)
+        expected = {k: tuple(v.shape) for k, v in pruned.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in sliced.state.items()}
+        for name in sorted(set(expected) | set(got)):
+            if expected.get(name) != got.get(name):
+                raise _Unfit(f"the export's {name} would be {got.get(name, 'missing')} but its model expects "
+                                 f"{expected.get(name, 'no such tensor')} (a tensor the adapter does not slice?)")
+    except (GispError, _Unfit) as exc:
+        raise GispError(f"{what}: {exc}") from exc
+    except Exception as exc:  # an adapter that does not fit its family
+        raise GispError(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+def _check_projections(model: nn.Module, adapter: ModelAdapter) -> None:
+    """Every layer's projections have the shapes the config implies."""
+    g = adapter.geometry()
+    layers = adapter.layers(model)
+    if len(layers) != g.num_layers:
+        raise _Unfit(f"found {len(layers)} decoder layers at {adapter.layers_path!r}, the config says {g.num_layers}")
+    d, q, kv, f = g.hidden_size, g.num_heads * g.head_dim, g.num_kv_heads * g.head_dim, g.intermediate_size
+    want = {"q": (q, d), "k": (kv, d), "v": (kv, d), "o": (d, q), "gate": (f, d), "up": (f, d), "down": (d, f)}
+    for i, layer in enumerate(layers):
+        mods = adapter.layer_modules(layer)
+        if (mods.gate is not None) != g.gated_mlp:
+            raise _Unfit(f"layer {i}: gate is {'present' if mods.gate is not None else 'missing'} but "
+                             f"{type(adapter).__name__}.gated_mlp is {g.gated_mlp}")
+        for role, projection in mods.linears().items():
+            if tuple(projection.weight.shape) != want[role]:
+                raise _Unfit(f"layer {i}: the {role!r} projection is {tuple(projection.weight.shape)}, "
+                                 f"expected {want[role]} from the config")
+
+
+def _probe_masks(g, heads: bool) -> Masks:
+    """A mask that differs per layer: layer ``l`` loses ``l % H`` heads (if heads may go) and
+    ``l + 1`` channels, so the probe export is non-uniform and exercises every slicing path."""
+    masks = Masks.dense(g)
+    for layer in range(g.num_layers):
+        if heads:
+            masks.heads[layer, : layer % g.num_heads] = False
+        masks.channels[layer, : min(layer + 1, g.intermediate_size - 1)] = False
+    return masks

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gisp import saliency
-from gisp.adapters.base import ModelAdapter
+from gisp.adapters.base import ModelAdapter, parameter_rows
 from gisp.compensation import InputMeans
 from gisp.objectives import Objective, lm_loss
 from gisp.structures import LayerShape, Masks
@@ -153,7 +153,10 @@ class TaylorImportance:
         layers = adapter.all_layer_modules(model)
         fisher = self.saliency == "fisher"
         roles = () if fisher else PROJECTIONS if self.weights == "all" else ("o", "down")
-        weights = [getattr(mods, r).weight for mods in layers for r in roles]
+        roles = tuple(r for r in roles if getattr(layers[0], r) is not None)  # a non-gated MLP has no gate
+        # Gradients are taken of whole parameters (a fused qkv_proj once), then cut per role.
+        places = [parameter_rows(getattr(mods, r)) for mods in layers for r in roles]
+        weights = list({id(p): p for p, _ in places}.values())
         flags = [p.requires_grad for p in model.parameters()]
         try:
             for p in model.parameters():
@@ -163,7 +166,7 @@ class TaylorImportance:
             hooks = compensation_hooks(model, adapter, fisher) if self.compensate or fisher else nullcontext()
             root = differentiable_embeddings(model) if fisher else nullcontext()
             with torch.enable_grad(), hooks as comp, root:
-                grads, loss = self.average_gradients(model, weights, comp)
+                full, loss = self.average_gradients(model, weights, comp)
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
@@ -173,6 +176,9 @@ class TaylorImportance:
         heads, channels = [], []
         n = len(roles)
         with torch.no_grad():  # scores hold no autograd graph
+            by_param = {id(p): g for p, g in zip(weights, full)}
+            weights = [p[rows] for p, rows in places]  # [rows of role, in]
+            grads = [by_param[id(p)][rows] for p, rows in places]
             for i in range(len(layers)):
                 if comp is None:
                     sal = {r: saliency.weight_saliency(weights[n * i + j], grads[n * i + j]) for j, r in enumerate(roles)}
@@ -182,7 +188,7 @@ class TaylorImportance:
                                                                  means.mlp[i])}
                 heads.append(self._heads(sal, geo))
                 channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
-                                else saliency.channel_scores(sal["gate"], sal["up"], sal["down"]))
+                                else saliency.channel_scores(sal.get("gate"), sal["up"], sal["down"]))
         return Scores(torch.stack(heads), torch.stack(channels), loss, input_means=means)
 
     def _fisher(self, comp: CompensationStats, means: InputMeans | None, geo, loss: float) -> Scores:

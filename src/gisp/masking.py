@@ -15,15 +15,18 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from gisp.adapters.base import ModelAdapter
+from gisp.adapters.base import ModelAdapter, Projection
 from gisp.compensation import InputMeans
 from gisp.structures import Masks
 
 
-def _zero_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
-    linear.weight[rows] = 0
-    if linear.bias is not None:
-        linear.bias[rows] = 0
+def _zero_rows(projection: Projection | None, rows: torch.Tensor) -> None:
+    """Zero ``rows`` of a projection (its weight and bias are views of a fused layer's, if fused)."""
+    if projection is None:
+        return
+    projection.weight[rows] = 0
+    if projection.bias is not None:
+        projection.bias[rows] = 0
 
 
 @torch.no_grad()

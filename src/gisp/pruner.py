@@ -99,7 +99,8 @@ def run_schedule(
     if config.sparsity > reachable:
         raise GispError(
             f"sparsity {config.sparsity:g} is out of reach with {len(protected)} protected layers "
-            f"(at most {reachable:.4f}); lower --sparsity or --protect-first/--protect-last"
+            f"(at most {reachable:.4f}{'' if shape.head_pruning else ', attention heads kept'}); "
+            "lower --sparsity or --protect-first/--protect-last"
         )
     dense_total = dense_layer_params(shape) * geo.num_layers
     model_total = model_parameters(model)
@@ -124,7 +125,7 @@ def run_schedule(
         before = masks.clone()
         removed = dense_total - decoder_params(masks, shape)
         options = None
-        if config.normalize == "search":
+        if config.normalize == "search" and shape.head_pruning:  # no rate to search when heads stay
             heads, channels = normalized(scores, masks, geo, "search")
             chosen, rate, options = balance.search_step(model, adapter, heads, channels, masks, protected, shape, removed,
                                                         target * dense_total, config.sparsity * dense_total, search_loss,

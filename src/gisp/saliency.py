@@ -90,9 +90,11 @@ def head_scores(
     return score
 
 
-def channel_scores(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """Sum saliency over each MLP channel: a row of gate and up ([F, d]), a column of down ([d, F]) -> [F]."""
-    return gate.sum(1) + up.sum(1) + down.sum(0)
+def channel_scores(gate: torch.Tensor | None, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """Sum saliency over each MLP channel: a row of gate (``None`` for a non-gated MLP) and up
+    ([F, d]), a column of down ([d, F]) -> [F]."""
+    score = up.sum(1) + down.sum(0)
+    return score if gate is None else score + gate.sum(1)
 
 
 def kv_group_scores(

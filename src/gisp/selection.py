@@ -123,13 +123,16 @@ def select_under_budget(
 
     ``masks`` is updated in place; returns the structures removed, in order. The walk stops once
     less than one MLP channel's worth of budget is left, so the achieved count lands within one
-    channel below the target whenever single channels remain to be ranked.
+    channel below the target whenever single channels remain to be ranked. Units holding a head
+    are skipped when the family's heads may not be pruned (``shape.head_pruning``).
     """
     chosen: list[Structure] = []
     budget = target_removed + 0.5  # counts are integers; the target is a float product
     for unit in ranking:
         if budget - removed < shape.channel_params:
             break
+        if not shape.head_pruning and any(s.kind == "head" for s in unit):
+            continue
         saving = 0
         for structure in unit:
             saving += removal_saving(structure, masks, shape)

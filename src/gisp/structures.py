@@ -31,13 +31,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from gisp.adapters.base import AttentionGeometry, LayerModules, ModelAdapter
+from gisp.adapters.base import AttentionGeometry, LayerModules, ModelAdapter, Projection
 
 Kind = Literal["head", "channel"]
 
 
-def _has_bias(linear: nn.Linear) -> int:
-    return int(linear.bias is not None)
+def _has_bias(projection: Projection | None) -> int:
+    return int(projection is not None and projection.bias is not None)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class LayerShape:
 
     ``compensate``: pruning a block adds a bias to its output projection (FLAP's bias compensation),
     so the count charges ``hidden_size`` parameters for each pruned block whose projection had none.
+    ``head_pruning``: the family allows removing
+    attention heads (:attr:`gisp.adapters.ModelAdapter.prunable_heads`); when not, only channels go.
     """
 
     geometry: AttentionGeometry
@@ -66,14 +68,16 @@ class LayerShape:
     up_bias: int = 0
     down_bias: int = 0
     compensate: bool = False
+    head_pruning: bool = True
 
     @classmethod
-    def from_modules(cls, geometry: AttentionGeometry, mods: LayerModules, compensate: bool = False) -> LayerShape:
+    def from_modules(cls, geometry: AttentionGeometry, mods: LayerModules, compensate: bool = False,
+                     head_pruning: bool = True) -> LayerShape:
         """Read the bias flags off one layer's projections."""
         return cls(
             geometry,
             _has_bias(mods.q), _has_bias(mods.k), _has_bias(mods.v), _has_bias(mods.o),
-            _has_bias(mods.gate), _has_bias(mods.up), _has_bias(mods.down), compensate,
+            _has_bias(mods.gate), _has_bias(mods.up), _has_bias(mods.down), compensate, head_pruning,
         )
 
     @property
@@ -83,9 +87,9 @@ class LayerShape:
 
     @property
     def channel_params(self) -> int:
-        """Parameters one MLP channel holds: a row of gate and up, a column of down."""
+        """Parameters one MLP channel holds: a row of gate (if gated) and up, a column of down."""
         d = self.geometry.hidden_size
-        return 3 * d + self.gate_bias + self.up_bias
+        return (3 if self.geometry.gated_mlp else 2) * d + self.gate_bias + self.up_bias
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,8 @@ def parameter_sparsity(masks: Masks, shape: LayerShape) -> float:
 def max_sparsity(shape: LayerShape, protected: list[int]) -> float:
     """The highest parameter sparsity reachable when every unprotected layer is emptied."""
     g = shape.geometry
-    empty_layer = block_params(torch.zeros(g.num_heads, dtype=torch.bool), 0, shape)
+    heads_left = torch.full((g.num_heads,), not shape.head_pruning)  # heads that cannot go stay
+    empty_layer = block_params(heads_left, 0, shape)
     prunable = g.num_layers - len(protected)
     return prunable * (dense_layer_params(shape) - empty_layer) / (dense_layer_params(shape) * g.num_layers)
 
@@ -272,8 +277,10 @@ def uniform_ratio(target: float, shape: LayerShape, protected: list[int]) -> flo
 
 
 def layer_shape(model: nn.Module, adapter: ModelAdapter, compensate: bool = False) -> LayerShape:
-    """Dense geometry and bias flags of ``model`` (``compensate``: the method adds output biases)."""
-    return LayerShape.from_modules(adapter.geometry(), adapter.layer_modules(adapter.layers(model)[0]), compensate)
+    """Dense geometry, bias flags and whether heads may go, of ``model`` (``compensate``: the
+    method adds output biases)."""
+    return LayerShape.from_modules(adapter.geometry(), adapter.layer_modules(adapter.layers(model)[0]), compensate,
+                                   adapter.prunable_heads)
 
 
 def model_parameters(model: nn.Module) -> int:

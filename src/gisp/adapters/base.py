@@ -1,35 +1,102 @@
 """The adapter interface and its registry.
 
-Everything gisp knows about where a model keeps its decoder layers, projections and attention
-geometry lives behind :class:`ModelAdapter`. The algorithm only ever asks an adapter; it never
-walks ``model.model.layers`` itself.
+Everything gisp knows about a model family lives behind :class:`ModelAdapter`: where the decoder
+layers are, which linear layers play the seven roles (``q k v o gate up down``), which of them
+are fused into one matrix and how its rows split, whether the MLP is gated, whether heads may be
+pruned at all, and which stock classes an export builds on. The algorithm only ever asks an
+adapter; it never walks ``model.model.layers`` itself.
+
+Adding a family is one subclass registered with :func:`register_adapter` (also ``gisp.register_adapter``)::
+
+    @gisp.register_adapter
+    class MyAdapter(gisp.ModelAdapter):
+        model_types = ("my_family",)
+        def layer_modules(self, layer):
+            a, m = layer.self_attn, layer.mlp
+            return gisp.LayerModules(q=a.q_proj, k=a.k_proj, v=a.v_proj, o=a.o_proj,
+                                     gate=m.gate_proj, up=m.up_proj, down=m.down_proj)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
+import torch
 from torch import nn
 
 from gisp.errors import GispError
 
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass(frozen=True, eq=False)
+class FusedRows:
+    """One role's rows of a fused linear layer (Phi-3's ``qkv_proj``, ``gate_up_proj``).
+
+    ``start``/``stop``: the role's block of output rows. It reads and writes like a linear layer
+    of its own (``weight``/``bias`` are views into the fused parameters), so masking and scoring
+    need not know about fusion; the export re-fuses the sliced blocks in row order.
+    """
+
+    linear: nn.Linear
+    start: int
+    stop: int
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight[self.start:self.stop]  # a view: writes reach the fused weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return None if self.linear.bias is None else self.linear.bias[self.start:self.stop]
+
+    @property
+    def out_features(self) -> int:
+        return self.stop - self.start
+
+
+#: A role's weight: a whole linear layer or a block of a fused one.
+Projection = Union[nn.Linear, FusedRows]
+
+
+def parameter_rows(projection: Projection) -> tuple[nn.Parameter, slice]:
+    """The parameter holding ``projection``'s weight and its rows there (gradients are taken of
+    whole parameters, then cut)."""
+    if isinstance(projection, FusedRows):
+        return projection.linear.weight, slice(projection.start, projection.stop)
+    return projection.weight, slice(None)
+
+
+def base_linear(projection: Projection) -> nn.Linear:
+    """The module that stores ``projection`` (itself, or the fused layer it is part of)."""
+    return projection.linear if isinstance(projection, FusedRows) else projection
+
 
 @dataclass(frozen=True)
 class LayerModules:
-    """The prunable linear layers of one decoder layer."""
+    """The prunable projections of one decoder layer.
 
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
+    ``o`` and ``down`` must be whole linear layers (their inputs are hooked); ``q k v gate up`` may
+    be :class:`FusedRows`. ``gate`` is ``None`` for a non-gated MLP (``down(act(up(x)))``).
+    """
+
+    q: Projection
+    k: Projection
+    v: Projection
     o: nn.Linear
-    gate: nn.Linear
-    up: nn.Linear
+    up: Projection
     down: nn.Linear
+    gate: Projection | None = None
 
-    def linears(self) -> dict[str, nn.Linear]:
-        """All seven projections by role name."""
-        return {"q": self.q, "k": self.k, "v": self.v, "o": self.o, "gate": self.gate, "up": self.up, "down": self.down}
+    def __post_init__(self) -> None:
+        for role in ("o", "down"):
+            if not isinstance(getattr(self, role), nn.Linear):
+                raise GispError(f"the adapter's {role!r} projection must be a whole nn.Linear (its inputs are hooked)")
+
+    def linears(self) -> dict[str, Projection]:
+        """The present projections by role name, in :data:`ROLES` order."""
+        return {role: getattr(self, role) for role in ROLES if getattr(self, role) is not None}
 
 
 @dataclass(frozen=True)
@@ -42,6 +109,7 @@ class AttentionGeometry:
     num_kv_heads: int
     head_dim: int
     intermediate_size: int
+    gated_mlp: bool = True  # a channel is a gate row, an up row and a down column (else no gate row)
 
     @property
     def group_size(self) -> int:
@@ -49,15 +117,48 @@ class AttentionGeometry:
         return self.num_heads // self.num_kv_heads
 
 
+@dataclass(frozen=True)
+class ExportClasses:
+    """What an export's generic remote code builds on: import paths of the stock config and
+    ``*ForCausalLM`` classes, and the attribute path of the decoder-layer list in that model."""
+
+    config: str
+    model: str
+    layers: str
+
+
+def import_path(cls: type) -> str:
+    """``module.QualName`` of a class, as the remote code imports it back."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class ModelAdapter:
-    """Locates layers and projections of one model family. Subclass per family and register."""
+    """Knows one model family. Subclass, set ``model_types``, implement :meth:`layer_modules`
+    (and override whatever else differs from the Llama layout), and register.
+
+    Class attributes:
+
+    - ``model_types``: the ``config.model_type`` values it serves;
+    - ``layers_path``: attribute path of the decoder-layer list (``model.layers``);
+    - ``gated_mlp``: the MLP is ``down(act(gate(x)) * up(x))``; ``False`` for ``down(act(up(x)))``
+      (then :meth:`layer_modules` gives ``gate=None``);
+    - ``prunable_heads``: ``False`` when attention heads are not independent structures (e.g. a
+      norm over the whole q projection): only MLP channels are pruned, and ``heads_note`` says why.
+    """
 
     model_types: tuple[str, ...] = ()
-    #: Module that holds the stock ``*ForCausalLM`` class; used to pick remote-code classes.
-    remote_class_prefix: str = ""
+    layers_path: str = "model.layers"
+    gated_mlp: bool = True
+    prunable_heads: bool = True
+    heads_note: str = ""
 
     def __init__(self, config) -> None:
         self.config = config
+
+    @property
+    def name(self) -> str:
+        """The family's model type (for messages)."""
+        return getattr(self.config, "model_type", None) or type(self).__name__
 
     def geometry(self) -> AttentionGeometry:
         """Dense shapes from the config (head_dim falls back to hidden/heads)."""
@@ -70,26 +171,42 @@ class ModelAdapter:
             num_kv_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
             head_dim=head_dim,
             intermediate_size=c.intermediate_size,
+            gated_mlp=self.gated_mlp,
         )
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         """The decoder layers, in order."""
-        raise NotImplementedError
+        return list(model.get_submodule(self.layers_path))
 
     def layer_modules(self, layer: nn.Module) -> LayerModules:
-        """The seven prunable projections of one decoder layer."""
-        raise NotImplementedError
+        """The prunable projections of one decoder layer."""
+        raise NotImplementedError(f"{type(self).__name__} must implement layer_modules(layer)")
 
     def all_layer_modules(self, model: nn.Module) -> list[LayerModules]:
         """:meth:`layer_modules` for every layer."""
         return [self.layer_modules(layer) for layer in self.layers(model)]
+
+    def export_classes(self, model: nn.Module) -> ExportClasses:
+        """The stock classes a non-uniform export subclasses: by default the loaded model's own."""
+        return ExportClasses(import_path(type(model.config)), import_path(type(model)), self.layers_path)
+
+    def fuse(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """Re-fuse the sliced blocks of one fused linear (given in their dense row order) into its
+        exported weight or bias. The default concatenates, which is right for layouts of
+        contiguous blocks such as ``[q; k; v]``; an interleaved layout overrides this."""
+        return torch.cat(parts, dim=0)
 
 
 _REGISTRY: dict[str, Callable[[object], ModelAdapter]] = {}
 
 
 def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
-    """Class decorator: registers ``cls`` for each of its ``model_types``."""
+    """Class decorator: registers ``cls`` for each of its ``model_types`` (a later registration
+    of the same type replaces the earlier one)."""
+    if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
+        raise TypeError("register_adapter takes a ModelAdapter subclass")
+    if not cls.model_types:
+        raise ValueError(f"{cls.__name__}.model_types is empty; name the config.model_type values it serves")
     for model_type in cls.model_types:
         _REGISTRY[model_type] = cls
     return cls
@@ -105,8 +222,14 @@ def adapter_for(config) -> ModelAdapter:
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
         raise GispError(
-            f"unsupported model type {model_type!r}; gisp supports: {', '.join(supported_model_types())}"
+            f"unsupported model type {model_type!r}; gisp supports: {', '.join(supported_model_types())} "
+            "(add a family with gisp.register_adapter, see the README)"
         )
     if getattr(config, "per_layer_config", None) is not None and getattr(config, "is_heterogeneous", False):
         raise GispError("the model already has per-layer sizes (a pruned export); prune the dense base model instead")
     return _REGISTRY[model_type](config)
+
+
+__all__ = ["ROLES", "AttentionGeometry", "ExportClasses", "FusedRows", "LayerModules", "ModelAdapter", "Projection",
+           "adapter_for", "base_linear", "import_path", "parameter_rows", "register_adapter",
+           "supported_model_types"]

@@ -1,8 +1,8 @@
-"""Llama-style decoder layers: Llama, Mistral, Qwen2 (q/k/v biases) and Qwen3 (q/k norms).
+"""Llama-style decoder layers: Llama, Mistral, Qwen2 (q/k/v biases), Qwen3 (per-head q/k norms)
+and Granite (embedding/attention/residual/logit multipliers, kept in the config).
 
-All four keep ``model.model.layers[i].self_attn.{q,k,v,o}_proj`` and
-``.mlp.{gate,up,down}_proj``; Qwen3's per-head ``q_norm``/``k_norm`` act on ``head_dim``, which
-pruning never changes.
+All keep ``model.model.layers[i].self_attn.{q,k,v,o}_proj`` and ``.mlp.{gate,up,down}_proj``;
+Qwen3's ``q_norm``/``k_norm`` act on ``head_dim``, which pruning never changes.
 """
 
 from __future__ import annotations
@@ -12,11 +12,8 @@ from torch import nn
 from gisp.adapters.base import LayerModules, ModelAdapter, register_adapter
 
 
-class _LlamaLayout(ModelAdapter):
-    """Shared layout of the Llama family."""
-
-    def layers(self, model: nn.Module) -> list[nn.Module]:
-        return list(model.model.layers)
+class LlamaLayout(ModelAdapter):
+    """Separate q/k/v/o and gate/up/down projections under ``self_attn`` and ``mlp``."""
 
     def layer_modules(self, layer: nn.Module) -> LayerModules:
         attn, mlp = layer.self_attn, layer.mlp
@@ -27,24 +24,5 @@ class _LlamaLayout(ModelAdapter):
 
 
 @register_adapter
-class LlamaAdapter(_LlamaLayout):
-    model_types = ("llama",)
-    remote_class_prefix = "GispLlama"
-
-
-@register_adapter
-class MistralAdapter(_LlamaLayout):
-    model_types = ("mistral",)
-    remote_class_prefix = "GispMistral"
-
-
-@register_adapter
-class Qwen2Adapter(_LlamaLayout):
-    model_types = ("qwen2",)
-    remote_class_prefix = "GispQwen2"
-
-
-@register_adapter
-class Qwen3Adapter(_LlamaLayout):
-    model_types = ("qwen3",)
-    remote_class_prefix = "GispQwen3"
+class LlamaAdapter(LlamaLayout):
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "granite")

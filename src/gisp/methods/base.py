@@ -111,7 +111,7 @@ def normalized(scores: Scores, masks: Masks, geometry: AttentionGeometry, normal
     mha = geometry.num_kv_heads == geometry.num_heads
     return normalize(
         scores.heads, scores.channels, "params" if normalization == "search" else normalization,
-        head_size=(4 if mha else 2) * geometry.head_dim * geometry.hidden_size, channel_size=3 * geometry.hidden_size,
+        head_size=(4 if mha else 2) * geometry.head_dim * geometry.hidden_size, channel_size=(3 if geometry.gated_mlp else 2) * geometry.hidden_size,
         hidden_size=geometry.hidden_size, head_dim=geometry.head_dim, intermediate_size=geometry.intermediate_size,
         heads_alive=masks.heads, channels_alive=masks.channels,
     )

@@ -29,7 +29,7 @@ class MagnitudeImportance:
             sq = {role: saliency.squared_weights(lin.weight.cpu()) for role, lin in mods.linears().items()}
             heads.append(saliency.head_scores(sq["q"], sq["o"], geo.head_dim,
                                               k=sq["k"] if mha else None, v=sq["v"] if mha else None))
-            channels.append(saliency.channel_scores(sq["gate"], sq["up"], sq["down"]))
+            channels.append(saliency.channel_scores(sq.get("gate"), sq["up"], sq["down"]))
         return Scores(torch.stack(heads), torch.stack(channels))
 
 
