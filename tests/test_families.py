@@ -258,3 +258,29 @@ def test_non_uniform_export_tokenizer_and_pipeline_load_like_any_model(tmp_path)
     assert got["heads"] == [layers.get(i, {}).get("num_attention_heads", config["num_attention_heads"])
                             for i in range(config["num_hidden_layers"])]
     assert len(set(got["heads"])) > 1 or len({json.dumps(v) for v in layers.values()}) > 1
+
+
+@pytest.mark.parametrize("family", ["phi3", "granite", "olmo2"])
+def test_uniform_level_is_a_stock_checkpoint(family, tmp_path):
+    """Equal layers export as the stock class (fused rows re-fused; multipliers kept)."""
+    from gisp.export import ExportInfo, save_export
+    from gisp.structures import Masks
+
+    model = tiny_model(family)
+    adapter = adapter_for(model.config)
+    masks = Masks.dense(adapter.geometry())
+    if adapter.prunable_heads:
+        masks.heads[:, [1, 4]] = False  # one head of each of two KV groups: 4 heads (2 KV) or 4 (of 3 KV) per layer
+    masks.channels[:, 5:25] = False
+    pruned, remote = build_pruned_model(model, masks)
+    assert not remote
+    save_export(pruned, None, remote, ExportInfo(str(tmp_path / "out"), 0, 0, 0, 0, 0, 0, 0, remote, {}), tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "auto_map" not in config and config["intermediate_size"] == 20
+    if family == "granite":
+        assert (config["embedding_multiplier"], config["residual_multiplier"], config["logits_scaling"]) == (3.0, 0.7, 2.5)
+    masked = copy.deepcopy(model)
+    apply_masks(masked, adapter, masks)
+    with torch.no_grad():
+        expected = masked(IDS).logits
+    assert reload_without_gisp(tmp_path / "out", expected, tmp_path, IDS) == type(model).__name__
