@@ -57,7 +57,7 @@ def test_smollm2_export_equals_masked_model(tmp_path):
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     out = tmp_path / "out"
     save_export(pruned, tokenizer, remote, ExportInfo(str(out), 0.1, 0.1, step, 0, 0, 0, 0, remote, {}), out)
-    assert test_export.reload_without_gisp(out, expected, tmp_path, ids) == "GispLlamaForCausalLM"
+    assert test_export.reload_without_gisp(out, expected, tmp_path, ids) == "GispForCausalLM"
 
 
 @pytest.mark.parametrize("method", ["flap", "shortgpt"])
