@@ -10,7 +10,7 @@ from torch import nn
 from gisp import models
 from gisp.adapters import adapter_for
 from gisp.calibration import build_batches, read_source
-from gisp.config import PruneConfig
+from gisp.config import PruneConfig, RecoverConfig
 from gisp.errors import GispError
 from gisp.export import ExportInfo
 from gisp.export import check_exportable
@@ -19,6 +19,7 @@ from gisp.importance import mean_objective
 from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective
 from gisp.pruner import run_schedule
+from gisp.recovery import RecoveryResult
 from gisp.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -102,3 +103,17 @@ def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, mo
 def load(path: str, dtype: str = "float32", device: str = "cpu"):
     """Load ``(model, tokenizer)`` from an export, a Hugging Face id/dir, a GGUF file or an alias."""
     return models.load(path, dtype, device)
+
+
+def recover(config: RecoverConfig | None = None, *, progress: bool = True, **settings) -> RecoveryResult:
+    """Fine-tune a pruned export and write a plain export of the same shapes (``gisp recover``).
+
+    Pass a :class:`RecoverConfig` or its fields, e.g.
+    ``gisp.recover(model="smol-50", data="wikitext2", out="smol-50-lora", method="lora", max_tokens=200_000)``.
+    Resumes from ``<out>.ckpt`` when run again after an interruption.
+    """
+    from gisp.recovery import recover as _recover
+
+    if config is not None and settings:
+        raise GispError(f"pass either a RecoverConfig or its fields, not both (got {', '.join(sorted(settings))})")
+    return _recover(config or RecoverConfig.from_dict(settings), progress=progress)

@@ -51,6 +51,47 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 help=f"{_HELP.get(f.name, '')} (default: {f.default})".strip())
 
 
+_RECOVER_HELP = {
+    "model": "export directory to fine-tune",
+    "data": "training data, the same specs as prune --data (never the evaluation half)",
+    "out": "new or empty directory for the recovered export (checkpoints go to OUT.ckpt; rerun to resume)",
+    "method": "lora (the data's objective) or distill (KL to the teacher's next-token distribution)",
+    "teacher": "distill: the teacher model (default: the export's base model)",
+    "objective": "lm, answer or margin (as for prune)",
+    "max_tokens": "training tokens (the data is cycled)",
+    "grad_accum": "micro-batches per optimizer step",
+    "lr": "peak learning rate (linear warm-up, then cosine decay to a tenth)",
+    "warmup": "warm-up, as a fraction of the steps",
+    "lora_rank": "LoRA rank", "lora_alpha": "LoRA alpha",
+    "lora_targets": "all-linear, or comma-separated module names (e.g. q_proj,v_proj)",
+    "kd_weight": "distill: weight of the KL term", "lm_weight": "distill: weight of the objective mixed in",
+    "temperature": "distill: softmax temperature", "checkpoint_every": "optimizer steps between checkpoints",
+}
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, helps: dict[str, str]) -> None:
+    """One flag per field of the config dataclass ``cls``, same names and defaults."""
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+        if f.default is MISSING:
+            parser.add_argument(flag, dest=f.name, type=kind, required=True, help=helps.get(f.name))
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=f.default,
+                                help=f"{helps.get(f.name, '')} (default: {f.default})".strip())
+
+
+def cmd_recover(args: argparse.Namespace) -> None:
+    import gisp
+    from gisp.config import RecoverConfig
+
+    config = RecoverConfig.from_dict({f.name: getattr(args, f.name) for f in fields(RecoverConfig)})
+    result = gisp.recover(config)
+    print(f"recovered {config.model} with {result.method}: {result.steps} steps, {result.tokens} tokens, "
+          f"{result.seconds:.0f} s, loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
+          f"{result.parameters} parameters, written to {result.out}")
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
     import gisp
     from gisp.report import info_text
@@ -155,6 +196,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out)
 
 
+def _recover_fields():
+    """RecoverConfig without ``model`` (a positional argument of ``gisp recover``)."""
+    from dataclasses import make_dataclass
+
+    from gisp.config import RecoverConfig
+
+    return make_dataclass("RecoverFlags", [(f.name, f.type, f) for f in fields(RecoverConfig) if f.name != "model"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gisp", description="Global Iterative Structured Pruning of Hugging Face LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new or empty directory")
     p.add_argument("--model", help="base model location if it moved since the run (must be the same model)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("recover", help="fine-tune an export (LoRA or distillation) into an export of the same shapes")
+    p.add_argument("model", help=_RECOVER_HELP["model"])
+    _add_dataclass_flags(p, _recover_fields(), _RECOVER_HELP)
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("eval", help="evaluate a model, an export, or several levels of a run")
     p.add_argument("model", metavar="MODEL_OR_DIR", help="model spec, export directory, or run directory (with --levels)")

@@ -138,6 +138,73 @@ class PruneConfig:
         return {k: v for k, v in self.to_dict().items() if k != "model"}
 
 
+RECOVERY_METHODS = ("lora", "distill")
+
+
+@dataclass
+class RecoverConfig:
+    """A recovery run (``gisp recover`` / ``gisp.recover``): fine-tune the export ``model`` on
+    ``data`` (the same specs as ``prune``; keep evaluation data out) and write ``out``.
+
+    ``method``: ``lora`` (the data's objective) or ``distill`` (KL to ``teacher``'s next-token
+    distribution, default the export's base model, plus ``lm_weight`` times the objective). Both
+    train LoRA adapters (``lora_rank``, ``lora_alpha``, ``lora_targets``: ``all-linear`` or
+    comma-separated module names), merged at the end. ``max_tokens`` training tokens (the data
+    is cycled), ``batch_size`` sequences per micro-batch, ``grad_accum`` micro-batches per step,
+    peak ``lr`` after a linear ``warmup`` (fraction of steps) then cosine decay to a tenth; a
+    checkpoint every ``checkpoint_every`` steps.
+    """
+
+    model: str
+    data: str
+    out: str
+    method: str = "lora"
+    teacher: str | None = None
+    objective: str = "lm"
+    max_tokens: int = 100_000
+    seq_len: int = 128
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: str = "all-linear"
+    kd_weight: float = 1.0
+    lm_weight: float = 0.0
+    temperature: float = 1.0
+    checkpoint_every: int = 20
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, RECOVERY_METHODS)
+        _choice("objective", self.objective, OBJECTIVE_NAMES)
+        _choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        for name in ("max_tokens", "seq_len", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise GispError("seq-len must be at least 2 (one predicted token)")
+        if not self.lr > 0 or not 0 <= self.warmup < 1:
+            raise GispError(f"lr must be > 0 and warmup in [0, 1), got {self.lr:g} and {self.warmup:g}")
+        if self.temperature <= 0 or self.kd_weight < 0 or self.lm_weight < 0:
+            raise GispError("temperature must be > 0 and kd-weight, lm-weight >= 0")
+        if self.method == "lora" and self.teacher is not None:
+            raise GispError("--teacher is for --method distill")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RecoverConfig:
+        """Build from a dict, refusing keys this version does not know."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise GispError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise GispError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
