@@ -165,7 +165,7 @@ class RecoverConfig:
     seq_len: int = 128
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 3e-4
+    lr: float = 5e-4
     warmup: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
