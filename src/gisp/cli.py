@@ -108,14 +108,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     from gisp.trajectory import Trajectory
 
     traj = Trajectory.load(args.run_dir)
-    check_out_dir(args.out)
+    if args.format == "hf":
+        check_out_dir(args.out)
     model = tokenizer = None
     if args.model:
         model, tokenizer = models.load(args.model, traj.config.get("dtype", "float32"))
-    info = export(traj, args.sparsity, args.out, model=model, tokenizer=tokenizer)
+    info = export(traj, args.sparsity, args.out, model=model, tokenizer=tokenizer, format=args.format,
+                  outtype=args.outtype)
+    kind = f"GGUF ({args.outtype})" if args.format == "gguf" else f"{'with' if info.remote_code else 'no'} remote code"
     print(f"exported step {info.step} level: decoder sparsity {info.sparsity:.4f} (requested {args.sparsity:g}), "
-          f"{info.parameters:,} parameters ({info.dense_parameters:,} dense), "
-          f"{'with' if info.remote_code else 'no'} remote code -> {info.out}")
+          f"{info.parameters:,} parameters ({info.dense_parameters:,} dense), {kind} -> {info.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -184,6 +186,16 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from gisp import models
     from gisp.export import check_out_dir, save_dense
 
+    if args.format == "gguf":
+        from gisp.adapters import adapter_for
+        from gisp.export import check_gguf_family, check_out_file, write_gguf_with_tokenizer
+
+        out = check_out_file(args.out)
+        check_gguf_family(models.load_config(args.model))
+        model, tokenizer = models.load(args.model, args.dtype)
+        written = write_gguf_with_tokenizer(model, adapter_for(model.config), out, args.outtype, args.model, tokenizer)
+        print(f"saved {args.model} as GGUF ({written['architecture']}, {args.outtype}) in {out}")
+        return
     out = check_out_dir(args.out)
     model, tokenizer = models.load(args.model, args.dtype)
     save_dense(model, tokenizer, out)
@@ -217,8 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write one level of a run as a smaller checkpoint")
     p.add_argument("run_dir")
     p.add_argument("--sparsity", type=float, required=True, help="decoder parameter sparsity of the level")
-    p.add_argument("--out", required=True, help="new or empty directory")
+    p.add_argument("--out", required=True, help="new or empty directory (hf), new file (gguf)")
     p.add_argument("--model", help="base model location if it moved since the run (must be the same model)")
+    p.add_argument("--format", default="hf", help="hf (safetensors + config) or gguf (llama.cpp) (default: hf)")
+    p.add_argument("--outtype", default="f32", help="gguf: f32, f16 or q8_0 (default: f32)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("recover", help="fine-tune an export (LoRA or distillation) into an export of the same shapes")
@@ -262,9 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gsm8k", help="GSM8K JSONL (question/answer)")
     p.set_defaults(func=cmd_lm_eval_tasks)
 
-    p = sub.add_parser("convert", help="save any loadable model (e.g. a GGUF file or alias) as safetensors + config")
+    p = sub.add_parser("convert", help="save any loadable model (e.g. a GGUF file or alias) as safetensors + config, "
+                                        "or as GGUF for llama.cpp")
     p.add_argument("model")
     p.add_argument("--out", required=True)
+    p.add_argument("--format", default="hf", choices=["hf", "gguf"], help="hf or gguf (default: hf)")
+    p.add_argument("--outtype", default="f32", help="gguf: f32, f16 or q8_0 (default: f32)")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=cmd_convert)
 

@@ -322,26 +322,73 @@ def base_model(traj: Trajectory, model: nn.Module | None = None, tokenizer=None,
 
 def export(
     run: str | Path | Trajectory, sparsity: float, out: str | Path, *,
-    model: nn.Module | None = None, tokenizer=None,
+    model: nn.Module | None = None, tokenizer=None, format: str = "hf", outtype: str = "f32",
 ) -> ExportInfo:
     """Export the level of ``run`` at ``sparsity`` to ``out`` as a smaller checkpoint.
 
-    The base model is loaded from the run's record unless ``model`` (and ``tokenizer``) are given;
-    either way it must be the model the run pruned.
+    ``format="hf"``: a Hugging Face directory; ``"gguf"``: one GGUF file for llama.cpp
+    (:mod:`gisp.export_gguf`, ``outtype`` f32, f16 or q8_0). The base model is loaded from the
+    run's record unless ``model`` (and ``tokenizer``) are given; either way it must be the model
+    the run pruned.
     """
     traj = run if isinstance(run, Trajectory) else Trajectory.load(run)
-    out = check_out_dir(out)
+    if format not in FORMATS:
+        raise GispError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
+    out = check_out_dir(out) if format == "hf" else check_out_file(out)
     if not 0.0 < sparsity < 1.0:
         raise GispError(f"sparsity must be in (0, 1), got {sparsity:g}")
     traj.check_reachable(sparsity)
+    if format == "gguf":
+        from gisp.export_gguf import OUTTYPES
+        if outtype not in OUTTYPES:
+            raise GispError(f"unknown --outtype {outtype!r}; choose from {', '.join(OUTTYPES)}")
+        check_gguf_family(model.config if model is not None else models.load_config(traj.model["spec"]))
     model, tokenizer = base_model(traj, model, tokenizer)
     adapter = adapter_for(model.config)
     shape = layer_shape(model, adapter, compensate=traj.compensated)
     masks, step = traj.masks_at_sparsity(sparsity, shape)
     pruned, remote = build_pruned_model(model, masks, traj.input_means)
-    info = _info(out, sparsity, step, masks, shape, model, pruned, remote, traj.model)
-    save_export(pruned, tokenizer, remote, info, out)
+    info = _info(out, sparsity, step, masks, shape, model, pruned, remote and format == "hf", traj.model)
+    if format == "gguf":
+        write_gguf_with_tokenizer(pruned, adapter, out, outtype, traj.model.get("spec"), tokenizer)
+    else:
+        save_export(pruned, tokenizer, remote, info, out)
     return info
+
+
+FORMATS = ("hf", "gguf")
+
+
+def check_out_file(out: str | Path) -> Path:
+    """Refuse an existing output file (nothing gets overwritten)."""
+    out = Path(out)
+    if out.exists():
+        raise GispError(f"{out} already exists; choose a new file")
+    return out
+
+
+def check_gguf_family(config) -> None:
+    """Refuse, before loading weights, a family with no llama.cpp mapping."""
+    adapter = adapter_for(config)
+    if adapter.gguf_architecture() is None:
+        raise GispError(f"GGUF export supports llama-style models (llama.cpp's llama/deci); {adapter.name} is not one")
+
+
+def write_gguf_with_tokenizer(model: nn.Module, adapter: ModelAdapter, out: Path, outtype: str, spec: str | None,
+                              tokenizer) -> dict:
+    """:func:`gisp.export_gguf.write_gguf` with the source model's tokenizer: the keys of its
+    GGUF file when it was loaded from one, else its ``tokenizer.json``."""
+    from gisp.export_gguf import write_gguf
+
+    try:
+        source = models.resolve(spec) if spec else None
+    except GispError:  # the base model moved (export --model): its tokenizer object still serves
+        source = None
+    if source is not None and source.gguf_file:
+        return write_gguf(model, adapter, out, outtype=outtype, tokenizer_source={"gguf": f"{source.location}/{source.gguf_file}"})
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return write_gguf(model, adapter, out, outtype=outtype, tokenizer_source={"dir": tmp})
 
 
 def _info(out, requested, step, masks, shape: LayerShape, model, pruned, remote, base) -> ExportInfo:

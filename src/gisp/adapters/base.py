@@ -190,6 +190,11 @@ class ModelAdapter:
         """The stock classes a non-uniform export subclasses: by default the loaded model's own."""
         return ExportClasses(import_path(type(model.config)), import_path(type(model)), self.layers_path)
 
+    def gguf_architecture(self) -> str | None:
+        """The llama.cpp architecture family a GGUF export maps onto (``"llama"``: llama.cpp's
+        ``llama``/``deci``, rotate-half q/k permuted to interleaved RoPE), or ``None`` (not supported)."""
+        return None
+
     def fuse(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """Re-fuse the sliced blocks of one fused linear (given in their dense row order) into its
         exported weight or bias. The default concatenates, which is right for layouts of

@@ -26,3 +26,12 @@ class LlamaLayout(ModelAdapter):
 @register_adapter
 class LlamaAdapter(LlamaLayout):
     model_types = ("llama", "mistral", "qwen2", "qwen3", "granite")
+
+    def gguf_architecture(self) -> str | None:
+        """Llama, and Mistral without a sliding window, are llama.cpp's ``llama`` (``deci`` when
+        layers differ); the others need their own llama.cpp graphs (biases' RoPE layout, q/k
+        norms, multipliers), which have no per-layer sizes."""
+        c = self.config
+        if c.model_type == "llama" or (c.model_type == "mistral" and getattr(c, "sliding_window", None) is None):
+            return "llama"
+        return None
