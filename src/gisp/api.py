@@ -95,9 +95,12 @@ def calibration_size(batches: list[dict]) -> dict:
     return {"sequences": sum(int(b["input_ids"].shape[0]) for b in batches), "tokens": tokens}
 
 
-def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, model: nn.Module | None = None, tokenizer=None) -> ExportInfo:
-    """Write the level of ``run`` at ``sparsity`` as a smaller checkpoint in ``out``."""
-    return _export(run, sparsity, out, model=model, tokenizer=tokenizer)
+def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, model: nn.Module | None = None,
+           tokenizer=None, format: str = "hf", outtype: str = "f32") -> ExportInfo:
+    """Write the level of ``run`` at ``sparsity`` as a smaller checkpoint in ``out``: a Hugging
+    Face directory (``format="hf"``) or a GGUF file for llama.cpp (``"gguf"``, ``outtype`` f32,
+    f16 or q8_0)."""
+    return _export(run, sparsity, out, model=model, tokenizer=tokenizer, format=format, outtype=outtype)
 
 
 def load(path: str, dtype: str = "float32", device: str = "cpu"):
