@@ -92,6 +92,29 @@ def cmd_recover(args: argparse.Namespace) -> None:
           f"{result.parameters} parameters, written to {result.out}")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from gisp import models
+    from gisp.plan import plan_report
+
+    budget = int(args.memory * 2**30) if args.memory else None
+    report = plan_report(models.load_config(args.model), args.samples, args.seq_len, args.batch_size, args.nproc,
+                         args.dtype, args.saliency, budget)
+    if args.json:
+        print(json.dumps(report))
+        return
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    parts = report["bytes"]
+    print(f"{args.model}: {report['model_type']}, {report['parameters']:,} parameters, {args.dtype}, {args.saliency} scores")
+    print(f"per rank ({args.nproc} rank{'s' if args.nproc > 1 else ''}): {report['samples_per_rank']} sequences in "
+          f"{report['micro_batches_per_rank']} micro-batches of {args.batch_size} x {args.seq_len} tokens")
+    for key in ("weights", "gradients", "activations", "logits", "scores", "runtime", "total"):
+        print(f"  {key:<12} {gib(parts[key])}")
+    fits = "fits" if report["fits"] else "does NOT fit"
+    best = report["recommended_batch_size"]
+    print(f"budget {gib(report['budget'])}: {fits}; recommended --batch-size "
+          f"{best if best else 'none (one sequence does not fit: shorten --seq-len or use a smaller dtype)'}")
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
     import gisp
     from gisp.report import info_text
@@ -225,6 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.add_argument("--out", required=True, help="run directory (resumes if it holds the same run)")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("plan", help="estimate a pruning run's memory from the model's config alone (no weights load)")
+    p.add_argument("--model", required=True, help=_HELP["model"])
+    p.add_argument("--samples", type=int, default=64, help="calibration sequences (default: 64)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch (default: 8)")
+    p.add_argument("--nproc", type=int, default=1, help="ranks the calibration set is split over (default: 1)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--saliency", default="fisher", help="fisher (gisp's default) or first-order")
+    p.add_argument("--memory", type=float, default=None, help="budget in GiB (default: 80%% of this machine's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("export", help="write one level of a run as a smaller checkpoint")
     p.add_argument("run_dir")

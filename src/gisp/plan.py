@@ -1,0 +1,111 @@
+"""``gisp plan``: the memory a pruning run will need, from the model's config alone.
+
+The model is built on the meta device (no weights, no memory) to count parameters; the rest is a
+model of what one gradient pass of GISP scoring holds at its peak, per micro-batch:
+
+- weights, in the run's dtype;
+- gradients: none for Fisher scores (activation gradients only); for first-order scores, a float32
+  accumulator and an autograd gradient of every scored projection;
+- activations autograd saves per token and layer (norm inputs/outputs, q/k/v, attention output,
+  the MLP's gate/up/activation/product; the Fisher hooks keep each ``o_proj``/``down_proj`` input
+  until its backward), and the full-vocabulary logits with their float32 log-softmax and gradient;
+- Fisher moments (float64, per head and per channel) and a fixed runtime overhead.
+
+The figures are estimates of resident memory; ``benchmarks/`` measures real peaks. The
+recommendation is the largest micro-batch whose estimate fits the memory budget.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from gisp.adapters import adapter_for
+from gisp.errors import GispError
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+RUNTIME_BYTES = 600 * 2**20  # interpreter, torch, tokenizer, data
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per rank, by part, for one micro-batch of ``batch_size`` x ``seq_len`` tokens."""
+
+    parameters: int
+    batch_size: int
+    seq_len: int
+    weights: int
+    gradients: int
+    activations: int
+    logits: int
+    scores: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.activations + self.logits + self.scores + self.runtime
+
+
+def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", saliency: str = "fisher") -> MemoryPlan:
+    """The estimate for ``config``'s model (see the module docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPE_BYTES:
+        raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
+    adapter = adapter_for(config)
+    g = adapter.geometry()
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+    params = sum(p.numel() for p in model.parameters())
+    projections = sum(p.weight.numel() for mods in adapter.all_layer_modules(model) for p in mods.linears().values())
+    b = DTYPE_BYTES[dtype]
+    d, f, hd = g.hidden_size, g.intermediate_size, g.head_dim
+    q, kv = g.num_heads * hd, g.num_kv_heads * hd
+    per_token_layer = 5 * d + 2 * (q + 2 * kv) + 3 * q + (5 if g.gated_mlp else 3) * f  # values autograd keeps
+    tokens = batch_size * seq_len
+    vocab = int(config.vocab_size)
+    fisher = saliency == "fisher"
+    moments = g.num_layers * (g.num_heads * (hd * hd + hd + 1) + 3 * f) * 8 if fisher else 0
+    return MemoryPlan(
+        parameters=params, batch_size=batch_size, seq_len=seq_len,
+        weights=params * b,
+        gradients=0 if fisher else projections * (4 + b),
+        activations=g.num_layers * per_token_layer * tokens * b,
+        logits=tokens * vocab * (b + 4 + 4),
+        scores=moments + g.num_layers * (g.num_heads + f) * 8,
+        runtime=RUNTIME_BYTES,
+    )
+
+
+def available_memory() -> int:
+    """Physical memory of this machine, in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def recommend_batch(config, seq_len: int, budget: int, dtype: str = "float32", saliency: str = "fisher",
+                    largest: int = 64) -> int | None:
+    """The largest micro-batch (sequences) whose estimate fits ``budget`` bytes; ``None`` if even
+    one sequence does not."""
+    best = None
+    for batch in range(1, largest + 1):
+        if memory_plan(config, batch, seq_len, dtype, saliency).total <= budget:
+            best = batch
+        else:
+            break
+    return best
+
+
+def plan_report(config, samples: int, seq_len: int, batch_size: int, nproc: int = 1, dtype: str = "float32",
+                saliency: str = "fisher", budget: int | None = None) -> dict:
+    """Everything ``gisp plan`` prints, as data."""
+    if samples < 1 or seq_len < 2 or batch_size < 1 or nproc < 1:
+        raise GispError("samples, batch-size and nproc must be positive and seq-len at least 2")
+    budget = budget or int(0.8 * available_memory())
+    plan = memory_plan(config, batch_size, seq_len, dtype, saliency)
+    best = recommend_batch(config, seq_len, budget, dtype, saliency)
+    per_rank = -(-samples // nproc)
+    return {"model_type": config.model_type, "parameters": plan.parameters, "dtype": dtype, "saliency": saliency,
+            "samples_per_rank": per_rank, "micro_batches_per_rank": -(-per_rank // batch_size),
+            "bytes": asdict(plan) | {"total": plan.total}, "budget": budget, "fits": plan.total <= budget,
+            "recommended_batch_size": best}

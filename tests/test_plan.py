@@ -1,0 +1,46 @@
+"""gisp plan: the memory model's parts from the config alone, the recommendation at its boundary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gisp.cli import main
+from gisp.plan import memory_plan, recommend_batch
+
+from conftest import tiny_config, tiny_model
+
+
+def test_parts_follow_the_config():
+    config = tiny_config("llama-gqa")  # d 48, F 40, 6 heads / 2 KV of 8, 4 layers, vocab 320
+    params = sum(p.numel() for p in tiny_model("llama-gqa").parameters())
+    fisher = memory_plan(config, 2, 16)
+    assert fisher.parameters == params and fisher.weights == 4 * params and fisher.gradients == 0
+    per_token_layer = 5 * 48 + 2 * (48 + 2 * 16) + 3 * 48 + 5 * 40
+    assert fisher.activations == 4 * per_token_layer * 32 * 4
+    assert fisher.logits == 32 * 320 * 12
+    first = memory_plan(config, 2, 16, saliency="first-order")
+    projections = 4 * (48 * 48 + 2 * 16 * 48 + 48 * 48 + 3 * 40 * 48)
+    assert first.gradients == projections * 8
+    assert memory_plan(config, 4, 16).activations == 2 * fisher.activations
+    assert memory_plan(config, 2, 16, dtype="bfloat16").weights == 2 * params
+
+
+def test_recommendation_is_the_largest_batch_that_fits():
+    config = tiny_config("llama-gqa")
+    budget = memory_plan(config, 5, 64).total
+    assert recommend_batch(config, 64, budget) == 5
+    assert recommend_batch(config, 64, budget - 1) == 4
+    assert recommend_batch(config, 64, memory_plan(config, 1, 64).total - 1) is None
+
+
+def test_cli_plan_reads_no_weights(tmp_path, capsys):
+    tiny_config("qwen2").save_pretrained(tmp_path / "m")  # a config only: nothing else to load
+    assert main(["plan", "--model", str(tmp_path / "m"), "--samples", "10", "--seq-len", "32", "--nproc", "2",
+                 "--batch-size", "2", "--memory", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples_per_rank"] == 5 and report["micro_batches_per_rank"] == 3 and report["fits"]
+    assert report["recommended_batch_size"] == 64  # the search's cap: a tiny model fits anything
+    assert main(["plan", "--model", str(tmp_path / "m"), "--seq-len", "1"]) == 2
+    assert "seq-len at least 2" in capsys.readouterr().err
