@@ -32,6 +32,8 @@ _HELP = {
                 "(per-token squared first-order effects, summed); default: the method's",
     "scope": "ranking scope: global (one ranking over all layers), layer (same fraction per layer), "
              "depth (whole layers); default: the method's",
+    "round_to": "keep every pruned layer's heads and channels at multiples of N (selection, not padding); "
+                "levels then export at whole steps",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
 }
 

@@ -58,6 +58,7 @@ class PruneConfig:
     protect_first: float = 0.1
     protect_last: int = 1
     dtype: str = "float32"
+    round_to: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,7 +104,7 @@ class PruneConfig:
                 raise GispError("--saliency fisher scores o_proj/down_proj columns; use it with --taylor-weights output")
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
-        for name in ("steps", "samples", "seq_len", "batch_size"):
+        for name in ("steps", "samples", "seq_len", "batch_size", "round_to"):
             if getattr(self, name) < 1:
                 raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if self.max_tokens is not None and self.max_tokens < self.seq_len and self.objective == "lm":

@@ -26,7 +26,7 @@ from gisp.masking import apply_masks
 from gisp.methods import method_for
 from gisp.methods.base import normalized, rank
 from gisp.schedule import target_sparsity
-from gisp.selection import select_under_budget
+from gisp.selection import round_blocks, select_under_budget
 from gisp.structures import (
     LayerShape,
     Masks,
@@ -133,6 +133,10 @@ def run_schedule(
         else:
             ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
             chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
+        if config.round_to > 1:  # hardware-friendly sizes: whole multiples kept in every pruned layer
+            back, extra = round_blocks(masks, before, scores.heads, scores.channels, config.round_to, protected,
+                                       shape.head_pruning)
+            chosen = [s for s in chosen if s not in set(back)] + extra
         traj.record(step, chosen, scores.input_means, geo.head_dim)
         if config.compensate:
             compensate(model, adapter, before, masks, scores.input_means)

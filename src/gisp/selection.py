@@ -144,3 +144,42 @@ def select_under_budget(
         removed += saving
         chosen.extend(unit)
     return chosen
+
+
+def round_blocks(masks: Masks, before: Masks, heads: torch.Tensor, channels: torch.Tensor, multiple: int,
+                 protected: list[int], head_pruning: bool = True) -> tuple[list[Structure], list[Structure]]:
+    """Make every unprotected layer keep a multiple of ``multiple`` heads and channels
+    (hardware-friendly sizes by selection, not padding), changing ``masks`` in place.
+
+    For a block keeping ``k`` with ``r = k % multiple``, either the ``r`` weakest kept structures
+    are removed too, or the ``multiple - r`` strongest removed *this step* (kept in ``before``)
+    are restored, whichever changes fewer (removal on ties, or when too few were removed this
+    step). ``heads`` [L, H] / ``channels`` [L, F] are the step's scores; only their order within a
+    block matters. Returns ``(restored, removed)``, the removed ones weakest first, so the step's
+    removal order stays a valid nested order.
+    """
+    restored: list[Structure] = []
+    removed: list[Structure] = []
+    allowed = _allowed(masks.heads.shape[0], protected)
+    blocks = [("channel", masks.channels, before.channels, channels)]
+    if head_pruning:
+        blocks.insert(0, ("head", masks.heads, before.heads, heads))
+    for layer in allowed.nonzero()[:, 0].tolist():
+        for kind, now, then, scores in blocks:
+            kept = int(now[layer].sum())
+            r = kept % multiple
+            if r == 0:
+                continue
+            back = (then[layer] & ~now[layer]).nonzero()[:, 0]
+            if multiple - r < r and back.numel() >= multiple - r:
+                strongest = back[torch.argsort(scores[layer, back].double(), descending=True, stable=True)][: multiple - r]
+                for i in strongest.tolist():
+                    now[layer, i] = True
+                    restored.append(Structure(kind, layer, i))
+            else:
+                alive = now[layer].nonzero()[:, 0]
+                weakest = alive[torch.argsort(scores[layer, alive].double(), stable=True)][:r]
+                for i in weakest.tolist():
+                    now[layer, i] = False
+                    removed.append(Structure(kind, layer, i))
+    return restored, removed

@@ -143,6 +143,8 @@ class Trajectory:
         chose them.
         """
         self.check_reachable(sparsity)
+        if (self.config or {}).get("round_to", 1) > 1:  # only whole steps keep the multiples
+            return self._step_level(sparsity)
         masks = Masks.dense(shape.geometry)
         budget = sparsity * dense_layer_params(shape) * shape.geometry.num_layers
         last = next((r.step for r in self.steps if r.step > 0 and r.target_sparsity >= sparsity - 1e-9), self.completed_steps)
@@ -158,6 +160,17 @@ class Trajectory:
             (r.step for r in self.steps if masks.is_subset_of(self.masks_at_step(r.step))), default=0
         )
         return masks, step
+
+    def _step_level(self, sparsity: float) -> tuple[Masks, int]:
+        """The last step whose achieved sparsity does not exceed ``sparsity`` (runs with
+        ``round_to`` > 1, whose levels are whole steps)."""
+        steps = [r for r in self.steps if r.step > 0 and r.sparsity <= sparsity + 1e-9]
+        if not steps:
+            first = min((r.sparsity for r in self.steps if r.step > 0), default=0.0)
+            raise GispError(f"with round_to {self.config['round_to']} levels are whole steps; the first reaches "
+                            f"{first:.4f}, above {sparsity:g}")
+        step = max(r.step for r in steps)
+        return self.masks_at_step(step), step
 
     # --- persistence -------------------------------------------------------------------------
 
