@@ -153,3 +153,18 @@ def test_interrupted_recovery_resumes_from_its_last_checkpoint(export_dir, corpu
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.allclose(ours[key], theirs[key], atol=1e-6), key
+
+
+def test_recovery_on_answer_and_choice_data(export_dir, tmp_path):
+    """The same data specs as prune: prompt/answer JSONL (answer tokens only) and multiple choice."""
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"prompt": f"Q: {i} + 1?\nA: ", "answer": f"{i + 1}"}) + "\n" for i in range(40)))
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps({"context": f"The fox {i}", "choices": [" jumps", " sleeps"], "label": i % 2}) + "\n"
+                          for i in range(40)))
+    for objective, data, method in (("answer", f"jsonl:{qa}", "lora"), ("margin", f"mc:{mc}", "distill")):
+        out = tmp_path / f"rec-{objective}"
+        result = gisp.recover(model=str(export_dir), data=data, objective=objective, out=str(out), method=method,
+                              max_tokens=600, seq_len=32, batch_size=4, progress=False)
+        assert result.tokens >= 600 and result.steps > 0
+        assert _load_without_gisp(out)["params"] == _load_without_gisp(export_dir)["params"]
