@@ -205,3 +205,71 @@ def test_convert_saves_a_loadable_copy(tiny_dir, tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(a(ids).logits, b(ids).logits)
     _assert_error(capsys, ["convert", src, "--out", tmp_path / "copy"], "already exists and is not empty")
+
+
+LOCK_HOLDER = r'''
+import sys, time
+from gisp.runlock import locked
+with locked(sys.argv[1], "prune"):
+    print("locked", flush=True)
+    time.sleep(60)
+'''
+
+
+def test_a_second_writer_is_refused_and_a_dead_holders_lock_taken_over(tmp_path, corpus_file, capsys):
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    from gisp.runlock import locked
+    # the CLI refuses before reading anything else (the model does not even exist)
+    _assert_error(capsys, ["prune", "--model", str(tmp_path / "nope"), "--data", f"text:{corpus_file}", "--out", str(run)],
+                  f"{run} is in use by gisp prune (pid {holder.pid})")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with locked(run, "prune"):  # the kernel released the dead holder's lock
+        pass
+    assert not (tmp_path / ".run.lock").exists() and not run.exists()
+
+
+def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tiny_dir, corpus_file, tmp_path):
+    """SIGKILL after a step is saved (mid-run), the same command again: the final trajectory is
+    identical to an uninterrupted run's."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    model = tiny_dir("llama-gqa")
+
+    def cmd(out):
+        return [sys.executable, "-m", "gisp.cli", "prune", "--model", str(model), "--data", f"text:{corpus_file}",
+                "--sparsity", "0.4", "--steps", "8", "--samples", "16", "--seq-len", "32", "--out", str(out)]
+
+    subprocess.run(cmd(tmp_path / "straight"), check=True, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if json.loads((run / "run.json").read_text())["completed_steps"] >= 2:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((run / "run.json").read_text())["completed_steps"] < 8, "killed too late to test a resume"
+    subprocess.run(cmd(run), check=True, capture_output=True)
+    ours, theirs = load_file(run / "trajectory.safetensors"), load_file(tmp_path / "straight" / "trajectory.safetensors")
+    assert ours.keys() == theirs.keys()
+    # bit-identical (NaN marks input means never recorded, so compare with equal_nan)
+    assert [k for k in ours if not torch.allclose(ours[k].double(), theirs[k].double(), rtol=0, atol=0, equal_nan=True)] == []
+    assert json.loads((run / "run.json").read_text())["steps"][-1]["sparsity"] == \
+        json.loads((tmp_path / "straight" / "run.json").read_text())["steps"][-1]["sparsity"]

@@ -78,3 +78,34 @@ def test_steps_after_completed_steps_are_ignored(pruned, tmp_path):
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(GispError, match="not a gisp run directory"):
         Trajectory.load(tmp_path)
+
+
+def test_corrupted_run_files_are_refused_not_resumed(pruned, tmp_path):
+    """run.json and the removal order carry checksums: an edited run.json, a changed order and a
+    truncated tensor file are each refused with a one-line message."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, traj, run_dir = pruned
+    for damage, message in (("edit", "run.json does not match its checksum"),
+                            ("order", "does not match the checksum in run.json"),
+                            ("truncate", "truncated or corrupted")):
+        copy_dir = tmp_path / damage
+        shutil.copytree(run_dir, copy_dir)
+        if damage == "edit":
+            meta = json.loads((copy_dir / "run.json").read_text())
+            meta["config"]["sparsity"] = 0.1
+            (copy_dir / "run.json").write_text(json.dumps(meta))
+        elif damage == "order":
+            tensors = load_file(str(copy_dir / "trajectory.safetensors"))
+            order = tensors["channel_order"]
+            first, second = (order == 0).nonzero()[0].tolist(), (order == 1).nonzero()[0].tolist()
+            order[first[0], first[1]], order[second[0], second[1]] = 1, 0  # two removals swapped
+            save_file(tensors, str(copy_dir / "trajectory.safetensors"))
+        else:
+            data = (copy_dir / "trajectory.safetensors").read_bytes()
+            (copy_dir / "trajectory.safetensors").write_bytes(data[: len(data) // 2])
+        with pytest.raises(GispError, match=message):
+            Trajectory.load(copy_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 from torch import nn
@@ -20,6 +21,7 @@ from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective
 from gisp.pruner import run_schedule
 from gisp.recovery import RecoveryResult
+from gisp.runlock import locked
 from gisp.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,12 @@ def prune(
     if config is not None and set(settings) - {"model"}:
         raise GispError(f"pass either a PruneConfig or its fields, not both (got {', '.join(sorted(settings))})")
     config = config or PruneConfig.from_dict(settings)
+    with locked(out, "prune") if out is not None else nullcontext():  # one writer per run directory, from the start
+        return _prune(config, out, model, tokenizer, objective, batches, progress)
+
+
+def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progress: bool) -> Trajectory:
+    """:func:`prune` once the run directory is locked."""
     source = read_source(config) if batches is None else None  # bad data fails before any model loads
     if model is None:
         check_family(models.load_config(config.model), config)  # fail fast, before loading weights
@@ -100,7 +108,8 @@ def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, mo
     """Write the level of ``run`` at ``sparsity`` as a smaller checkpoint in ``out``: a Hugging
     Face directory (``format="hf"``) or a GGUF file for llama.cpp (``"gguf"``, ``outtype`` f32,
     f16 or q8_0)."""
-    return _export(run, sparsity, out, model=model, tokenizer=tokenizer, format=format, outtype=outtype)
+    with locked(out, "export"):
+        return _export(run, sparsity, out, model=model, tokenizer=tokenizer, format=format, outtype=outtype)
 
 
 def load(path: str, dtype: str = "float32", device: str = "cpu"):
@@ -119,4 +128,6 @@ def recover(config: RecoverConfig | None = None, *, progress: bool = True, **set
 
     if config is not None and settings:
         raise GispError(f"pass either a RecoverConfig or its fields, not both (got {', '.join(sorted(settings))})")
-    return _recover(config or RecoverConfig.from_dict(settings), progress=progress)
+    config = config or RecoverConfig.from_dict(settings)
+    with locked(config.out, "recover"):
+        return _recover(config, progress=progress)

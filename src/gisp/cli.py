@@ -129,7 +129,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from gisp import models
-    from gisp.export import check_out_dir, export
+    from gisp.api import export
+    from gisp.export import check_out_dir
     from gisp.trajectory import Trajectory
 
     traj = Trajectory.load(args.run_dir)

@@ -109,8 +109,13 @@ def run_schedule(
     traj.config, traj.model = config.to_dict(), identity
     traj.calibration = calibration or traj.calibration
     masks = traj.masks_at_step(traj.completed_steps)
-    if traj.input_means is not None:  # resuming: the biases of everything removed so far
-        compensate(model, adapter, Masks.dense(geo), masks, traj.input_means)
+    if traj.input_means is not None:  # resuming: the biases of everything removed so far, added step by step
+        previous = Masks.dense(geo)   # as the run added them, so the resumed model is bit-identical
+        for done in range(1, traj.completed_steps + 1):
+            current = traj.masks_at_step(done)
+            compensate(model, adapter, previous, current, traj.input_means)
+            apply_masks(model, adapter, current)
+            previous = current
     apply_masks(model, adapter, masks)
     first = traj.completed_steps + 1
     for step in tqdm(range(first, config.steps + 1), desc=f"{method.name} steps", initial=first - 1,

@@ -12,6 +12,7 @@ and renamed, ``run.json`` last: a crash leaves the previous complete state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -189,7 +190,10 @@ class Trajectory:
             "model": self.model,
             "calibration": self.calibration,
             "steps": [asdict(r) for r in self.steps],
+            "order_sha256": order_checksum(_up_to({name: getattr(self, name).clone() for name in _ORDER_TENSORS},
+                                                  self.completed_steps)),
         }
+        meta["sha256"] = _meta_checksum(meta)
         _atomic(run_dir / RUN_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
 
     @classmethod
@@ -203,14 +207,17 @@ class Trajectory:
             meta = json.loads(meta_path.read_text())
             tensors = load_file(str(tensor_path))
         except Exception as exc:  # corrupt files are the user's to fix, not a crash
-            raise GispError(f"cannot read run directory {run_dir}: {exc}") from exc
+            raise GispError(f"cannot read run directory {run_dir} ({str(exc).splitlines()[0][:120]}); the files are "
+                            "truncated or corrupted: restore them or start a new --out") from exc
         if meta.get("format_version") not in READABLE_VERSIONS:
             raise GispError(f"{run_dir}: unsupported run format {meta.get('format_version')!r}")
+        if "sha256" in meta and meta["sha256"] != _meta_checksum(meta):
+            raise GispError(f"{meta_path} does not match its checksum (edited or corrupted); restore it or start a new --out")
+        tensors = _up_to(tensors, int(meta["completed_steps"]))
         done = int(meta["completed_steps"])
-        for name in ("head", "channel"):
-            late = tensors[f"{name}_step"] > done
-            tensors[f"{name}_step"][late] = -1
-            tensors[f"{name}_order"][late] = -1
+        if "order_sha256" in meta and meta["order_sha256"] != order_checksum(tensors):
+            raise GispError(f"{tensor_path} does not match the checksum in {RUN_FILE} (corrupted); restore it or "
+                            "start a new --out")
         means = None
         if "attention_input_mean" in tensors:
             means = InputMeans(tensors["attention_input_mean"], tensors["mlp_input_mean"])
@@ -226,7 +233,38 @@ def _entries(order: torch.Tensor):
     return [((l, i), order[l, i]) for l, i in idx]
 
 
+def _up_to(tensors: dict[str, torch.Tensor], done: int) -> dict[str, torch.Tensor]:
+    """Drop (in place) the records of steps after ``done``: what a crash mid-save left ahead."""
+    for name in ("head", "channel"):
+        late = tensors[f"{name}_step"] > done
+        tensors[f"{name}_step"][late] = -1
+        tensors[f"{name}_order"][late] = -1
+    return tensors
+
+
+def order_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the removal order (the four order/step tensors) up to the completed steps.
+
+    Computed after dropping records past ``completed_steps``, so a crash between writing the
+    tensors and ``run.json`` (tensors a step ahead) still verifies, while corruption does not.
+    """
+    h = hashlib.sha256()
+    for name in _ORDER_TENSORS:
+        t = tensors[name].contiguous().to(torch.int64)
+        h.update(name.encode() + str(tuple(t.shape)).encode() + t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _meta_checksum(meta: dict) -> str:
+    """SHA-256 of ``run.json``'s content without its own checksum (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _atomic(path: Path, write) -> None:
+    """Write through a temporary file, flushed to disk, then rename over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
