@@ -44,12 +44,17 @@ def main() -> None:
     ap.add_argument("--eval-windows", type=int, default=200)
     ap.add_argument("--work", default="runs/recovery-smollm2")
     ap.add_argument("--report", action="store_true", help="only redraw the plot")
+    ap.add_argument("--control", action="store_true",
+                    help="instead: LoRA on the dense model with the same data and budgets (how much of a gain is "
+                         "adaptation to the data rather than recovery from pruning)")
     args = ap.parse_args()
     work = Path(args.work)
     rec = Recorder(work)
     path = RESULTS / NAME
     results = json.loads(path.read_text()) if path.exists() else {"records": [], "before": {}}
-    if not args.report:
+    if args.control:
+        control(rec, work, results, args)
+    elif not args.report:
         run = work / "gisp"
         rec.run(["gisp", "prune", "--model", "smollm2-135m", "--data", TRAIN, "--samples", "128", "--seq-len", "128",
                  "--sparsity", "0.5", "--steps", "5", "--out", run])
@@ -82,6 +87,33 @@ def main() -> None:
                         "lora_rank": info["config"]["lora_rank"]})
                     _save(results, args, rec)
     plot(results, RESULTS / "recovery-smollm2.png")
+
+
+def control(rec: Recorder, work: Path, results: dict, args: argparse.Namespace) -> None:
+    """The dense model recovered like the pruned ones (records with ``sparsity`` 0)."""
+    dense = work / "dense"
+    if not (dense / "config.json").is_file():
+        shutil.rmtree(dense, ignore_errors=True)
+        rec.run(["gisp", "convert", "smollm2-135m", "--out", dense])
+    if "0" not in results["before"]:
+        results["before"]["0"] = dict(zip(("ppl", "acc"), evaluate(rec, str(dense), args.eval_windows)))
+        _save(results, args, rec)
+    for budget in [int(b) for b in args.budgets.split(",")]:
+        if any(r["sparsity"] == 0.0 and r["recovery_tokens"] == budget for r in results["records"]):
+            continue
+        out = work / f"lora-dense-{budget}"
+        if not (out / "gisp_recovery.json").is_file():
+            rec.run(["gisp", "recover", dense, "--data", TRAIN, "--out", out, "--method", "lora",
+                     "--max-tokens", str(budget), "--seq-len", "128", "--batch-size", "8"])
+        info = json.loads((out / "gisp_recovery.json").read_text())
+        ppl, acc = evaluate(rec, str(out), args.eval_windows)
+        before = results["before"]["0"]
+        results["records"].append({
+            "method": "lora", "sparsity": 0.0, "recovery_tokens": budget, "ppl_before": before["ppl"], "ppl_after": ppl,
+            "ppl_ratio": round(ppl / before["ppl"], 4), "acc_before": before["acc"], "acc_after": acc,
+            "seconds": info["seconds"], "tokens_trained": info["tokens"], "steps": info["steps"],
+            "lr": info["config"]["lr"], "lora_rank": info["config"]["lora_rank"], "note": "dense control"})
+        _save(results, args, rec)
 
 
 def _save(results: dict, args: argparse.Namespace, rec: Recorder) -> None:

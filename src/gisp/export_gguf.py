@@ -56,11 +56,11 @@ def layer_plans(state: dict[str, torch.Tensor], names: list[dict[str, str]], hea
     """Each layer's sizes read off the sliced tensors (``names[i][role]`` is the weight's key)."""
     plans = []
     for roles in names:
-        q, k, gate = (state[roles[r]] for r in ("q", "k", "up"))
+        q, k, up = (state[roles[r]] for r in ("q", "k", "up"))
         o_bias = roles["o"].replace(".weight", ".bias") in state
         heads, kv = q.shape[0] // head_dim, k.shape[0] // head_dim
         empty_attention = not o_bias and bool((q == 0).all() and (state[roles["o"]] == 0).all())
-        n_ff = gate.shape[0]
+        n_ff = up.shape[0]
         plans.append(LayerPlan(0 if empty_attention else heads, 0 if empty_attention else kv, max(n_ff, 1), n_ff == 0))
     return plans
 
