@@ -142,11 +142,12 @@ def plot(results: dict, out: Path) -> None:
                           key=lambda r: r["recovery_tokens"])
             if not rows:
                 continue
-            xs = [0] + [r["recovery_tokens"] for r in rows]
-            axes[0].plot(xs, [before["ppl"]] + [r["ppl_after"] for r in rows], style, label=f"{method} {sparsity:.0%}")
-            axes[1].plot(xs, [before["acc"]] + [r["acc_after"] for r in rows], style, label=f"{method} {sparsity:.0%}")
-    axes[0].set(xlabel="recovery tokens", ylabel="held-out perplexity (WikiText-2, seq 128)", yscale="log")
-    axes[1].set(xlabel="recovery tokens", ylabel="PIQA dev 501-1000 accuracy")
+            xs = [0] + [r["recovery_tokens"] / 1000 for r in rows]
+            label = f"{method}, dense (control)" if sparsity == 0 else f"{method}, {sparsity:.0%} pruned"
+            axes[0].plot(xs, [before["ppl"]] + [r["ppl_after"] for r in rows], style, label=label)
+            axes[1].plot(xs, [before["acc"]] + [r["acc_after"] for r in rows], style, label=label)
+    axes[0].set(xlabel="recovery tokens (thousands)", ylabel="held-out perplexity (WikiText-2, seq 128)", yscale="log")
+    axes[1].set(xlabel="recovery tokens (thousands)", ylabel="PIQA dev 501-1000 accuracy")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
