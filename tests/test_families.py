@@ -49,27 +49,8 @@ class Starcoder2Adapter(gisp.ModelAdapter):
         return gisp.LayerModules(q=a.q_proj, k=a.k_proj, v=a.v_proj, o=a.o_proj, up=m.c_fc, down=m.c_proj)
 
 
-def _starcoder2(**kw):
-    return tiny_model_of(tiny_config_of("starcoder2", num_attention_heads=6, num_key_value_heads=2, **kw))
-
-
-def tiny_config_of(model_type: str, **overrides):
-    from transformers import AutoConfig
-
-    values = dict(vocab_size=320, hidden_size=48, intermediate_size=40, num_hidden_layers=4, head_dim=8,
-                  max_position_embeddings=256, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2) | overrides
-    return AutoConfig.for_model(model_type, **values)
-
-
-def tiny_model_of(config, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1 if p.dim() == 1 else 0.2)
-    return model
+def _starcoder2():
+    return tiny_model("starcoder2")
 
 
 def _prune_export_reload(dense: nn.Module, tmp_path, method: str = "gisp", sparsity: float = 0.5, **kw):
@@ -196,7 +177,7 @@ def test_half_supported_families_are_refused_before_any_weights(registry):
         check_exportable(tiny_config("olmo2"))
     gisp.register_adapter(WrongNames)
     with pytest.raises(GispError, match="adapter WrongNames.*AttributeError.*gate_proj"):
-        check_exportable(tiny_config_of("starcoder2"))
+        check_exportable(tiny_config("starcoder2"))
 
 
 def test_cli_refuses_a_half_supported_family_with_exit_2_before_loading(registry, tmp_path, capsys, monkeypatch):

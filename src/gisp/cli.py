@@ -40,17 +40,7 @@ _HELP = {
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`PruneConfig` field, same names and defaults."""
-    for f in fields(PruneConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-        if str(f.type) == "bool | None":  # --x / --no-x, None: the method's default
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{_HELP.get(f.name, '')} (default: the method's)".strip())
-        elif f.default is MISSING:  # required fields
-            parser.add_argument(flag, dest=f.name, type=kind, required=True, help=_HELP.get(f.name))
-        else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=f.default,
-                                help=f"{_HELP.get(f.name, '')} (default: {f.default})".strip())
+    _add_dataclass_flags(parser, PruneConfig, _HELP)
 
 
 _RECOVER_HELP = {
@@ -72,11 +62,15 @@ _RECOVER_HELP = {
 
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, helps: dict[str, str]) -> None:
-    """One flag per field of the config dataclass ``cls``, same names and defaults."""
+    """One flag per field of the config dataclass ``cls``, same names and defaults
+    (``bool | None`` fields: ``--x`` / ``--no-x``, ``None`` meaning the method's default)."""
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-        if f.default is MISSING:
+        if str(f.type) == "bool | None":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{helps.get(f.name, '')} (default: the method's)".strip())
+        elif f.default is MISSING:  # required fields
             parser.add_argument(flag, dest=f.name, type=kind, required=True, help=helps.get(f.name))
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=f.default,
