@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gisp import saliency
+from gisp import distributed, saliency
 from gisp.adapters.base import ModelAdapter
 from gisp.compensation import InputMeans
 from gisp.importance import to_device, token_mask
@@ -135,6 +135,19 @@ class CompensationStats:
 
     def means(self) -> InputMeans:
         return input_means(self.inputs)
+
+    def all_reduce(self) -> None:
+        """Sum every statistic over the data-parallel ranks (each saw its share of the batches)."""
+        if distributed.world_size() == 1:
+            return
+        for s in self.inputs:
+            for f in (s.attention, s.mlp):
+                distributed.all_reduce_sum([f.total, f.squares])
+                f.count = int(distributed.sum_float(float(f.count)))
+        for store in (self.o_grad, self.down_grad, self.o_moments, self.down_moments):
+            for value in store:
+                if value is not None:
+                    distributed.all_reduce_sum(value if isinstance(value, tuple) else [value])
 
 
 def _accumulate(store: list, index: int, values) -> None:

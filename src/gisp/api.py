@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from gisp import models
+from gisp import distributed, models
 from gisp.adapters import adapter_for
 from gisp.calibration import build_batches, read_source
 from gisp.config import PruneConfig, RecoverConfig
@@ -41,6 +41,8 @@ def prune(
     ``gisp.prune(model=..., data=..., method="wanda-sp", sparsity=0.5, out=...)``.
     ``model`` is a MODEL spec, or a model already loaded (then pass its ``tokenizer`` too, unless
     you pass ``batches``; the record names it by ``config.model``, else by its ``name_or_path``).
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1), the calibration batches are shared between the
+    processes and their gradient sums all-reduced; only rank 0 writes ``out``.
     ``objective`` is any ``(model, batch) -> scalar loss`` callable and ``batches`` a list of dicts
     it understands; by default the config's objective on its calibration data. A model passed in
     is pruned in place (its removed structures are zeroed; FLAP adds its compensation biases).
@@ -53,7 +55,10 @@ def prune(
     if config is not None and set(settings) - {"model"}:
         raise GispError(f"pass either a PruneConfig or its fields, not both (got {', '.join(sorted(settings))})")
     config = config or PruneConfig.from_dict(settings)
-    with locked(out, "prune") if out is not None else nullcontext():  # one writer per run directory, from the start
+    distributed.init_from_env()  # under torchrun / accelerate: data-parallel scoring, rank 0 writes
+    progress = progress and distributed.is_main()
+    writer = out is not None and distributed.is_main()
+    with locked(out, "prune") if writer else nullcontext():  # one writer per run directory, from the start
         return _prune(config, out, model, tokenizer, objective, batches, progress)
 
 

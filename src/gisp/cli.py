@@ -115,9 +115,15 @@ def cmd_prune(args: argparse.Namespace) -> None:
     import gisp
     from gisp.report import info_text
 
+    from gisp import distributed
+
     config = PruneConfig.from_dict({f.name: getattr(args, f.name) for f in fields(PruneConfig)})
-    traj = gisp.prune(config, out=args.out)
-    print(info_text(traj))
+    try:
+        traj = gisp.prune(config, out=args.out)
+    finally:
+        distributed.close()
+    if distributed.is_main():  # under torchrun, one summary
+        print(info_text(traj))
     print(f"\nrun saved to {args.out}; export a level with: gisp export {args.out} --sparsity X --out DIR")
 
 

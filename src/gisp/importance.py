@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gisp import saliency
+from gisp import distributed, saliency
 from gisp.adapters.base import ModelAdapter, parameter_rows
 from gisp.compensation import InputMeans
 from gisp.objectives import Objective, lm_loss
@@ -131,7 +131,8 @@ class TaylorImportance:
         total = sum(batch_size(b) for b in self.batches)
         grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         loss_sum = 0.0
-        for batch in tqdm(self.batches, desc=self.description, disable=not self.progress, leave=False):
+        mine = distributed.shard(self.batches)  # every batch when alone; else every N-th, summed below
+        for batch in tqdm(mine, desc=self.description, disable=not self.progress, leave=False):
             share = batch_size(batch) / total
             batch = to_device(batch, device)
             if comp is not None:
@@ -143,7 +144,10 @@ class TaylorImportance:
             else:
                 loss.backward()
             loss_sum += float(loss.detach()) * share
-        return grads, loss_sum
+        distributed.all_reduce_sum(grads)  # float32, as accumulated
+        if comp is not None:
+            comp.all_reduce()
+        return grads, distributed.sum_float(loss_sum)
 
     def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext | None = None) -> Scores:
         # activations builds on this module, so it is imported here
@@ -235,7 +239,9 @@ def differentiable_embeddings(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def mean_objective(model: nn.Module, batches: list[dict], objective: Objective = lm_loss) -> float:
-    """Mean objective over the calibration batches, weighted by sequences (forward only)."""
+    """Mean objective over the calibration batches, weighted by sequences (forward only; under
+    ``torchrun`` each rank runs its share)."""
     device = next(model.parameters()).device
     total = sum(batch_size(b) for b in batches)
-    return sum(float(objective(model, to_device(b, device))) * batch_size(b) / total for b in batches)
+    mine = distributed.shard(batches)  # data-parallel: this rank's batches, summed over ranks
+    return distributed.sum_float(sum(float(objective(model, to_device(b, device))) * batch_size(b) / total for b in mine))

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
-from gisp import balance
+from gisp import balance, distributed
 from gisp.adapters import adapter_for
 from gisp.compensation import compensate
 from gisp.config import PruneConfig
@@ -82,7 +82,8 @@ def run_schedule(
     arguments resumes after the last saved step and reproduces the same result. ``loss`` measures
     the calibration objective of a level when the importance does not report it; ``search_loss``
     (default: ``loss``) compares the candidates of ``--normalize search``; ``calibration``
-    (sequences, tokens) is recorded as given.
+    (sequences, tokens) is recorded as given. Under ``torchrun`` every rank runs this loop on the same
+    all-reduced scores and only rank 0 saves.
     """
     method = method_for(config.method)
     loss = loss or getattr(importance, "mean_loss", None)
@@ -151,11 +152,11 @@ def run_schedule(
         if options is not None:
             traj.steps[-1].exchange_rate = rate
             traj.steps[-1].candidates = [{"rates": o.rates, "heads_at_target": o.heads, "loss": o.loss} for o in options]
-        if run_dir is not None:
+        if run_dir is not None and distributed.is_main():
             traj.save(run_dir)
     if traj.steps and traj.steps[-1].loss is None and loss is not None:
         traj.steps[-1].loss = loss(model)
-        if run_dir is not None:
+        if run_dir is not None and distributed.is_main():
             traj.save(run_dir)
     return traj
 

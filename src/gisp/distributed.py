@@ -1,0 +1,102 @@
+"""Data-parallel scoring on ``torch.distributed``: who this process is, its share of the
+calibration batches, and sums across processes.
+
+``torchrun --nproc-per-node N -m gisp prune ...`` (or ``accelerate launch``) starts N processes
+that each hold the whole model. Each scores its share of the calibration batches (every N-th
+batch), and the per-batch sums (gradients, Fisher moments, input statistics, losses) are
+all-reduced before any score is formed, so every rank ranks the same scores and removes the same
+structures. Only rank 0 writes the run directory. gloo on CPU, NCCL on GPUs. Without a launcher
+(no ``WORLD_SIZE`` in the environment) every function here is the single-process identity.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from gisp.errors import GispError
+
+T = TypeVar("T")
+
+
+def init_from_env() -> bool:
+    """Join the process group a launcher describes (``WORLD_SIZE`` > 1); True when distributed.
+
+    The backend is NCCL when CUDA is available, else gloo. Idempotent.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_available():
+        raise GispError("WORLD_SIZE is set but this torch build has no torch.distributed")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def close() -> None:
+    """Leave the process group (at the end of a command)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Whether this process writes files and shows progress (rank 0)."""
+    return rank() == 0
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share: every ``world_size``-th item from its rank (all of them when alone).
+
+    Refuses fewer items than ranks, since a rank with nothing to score would have nothing to reduce.
+    """
+    size = world_size()
+    if len(items) < size:
+        raise GispError(f"{len(items)} calibration batches cannot be shared by {size} processes; "
+                        "use more --samples or fewer processes")
+    return list(items[rank()::size])
+
+
+def all_reduce_sum(tensors: Sequence[torch.Tensor]) -> None:
+    """Sum each tensor over all ranks, in place, in its own dtype (float32 gradients, float64
+    statistics). A no-op alone."""
+    if world_size() == 1:
+        return
+    for t in tensors:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def sum_float(value: float) -> float:
+    """A Python float summed over all ranks (in float64)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item())
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def _device() -> torch.device:
+    """Where collectives' tensors live: the rank's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
