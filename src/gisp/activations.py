@@ -88,12 +88,16 @@ def _hooks(handles: list) -> Iterator[None]:
             h.remove()
 
 
-def _stats_hooks(adapter: ModelAdapter, layer: nn.Module, stats: LayerStats, valid: list) -> list:
+def _stats_hooks(adapter: ModelAdapter, layer: nn.Module, stats: LayerStats, valid: list, replaying: list | None = None) -> list:
     """Pre-hooks that feed ``o_proj`` / ``down_proj`` inputs into ``stats``; ``valid[0]`` is the
-    current batch's token mask."""
+    current batch's token mask; nothing is added while ``replaying[0]`` (a checkpointed layer
+    re-run in the backward pass sees the same inputs again)."""
     mods = adapter.layer_modules(layer)
-    return [mods.o.register_forward_pre_hook(lambda m, args: stats.attention.add(_tokens(args[0], valid[0]))),
-            mods.down.register_forward_pre_hook(lambda m, args: stats.mlp.add(_tokens(args[0], valid[0])))]
+    replaying = replaying or [False]
+
+    def feed(into: FeatureStats):
+        return lambda m, args: None if replaying[0] else into.add(_tokens(args[0].detach(), valid[0]))  # no graph
+    return [mods.o.register_forward_pre_hook(feed(stats.attention)), mods.down.register_forward_pre_hook(feed(stats.mlp))]
 
 
 @torch.no_grad()
@@ -132,6 +136,9 @@ class CompensationStats:
     down_moments: list[tuple | None]
     valid: list = field(default_factory=lambda: [None])  # the current batch's token mask
     share: list = field(default_factory=lambda: [1.0])  # the current batch's loss weight
+    replaying: list = field(default_factory=lambda: [False])  # True during backward: checkpointed layers re-run
+    checkpointed: bool = False  # layers are gradient-checkpointed: inputs are taken from their replay
+    replayed: dict = field(default_factory=dict)  # (store id, layer) -> replayed input tokens, until its gradient
 
     def means(self) -> InputMeans:
         return input_means(self.inputs)
@@ -161,9 +168,11 @@ def _accumulate(store: list, index: int, values) -> None:
 
 
 @contextmanager
-def compensation_hooks(model: nn.Module, adapter: ModelAdapter, fisher: bool = False) -> Iterator[CompensationStats]:
+def compensation_hooks(model: nn.Module, adapter: ModelAdapter, fisher: bool = False,
+                       checkpointed: bool = False) -> Iterator[CompensationStats]:
     """Hooks that fill a :class:`CompensationStats` during forward + backward passes; set its
-    ``valid`` and ``share`` before each batch. Removed on exit.
+    ``valid`` and ``share`` before each batch, and ``replaying`` during the backward pass when
+    layers are gradient-checkpointed (``checkpointed``). Removed on exit.
 
     Without ``fisher``: input statistics and output gradients (first-order compensated scores).
     With ``fisher``: input statistics and the Fisher moments, from the gradient of each
@@ -172,24 +181,32 @@ def compensation_hooks(model: nn.Module, adapter: ModelAdapter, fisher: bool = F
     """
     layers = adapter.layers(model)
     n = len(layers)
-    stats = CompensationStats([LayerStats() for _ in layers], [None] * n, [None] * n, [None] * n, [None] * n)
+    stats = CompensationStats([LayerStats() for _ in layers], [None] * n, [None] * n, [None] * n, [None] * n,
+                              checkpointed=checkpointed)
     head_dim = adapter.geometry().head_dim
 
     def output_grad_sink(store: list, index: int):
         def on_output(module, args, output):
             valid, share = stats.valid[0], stats.share[0]
-            if output.requires_grad:  # [B, T, d] -> [N, d] -> [d]
+            if output.requires_grad and not stats.replaying[0]:  # [B, T, d] -> [N, d] -> [d]
                 output.register_hook(lambda grad: _accumulate(store, index, (_tokens(grad, valid).float() * share).sum(0)))
         return on_output
 
     def input_grad_sink(moments: list, index: int, group: int):
+        key = (id(moments), index)
+
         def on_input(module, args):
             x, valid, share = args[0], stats.valid[0], stats.share[0]
+            if stats.replaying[0]:  # a checkpointed layer re-run just before its gradients: its inputs, again
+                stats.replayed[key] = _tokens(x.detach(), valid)
+                return
             if not x.requires_grad:
                 return
-            inputs = _tokens(x.detach(), valid)  # [B, T, n] -> [N, n]
+            # [B, T, n] -> [N, n]; under checkpointing not kept now (that is the memory saved) but replayed
+            kept = None if stats.checkpointed else _tokens(x.detach(), valid)
 
             def on_grad(grad: torch.Tensor) -> None:  # dL/dx, [B, T, n] -> [N, n]
+                inputs = kept if kept is not None else stats.replayed.pop(key)
                 grad_in = _tokens(grad, valid).float() * share
                 _accumulate(moments, index, saliency.fisher_moments(grad_in, inputs, group))
             x.register_hook(on_grad)
@@ -198,7 +215,7 @@ def compensation_hooks(model: nn.Module, adapter: ModelAdapter, fisher: bool = F
     handles = []
     for i, layer in enumerate(layers):
         mods = adapter.layer_modules(layer)
-        handles += _stats_hooks(adapter, layer, stats.inputs[i], stats.valid)
+        handles += _stats_hooks(adapter, layer, stats.inputs[i], stats.valid, stats.replaying)
         if fisher:
             handles += [mods.o.register_forward_pre_hook(input_grad_sink(stats.o_moments, i, head_dim)),
                         mods.down.register_forward_pre_hook(input_grad_sink(stats.down_moments, i, 1))]

@@ -18,7 +18,7 @@ from gisp.export import check_exportable
 from gisp.export import export as _export
 from gisp.importance import mean_objective
 from gisp.methods import MethodInputs, method_for
-from gisp.objectives import OBJECTIVES, Objective
+from gisp.objectives import OBJECTIVES, Objective, chunked_loss
 from gisp.pruner import run_schedule
 from gisp.recovery import RecoveryResult
 from gisp.runlock import locked
@@ -77,11 +77,12 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
     objective = objective or OBJECTIVES[config.objective]
     importance = method_for(config.method).build(
         MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate),
-                     config.saliency or "first-order"))
+                     config.saliency or "first-order", config.gradient_checkpointing))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
-    return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
-                        loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
-                        search_loss=lambda m: mean_objective(m, search_batches(batches), objective))
+    with chunked_loss(config.loss_chunk):
+        return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
+                            loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
+                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective))
 
 
 def check_family(model_config, config: PruneConfig) -> None:

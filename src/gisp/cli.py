@@ -34,6 +34,10 @@ _HELP = {
              "depth (whole layers); default: the method's",
     "round_to": "keep every pruned layer's heads and channels at multiples of N (selection, not padding); "
                 "levels then export at whole steps",
+    "gradient_checkpointing": "recompute each layer's activations in the backward pass instead of keeping them "
+                              "(less memory, ~1 more forward; same scores)",
+    "loss_chunk": "take next-token cross-entropy this many positions at a time, recomputing their logits in the "
+                  "backward pass (0: all at once); saves the [batch, seq, vocab] logits",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
 }
 
@@ -67,7 +71,10 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, helps: dict[str, 
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-        if str(f.type) == "bool | None":
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f"{helps.get(f.name, '')} (default: {'on' if f.default else 'off'})".strip())
+        elif str(f.type) == "bool | None":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{helps.get(f.name, '')} (default: the method's)".strip())
         elif f.default is MISSING:  # required fields

@@ -34,6 +34,9 @@ class PruneConfig:
     Taylor scores then measure the compensated removal); ``None`` takes the method's default.
     ``saliency`` (Taylor methods with ``output`` weights): ``first-order`` (``|W * g|`` of the mean
     gradient) or ``fisher`` (per-token squared first-order effects, summed).
+    ``gradient_checkpointing`` and ``loss_chunk`` (positions of next-token cross-entropy taken at a
+    time, 0 = all) trade time for memory in gradient passes without changing what is computed;
+    they are the only settings a run may resume with changed.
     """
 
     model: str
@@ -59,6 +62,11 @@ class PruneConfig:
     protect_last: int = 1
     dtype: str = "float32"
     round_to: int = 1
+    gradient_checkpointing: bool = False
+    loss_chunk: int = 0
+
+    # How the work is done, not what it computes: a run may resume with other values.
+    EXECUTION = ("gradient_checkpointing", "loss_chunk")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -107,6 +115,8 @@ class PruneConfig:
         for name in ("steps", "samples", "seq_len", "batch_size", "round_to"):
             if getattr(self, name) < 1:
                 raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.loss_chunk < 0:
+            raise GispError(f"loss-chunk must be >= 0 (0: the whole sequence at once), got {self.loss_chunk}")
         if self.max_tokens is not None and self.max_tokens < self.seq_len and self.objective == "lm":
             raise GispError(f"max-tokens {self.max_tokens} is less than one window of {self.seq_len} tokens")
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -136,7 +146,7 @@ class PruneConfig:
 
     def trajectory_keys(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
-        return {k: v for k, v in self.to_dict().items() if k != "model"}
+        return {k: v for k, v in self.to_dict().items() if k != "model" and k not in self.EXECUTION}
 
 
 RECOVERY_METHODS = ("lora", "distill")

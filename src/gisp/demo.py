@@ -10,7 +10,6 @@ exact match on problems 1000-1007. Writes ``results.json``, ``results.md`` and
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -28,11 +27,13 @@ CALIBRATION = "gsm8k[:1000]"
 HELD_OUT = "gsm8k[1000:1080]"
 EXACT_MATCH = "gsm8k[1000:1008]"
 LEVELS = (0.1, 0.2, 0.3)
+LOSS_CHUNK = 64  # positions of [batch, 64, 49152] logits at a time
 
 
 def demo_config() -> PruneConfig:
+    # checkpointing and chunked logits keep the gradient passes small (a laptop's memory); same trajectory
     return PruneConfig(model="smollm2-135m", data=CALIBRATION, objective="answer", sparsity=max(LEVELS), steps=3,
-                       samples=32, seq_len=384, batch_size=8, seed=0)
+                       samples=32, seq_len=384, batch_size=8, seed=0, gradient_checkpointing=True, loss_chunk=LOSS_CHUNK)
 
 
 def evaluate(model, tokenizer) -> dict:
@@ -57,10 +58,8 @@ def run_demo(out: str | Path = "runs/demo") -> list[dict]:
     config = demo_config()
     print(f"gisp demo: {config.model}, {config.objective} objective on {config.samples} problems of {CALIBRATION}, "
           f"{config.steps} steps to {config.sparsity:.0%}, held-out {HELD_OUT}; output in {out}")
-    model, tokenizer = models.load(config.model)
-    working = copy.deepcopy(model)  # pruned in place; `model` keeps the dense weights exports slice
-    traj = prune(config, out=out / "run", model=working, tokenizer=tokenizer)
-    del working
+    traj = prune(config, out=out / "run")  # loads its own copy and prunes it in place; freed on return
+    model, tokenizer = models.load(config.model)  # the dense weights every export slices
     params = sum(p.numel() for p in model.parameters())
     rows = [{"level": "dense", "step": 0, "sparsity": 0.0, "parameters": params, "size_mb": None} | evaluate(model, tokenizer)]
     for level in LEVELS:

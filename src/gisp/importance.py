@@ -115,6 +115,7 @@ class TaylorImportance:
     weights: Literal["all", "output"] = "all"
     compensate: bool = False
     saliency: Literal["first-order", "fisher"] = "first-order"
+    checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.compensate and self.weights != "output":
@@ -138,11 +139,12 @@ class TaylorImportance:
             if comp is not None:
                 comp.valid[0], comp.share[0] = token_mask(batch), share
             loss = self.objective(model, batch)
-            if weights:
-                for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
-                    acc.add_(g.float(), alpha=share)
-            else:
-                loss.backward()
+            with replaying(comp):
+                if weights:
+                    for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
+                        acc.add_(g.float(), alpha=share)
+                else:
+                    loss.backward()
             loss_sum += float(loss.detach()) * share
         distributed.all_reduce_sum(grads)  # float32, as accumulated
         if comp is not None:
@@ -167,9 +169,10 @@ class TaylorImportance:
                 p.requires_grad_(False)
             for w in weights:
                 w.requires_grad_(True)
-            hooks = compensation_hooks(model, adapter, fisher) if self.compensate or fisher else nullcontext()
+            hooks = compensation_hooks(model, adapter, fisher, self.checkpointing) if self.compensate or fisher else nullcontext()
             root = differentiable_embeddings(model) if fisher else nullcontext()
-            with torch.enable_grad(), hooks as comp, root:
+            saving = gradient_checkpointing(model, adapter) if self.checkpointing else nullcontext()
+            with torch.enable_grad(), hooks as comp, root, saving:
                 full, loss = self.average_gradients(model, weights, comp)
         finally:
             for p, flag in zip(model.parameters(), flags):
@@ -223,6 +226,48 @@ class TaylorImportance:
     def mean_loss(self, model: nn.Module) -> float:
         """The objective's mean over the calibration set, forward only."""
         return mean_objective(model, self.batches, self.objective)
+
+
+@contextmanager
+def replaying(comp: CompensationStats | None) -> Iterator[None]:
+    """Mark the backward pass, in which gradient-checkpointed layers re-run their forward: the
+    hooks must not count those inputs twice."""
+    if comp is None:
+        yield
+        return
+    comp.replaying[0] = True
+    try:
+        yield
+    finally:
+        comp.replaying[0] = False
+        comp.replayed.clear()
+
+
+@contextmanager
+def gradient_checkpointing(model: nn.Module, adapter: ModelAdapter) -> Iterator[None]:
+    """Checkpoint every decoder layer for the block (transformers' own mechanism, non-reentrant):
+    a layer's activations are recomputed in the backward pass instead of kept, so a gradient pass
+    holds one layer's activations rather than all of them. Same gradients.
+
+    transformers checkpoints a layer only while that layer module is in training mode; only the
+    layer objects are flagged (their children, dropout included, stay in eval mode), and every
+    flag is restored on exit."""
+    layers = adapter.layers(model)
+    if model.is_activation_checkpointing:  # the caller's setting stands
+        yield
+        return
+    training = [layer.training for layer in layers]
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    for layer in layers:
+        layer.training = True  # the layer itself only: not .train(), which would reach its children
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, training):
+            layer.training = flag
+        model.activation_checkpointing_disable()
+        if getattr(model, "_require_grads_hook", None) is not None:  # enable() hooked the embeddings; unhook
+            model.disable_input_require_grads()
 
 
 @contextmanager

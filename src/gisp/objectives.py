@@ -13,11 +13,15 @@ with batches it understands.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from gisp.data import pad_id, pad_sequences, scored_sequence
 from gisp.errors import GispError
@@ -25,10 +29,52 @@ from gisp.examples import AnswerExample, ChoiceExample
 
 Objective = Callable[[nn.Module, dict], torch.Tensor]
 
+_LOSS_CHUNK: ContextVar[int] = ContextVar("gisp_loss_chunk", default=0)
+
+
+@contextmanager
+def chunked_loss(positions: int) -> Iterator[None]:
+    """Within the block, the objectives take next-token cross-entropy ``positions`` positions at a
+    time (0: all at once). Each chunk's logits are recomputed in the backward pass instead of kept,
+    so a gradient pass holds one chunk of ``[B, positions, vocab]`` logits instead of the whole
+    sequence's: the largest activation of a small model with a big vocabulary. Same losses."""
+    token = _LOSS_CHUNK.set(positions)
+    try:
+        yield
+    finally:
+        _LOSS_CHUNK.reset(token)
+
+
+def _chunk_ce(adapter, model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of one chunk: hidden [B, c, d], targets [B, c] -> [B, c] (-100: 0)."""
+    logits = adapter.logits(model, hidden).float()  # [B, c, V]
+    return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
+
+
+def chunked_ce(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+               targets: torch.Tensor, positions: int) -> torch.Tensor:
+    """Next-token cross-entropy [B, T-1] of ``targets`` [B, T-1] (-100 ignored), ``positions``
+    at a time, each chunk checkpointed so its logits are not kept for the backward pass."""
+    from gisp.adapters import adapter_for  # the adapter knows how hidden states become logits
+
+    adapter = adapter_for(model.config)
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = hidden[:, :-1]  # [B, T-1, d]: position t predicts token t+1
+    pieces = []
+    for start in range(0, hidden.shape[1], positions):
+        h, t = hidden[:, start:start + positions], targets[:, start:start + positions]
+        pieces.append(checkpoint(_chunk_ce, adapter, model, h, t, use_reentrant=False) if torch.is_grad_enabled()
+                      else _chunk_ce(adapter, model, h, t))
+    return torch.cat(pieces, 1)
+
 
 def lm_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Mean next-token cross-entropy over labelled tokens (labels default to the inputs)."""
     labels = batch.get("labels", batch["input_ids"])
+    if _LOSS_CHUNK.get():
+        targets = labels[:, 1:]  # [B, T-1]
+        ce = chunked_ce(model, batch["input_ids"], batch.get("attention_mask"), targets, _LOSS_CHUNK.get())
+        return ce.sum() / (targets != -100).sum().clamp(min=1)
     return model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=labels,
                  use_cache=False).loss
 
@@ -39,9 +85,12 @@ def token_ce(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]
     Which tokens count comes from ``target_mask`` (answer / option tokens), never from labels, so
     prompt tokens cannot leak into the loss whatever a batch's labels say.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]  # [B, T-1, V]
     targets = batch["input_ids"][:, 1:]  # [B, T-1]: position t predicts token t+1
     scored = batch["target_mask"][:, 1:]
+    if _LOSS_CHUNK.get():
+        ce = chunked_ce(model, batch["input_ids"], batch["attention_mask"], targets, _LOSS_CHUNK.get())
+        return ce * scored, scored
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]  # [B, T-1, V]
     ce = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")  # [B, V, T-1] -> [B, T-1]
     return ce * scored, scored
 

@@ -155,6 +155,11 @@ class ModelAdapter:
     def __init__(self, config) -> None:
         self.config = config
 
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """What the stock forward makes of the final hidden states [B, T, d] -> [B, T, V]
+        (the output embedding; override for families that scale or cap logits)."""
+        return model.get_output_embeddings()(hidden)
+
     @property
     def name(self) -> str:
         """The family's model type (for messages)."""

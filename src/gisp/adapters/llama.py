@@ -7,6 +7,7 @@ Qwen3's ``q_norm``/``k_norm`` act on ``head_dim``, which pruning never changes.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from gisp.adapters.base import LayerModules, ModelAdapter, register_adapter
@@ -26,6 +27,10 @@ class LlamaLayout(ModelAdapter):
 @register_adapter
 class LlamaAdapter(LlamaLayout):
     model_types = ("llama", "mistral", "qwen2", "qwen3", "granite")
+
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Granite divides its logits by ``logits_scaling``; the others leave them as they are."""
+        return super().logits(model, hidden) / getattr(self.config, "logits_scaling", 1.0)
 
     def gguf_architecture(self) -> str | None:
         """Llama, and Mistral without a sliding window, are llama.cpp's ``llama`` (``deci`` when

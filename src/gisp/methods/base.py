@@ -33,6 +33,7 @@ class MethodInputs:
     taylor_weights: str = "all"
     compensate: bool = False
     saliency: str = "first-order"
+    checkpointing: bool = False  # gradient checkpointing in gradient passes
 
 
 @dataclass(frozen=True)

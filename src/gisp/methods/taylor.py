@@ -31,7 +31,7 @@ def _taylor(aggregate: str):
     def build(inputs: MethodInputs) -> TaylorImportance:
         return TaylorImportance(inputs.batches, inputs.objective, progress=inputs.progress, aggregate=aggregate,
                                 weights=inputs.taylor_weights, compensate=inputs.compensate,
-                                saliency=inputs.saliency)
+                                saliency=inputs.saliency, checkpointing=inputs.checkpointing)
     return build
 
 
