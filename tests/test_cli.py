@@ -144,6 +144,23 @@ def test_export_errors(run_dir, tmp_path, capsys, tiny_dir):
     assert not list(tmp_path.glob(".e.*"))
 
 
+def test_export_force_replaces_an_earlier_export_and_nothing_else(run_dir, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert _run(capsys, "export", run_dir, "--sparsity", "0.2", "--out", out)[0] == 0
+    small = json.loads((out / "gisp_export.json").read_text())["parameters"]
+    _assert_error(capsys, ["export", run_dir, "--sparsity", "0.4", "--out", out], "--force replaces an earlier export")
+    code, _, err = _run(capsys, "export", run_dir, "--sparsity", "0.4", "--out", out, "--force")
+    assert code == 0, err
+    assert json.loads((out / "gisp_export.json").read_text())["parameters"] < small
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".exp")) == []  # no temporary left
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    _assert_error(capsys, ["export", run_dir, "--sparsity", "0.4", "--out", mine, "--force"],
+                  "holds something other than a gisp export")
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
 def test_prune_into_run_of_another_model(run_dir, tiny_dir, corpus_file, capsys):
     other = tiny_dir("llama-gqa", seed=1)
     _assert_error(capsys, _prune_args(other, f"text:{corpus_file}", run_dir), "belongs to another model")

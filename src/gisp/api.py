@@ -90,6 +90,9 @@ def check_family(model_config, config: PruneConfig) -> None:
     exactly (:func:`gisp.export.check_exportable`); note when only channels will be pruned."""
     adapter = adapter_for(model_config)
     method = method_for(config.method)
+    context = adapter.context_length()
+    if context is not None and config.seq_len > context:
+        raise GispError(f"seq-len {config.seq_len} is longer than the model's context of {context} tokens; lower --seq-len")
     if not adapter.prunable_heads:
         if (config.scope or method.scope) == "depth":
             raise GispError(f"{adapter.heads_note}; {method.name} removes whole layers, so it cannot prune this family")
@@ -110,12 +113,12 @@ def calibration_size(batches: list[dict]) -> dict:
 
 
 def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, model: nn.Module | None = None,
-           tokenizer=None, format: str = "hf", outtype: str = "f32") -> ExportInfo:
+           tokenizer=None, format: str = "hf", outtype: str = "f32", force: bool = False) -> ExportInfo:
     """Write the level of ``run`` at ``sparsity`` as a smaller checkpoint in ``out``: a Hugging
     Face directory (``format="hf"``) or a GGUF file for llama.cpp (``"gguf"``, ``outtype`` f32,
-    f16 or q8_0)."""
+    f16 or q8_0). ``force`` replaces an earlier export at ``out`` (nothing else)."""
     with locked(out, "export"):
-        return _export(run, sparsity, out, model=model, tokenizer=tokenizer, format=format, outtype=outtype)
+        return _export(run, sparsity, out, model=model, tokenizer=tokenizer, format=format, outtype=outtype, force=force)
 
 
 def load(path: str, dtype: str = "float32", device: str = "cpu"):

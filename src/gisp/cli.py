@@ -142,12 +142,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     traj = Trajectory.load(args.run_dir)
     if args.format == "hf":
-        check_out_dir(args.out)
+        check_out_dir(args.out, args.force)
     model = tokenizer = None
     if args.model:
         model, tokenizer = models.load(args.model, traj.config.get("dtype", "float32"))
     info = export(traj, args.sparsity, args.out, model=model, tokenizer=tokenizer, format=args.format,
-                  outtype=args.outtype)
+                  outtype=args.outtype, force=args.force)
     kind = f"GGUF ({args.outtype})" if args.format == "gguf" else f"{'with' if info.remote_code else 'no'} remote code"
     print(f"exported step {info.step} level: decoder sparsity {info.sparsity:.4f} (requested {args.sparsity:g}), "
           f"{info.parameters:,} parameters ({info.dense_parameters:,} dense), {kind} -> {info.out}")
@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model location if it moved since the run (must be the same model)")
     p.add_argument("--format", default="hf", help="hf (safetensors + config) or gguf (llama.cpp) (default: hf)")
     p.add_argument("--outtype", default="f32", help="gguf: f32, f16 or q8_0 (default: f32)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export at --out (atomically; nothing else)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("recover", help="fine-tune an export (LoRA or distillation) into an export of the same shapes")

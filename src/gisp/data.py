@@ -180,6 +180,9 @@ def random_windows(tokens: torch.Tensor, samples: int, seq_len: int, seed: int) 
     """``samples`` windows of ``seq_len`` tokens at seeded random offsets -> [samples, seq_len]."""
     if tokens.numel() < seq_len:
         raise GispError(f"calibration data has {tokens.numel()} tokens, fewer than one window of {seq_len}")
+    if samples * seq_len > tokens.numel():  # more than the data holds: the same tokens many times over
+        raise GispError(f"calibration asks for {samples} windows of {seq_len} tokens ({samples * seq_len:,}), more than "
+                        f"the {tokens.numel():,} tokens the data holds; lower --samples / --max-tokens or give more data")
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - seq_len + 1, (samples,), generator=gen)
     return torch.stack([tokens[s:s + seq_len] for s in starts.tolist()])

@@ -92,6 +92,9 @@ def choice_examples(spec: str) -> list[ChoiceExample]:
         labels = _piqa_labels(Path(path))
         if len(labels) != len(records):
             raise GispError(f"{path}: {len(records)} questions but {len(labels)} labels")
+        bad = next((i for i, y in enumerate(labels) if y not in (0, 1)), None)
+        if bad is not None:
+            raise GispError(f"{path}: question {bad + 1} has label {labels[bad]}; PIQA labels are 0 (sol1) or 1 (sol2)")
         out = [ChoiceExample(PIQA_PROMPT.format(goal=_field(r, "goal", spec)), (r["sol1"], r["sol2"]), y)
                for r, y in zip(records, labels)]
     elif kind == "mc" and path:

@@ -261,11 +261,15 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def check_out_dir(out: str | Path) -> Path:
-    """Refuse an existing non-empty output directory (nothing gets overwritten)."""
+def check_out_dir(out: str | Path, force: bool = False) -> Path:
+    """Refuse an existing non-empty output directory (nothing gets overwritten), unless ``force``
+    and it holds an earlier gisp export, which the new one then replaces atomically."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise GispError(f"export directory {out} already exists and is not empty")
+        if not force:
+            raise GispError(f"export directory {out} already exists and is not empty (--force replaces an earlier export)")
+        if not (out / EXPORT_INFO).is_file():
+            raise GispError(f"{out} holds something other than a gisp export; --force only replaces an earlier export")
     return out
 
 
@@ -273,7 +277,7 @@ def check_out_dir(out: str | Path) -> Path:
 def atomic_dir(out: Path) -> Iterator[Path]:
     """A private temporary sibling of ``out`` to fill; renamed to ``out`` on success, removed on failure.
 
-    ``out`` must not exist or be empty (see :func:`check_out_dir`).
+    ``out`` must not exist, be empty, or be an export to replace (see :func:`check_out_dir`).
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -282,9 +286,13 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         yield tmp
-        if out.exists():
-            out.rmdir()
+        old = None
+        if out.exists():  # empty, or an earlier export being replaced (--force): moved aside, then removed
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / "replaced")
         tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -322,19 +330,19 @@ def base_model(traj: Trajectory, model: nn.Module | None = None, tokenizer=None,
 
 def export(
     run: str | Path | Trajectory, sparsity: float, out: str | Path, *,
-    model: nn.Module | None = None, tokenizer=None, format: str = "hf", outtype: str = "f32",
+    model: nn.Module | None = None, tokenizer=None, format: str = "hf", outtype: str = "f32", force: bool = False,
 ) -> ExportInfo:
     """Export the level of ``run`` at ``sparsity`` to ``out`` as a smaller checkpoint.
 
     ``format="hf"``: a Hugging Face directory; ``"gguf"``: one GGUF file for llama.cpp
     (:mod:`gisp.export_gguf`, ``outtype`` f32, f16 or q8_0). The base model is loaded from the
     run's record unless ``model`` (and ``tokenizer``) are given; either way it must be the model
-    the run pruned.
+    the run pruned. ``force`` replaces an earlier export at ``out``.
     """
     traj = run if isinstance(run, Trajectory) else Trajectory.load(run)
     if format not in FORMATS:
         raise GispError(f"unknown --format {format!r}; choose from {', '.join(FORMATS)}")
-    out = check_out_dir(out) if format == "hf" else check_out_file(out)
+    out = check_out_dir(out, force) if format == "hf" else check_out_file(out, force)
     if not 0.0 < sparsity < 1.0:
         raise GispError(f"sparsity must be in (0, 1), got {sparsity:g}")
     traj.check_reachable(sparsity)
@@ -359,11 +367,15 @@ def export(
 FORMATS = ("hf", "gguf")
 
 
-def check_out_file(out: str | Path) -> Path:
-    """Refuse an existing output file (nothing gets overwritten)."""
+def check_out_file(out: str | Path, force: bool = False) -> Path:
+    """Refuse an existing output file (nothing gets overwritten), unless ``force`` and it is a GGUF
+    file, which the new one then replaces atomically."""
     out = Path(out)
     if out.exists():
-        raise GispError(f"{out} already exists; choose a new file")
+        if not force:
+            raise GispError(f"{out} already exists; choose a new file (--force replaces an earlier GGUF export)")
+        if not out.is_file() or out.suffix != ".gguf":
+            raise GispError(f"{out} is not a .gguf file; --force only replaces an earlier GGUF export")
     return out
 
 

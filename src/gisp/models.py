@@ -90,6 +90,9 @@ def resolve(spec: str) -> ModelSource:
         if path.is_file():
             if path.suffix != ".gguf":
                 raise GispError(f"model file {spec} is not a .gguf file; pass a model directory or a GGUF file")
+            with path.open("rb") as f:
+                if f.read(4) != b"GGUF":
+                    raise GispError(f"{spec} is not a GGUF model file (it does not start with the GGUF magic bytes)")
             return ModelSource(str(path.parent), path.name)
         if not (path / "config.json").is_file():
             raise GispError(f"{spec} has no config.json; not a Hugging Face model directory")
@@ -105,7 +108,12 @@ def load_config(spec: str):
     try:
         return AutoConfig.from_pretrained(src.location, gguf_file=src.gguf_file, trust_remote_code=True)
     except Exception as exc:
-        raise GispError(f"cannot read the config of {spec}: {str(exc).splitlines()[0]}") from exc
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if src.gguf_file is not None:
+            raise GispError(f"{spec} is not a GGUF model file gisp can read: {reason}") from exc
+        if spec not in ALIASES and not _looks_local(spec) and isinstance(exc, OSError):
+            raise GispError(f"model not found: {spec} is not a local path, and the Hugging Face hub gave: {reason}") from exc
+        raise GispError(f"cannot read the config of {spec}: {reason}") from exc
 
 
 def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Module, object]:

@@ -132,6 +132,12 @@ def _take(items: list, samples: int | None, max_tokens: int | None, cost, seed: 
             break
         chosen.append(items[i])
         used += c
+    if samples is not None and samples > len(items):
+        raise GispError(f"calibration asks for {samples} examples, more than the {len(items)} the data holds; "
+                        "lower --samples or give more data")
+    if max_tokens is not None and len(chosen) == len(items) and used < max_tokens:
+        raise GispError(f"calibration asks for {max_tokens:,} tokens, more than the {used:,} the data holds; "
+                        "lower --max-tokens or give more data")
     return chosen
 
 

@@ -155,6 +155,11 @@ class ModelAdapter:
     def __init__(self, config) -> None:
         self.config = config
 
+    def context_length(self) -> int | None:
+        """The longest sequence the model's position encoding was built for (None: unknown)."""
+        value = getattr(self.config, "max_position_embeddings", None)
+        return int(value) if value else None
+
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """What the stock forward makes of the final hidden states [B, T, d] -> [B, T, V]
         (the output embedding; override for families that scale or cap logits)."""
