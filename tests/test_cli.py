@@ -290,3 +290,30 @@ def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tiny_dir, 
     assert [k for k in ours if not torch.allclose(ours[k].double(), theirs[k].double(), rtol=0, atol=0, equal_nan=True)] == []
     assert json.loads((run / "run.json").read_text())["steps"][-1]["sparsity"] == \
         json.loads((tmp_path / "straight" / "run.json").read_text())["steps"][-1]["sparsity"]
+
+
+def test_run_report_is_written_with_plots_and_info_prints_progress(run_dir, capsys):
+    from PIL import Image
+
+    report = (run_dir / "report.md").read_text()
+    assert "![calibration loss, sparsity and time per step](progress.png)" in report and "(layers.png)" in report
+    assert "progress: 3/3 steps" in report and "done" in report and "heads kept /6" in report
+    for name in ("progress.png", "layers.png"):
+        with Image.open(run_dir / name) as image:
+            assert image.format == "PNG" and image.size[0] > 800
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporaries left
+    code, out, _ = _run(capsys, "info", run_dir)
+    assert code == 0 and "progress: 3/3 steps" in out
+
+
+def test_report_eta_is_the_mean_step_time_times_the_steps_left():
+    from gisp.report import progress_line
+    from gisp.trajectory import StepRecord, Trajectory
+
+    traj = Trajectory.empty(2, 2, 4)
+    traj.config = {"steps": 8}
+    traj.steps = [StepRecord(0, 0.0, 0.0, 0.0, 0, 0, 1.0)] + [StepRecord(i, 0.1 * i, 0.1 * i, 0.1, 0, i, 1.0) for i in (1, 2)]
+    traj.steps[1].seconds, traj.steps[2].seconds = 50.0, 70.0
+    traj.head_step[0, 0], traj.channel_step[0, :2] = 1, torch.tensor([1, 2])  # steps 1 and 2 recorded
+    assert traj.completed_steps == 2
+    assert progress_line(traj) == "progress: 2/8 steps, 2.0 min of pruning, ETA 6.0 min (6 steps left)"

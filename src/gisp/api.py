@@ -21,6 +21,7 @@ from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective, chunked_loss
 from gisp.pruner import run_schedule
 from gisp.recovery import RecoveryResult
+from gisp.report import write_run_report
 from gisp.runlock import locked
 from gisp.trajectory import Trajectory
 
@@ -34,7 +35,7 @@ def prune(
     progress: bool = True, **settings,
 ) -> Trajectory:
     """Prune with ``config.method`` (GISP by default) and return the trajectory (saved to ``out``
-    after every step, resumable).
+    after every step, resumable, with ``out/report.md`` and its plots rewritten each time).
 
     Either pass a :class:`PruneConfig` or its fields as keywords, e.g.
     ``gisp.prune(model="smollm2-135m", data="gsm8k", sparsity=0.3, steps=4, out="runs/x")`` or
@@ -79,10 +80,11 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
         MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate),
                      config.saliency or "first-order", config.gradient_checkpointing))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
+    report = (lambda t: write_run_report(t, out)) if out is not None and distributed.is_main() else None
     with chunked_loss(config.loss_chunk):
         return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                             loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
-                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective))
+                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective), on_step=report)
 
 
 def check_family(model_config, config: PruneConfig) -> None:

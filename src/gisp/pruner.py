@@ -75,6 +75,7 @@ def run_schedule(
     identity: dict, run_dir: str | Path | None = None, progress: bool = True,
     loss: Callable[[nn.Module], float] | None = None, calibration: dict | None = None,
     search_loss: Callable[[nn.Module], float] | None = None,
+    on_step: Callable[[Trajectory], None] | None = None,
 ) -> Trajectory:
     """Prune ``model`` in place over ``config.steps`` steps with ``config.method`` and return the trajectory.
 
@@ -82,7 +83,8 @@ def run_schedule(
     arguments resumes after the last saved step and reproduces the same result. ``loss`` measures
     the calibration objective of a level when the importance does not report it; ``search_loss``
     (default: ``loss``) compares the candidates of ``--normalize search``; ``calibration``
-    (sequences, tokens) is recorded as given. Under ``torchrun`` every rank runs this loop on the same
+    (sequences, tokens) is recorded as given; ``on_step`` is called with the trajectory after every
+    saved step (e.g. to rewrite the run report). Under ``torchrun`` every rank runs this loop on the same
     all-reduced scores and only rank 0 saves.
     """
     method = method_for(config.method)
@@ -154,10 +156,14 @@ def run_schedule(
             traj.steps[-1].candidates = [{"rates": o.rates, "heads_at_target": o.heads, "loss": o.loss} for o in options]
         if run_dir is not None and distributed.is_main():
             traj.save(run_dir)
+        if on_step is not None:
+            on_step(traj)
     if traj.steps and traj.steps[-1].loss is None and loss is not None:
         traj.steps[-1].loss = loss(model)
         if run_dir is not None and distributed.is_main():
             traj.save(run_dir)
+        if on_step is not None:
+            on_step(traj)
     return traj
 
 

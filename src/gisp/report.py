@@ -58,6 +58,7 @@ def info_text(traj: Trajectory) -> str:
         "sparsity = removed / dense parameters of the decoder layers' projections; model = removed / all parameters",
         "",
     ]
+    head.insert(-2, progress_line(traj))
     searched = any(r.exchange_rate is not None for r in traj.steps)  # --normalize search: the rate chosen
     steps = table(
         ["step", "target", "sparsity", "model", "heads removed", "channels removed", "calib loss", "seconds"]
@@ -75,6 +76,108 @@ def info_text(traj: Trajectory) -> str:
          for layer in range(num_layers)],
     )
     return "\n".join(head) + steps + f"\n\nafter step {traj.completed_steps}:\n" + layers
+
+
+def progress_line(traj: Trajectory) -> str:
+    """Steps done, time spent, and the time left at the mean pace of the steps so far."""
+    total = traj.config.get("steps") or traj.completed_steps
+    timed = [r.seconds for r in traj.steps if r.step > 0 and r.seconds is not None]
+    spent = sum(timed)
+    left = total - traj.completed_steps
+    if left <= 0:
+        eta = "done"
+    elif timed:
+        eta = f"ETA {_duration(spent / len(timed) * left)} ({left} step{'s' if left > 1 else ''} left)"
+    else:
+        eta = f"{left} steps left, no step timed yet"
+    return f"progress: {traj.completed_steps}/{total} steps, {_duration(spent)} of pruning, {eta}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+REPORT = "report.md"
+
+
+def write_run_report(traj: Trajectory, run_dir: str | Path) -> Path:
+    """``RUN_DIR/report.md`` with ``progress.png`` (calibration loss, sparsity and time per step) and
+    ``layers.png`` (heads and channels kept per layer after every step); every file replaced
+    atomically, so a report read mid-run is always whole. Returns the report's path."""
+    run_dir = Path(run_dir)
+    _plot_progress(traj, run_dir / "progress.png")
+    _plot_layers(traj, run_dir / "layers.png")
+    text = (f"# gisp run: {traj.model.get('spec')}\n\n"
+            "![calibration loss, sparsity and time per step](progress.png)\n\n"
+            "![heads and channels kept per layer after each step](layers.png)\n\n"
+            f"```text\n{info_text(traj)}\n```\n")
+    path = run_dir / REPORT
+    tmp = run_dir / f".{REPORT}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _plot_progress(traj: Trajectory, path: Path) -> None:
+    """Three panels against the step: calibration loss, target and achieved sparsity, seconds."""
+    plt = _pyplot()
+    records = traj.steps
+    total = traj.config.get("steps") or traj.completed_steps
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    losses = [(r.step, r.loss) for r in records if r.loss is not None]
+    axes[0].plot([s for s, _ in losses], [v for _, v in losses], marker="o")
+    axes[0].set_title("calibration loss (at the start of each step's level)", fontsize=9)
+    axes[1].plot([r.step for r in records], [r.target_sparsity for r in records], "--", marker=".", label="target")
+    axes[1].plot([r.step for r in records], [r.sparsity for r in records], marker="o", label="achieved")
+    axes[1].set_title("decoder parameter sparsity", fontsize=9)
+    axes[1].legend(fontsize=8)
+    timed = [r for r in records if r.step > 0 and r.seconds is not None]
+    axes[2].bar([r.step for r in timed], [r.seconds for r in timed])
+    axes[2].set_title(progress_line(traj).replace("progress: ", ""), fontsize=8)
+    axes[2].set_ylabel("seconds")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.set_xlim(-0.5, total + 0.5)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _plot_layers(traj: Trajectory, path: Path) -> None:
+    """Two heatmaps, layer x step: the fraction of heads and of channels each layer keeps."""
+    import torch
+
+    plt = _pyplot()
+    steps = list(range(traj.completed_steps + 1))
+    masks = [traj.masks_at_step(s) for s in steps]
+    heads = torch.stack([m.heads.float().mean(1) for m in masks], 1).numpy()  # [L, steps]
+    channels = torch.stack([m.channels.float().mean(1) for m in masks], 1).numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(10, max(3.0, 0.18 * heads.shape[0] + 1.2)))
+    for ax, data, name in ((axes[0], heads, "heads"), (axes[1], channels, "MLP channels")):
+        image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"fraction of {name} kept", fontsize=9)
+        ax.set_xlabel("after step")
+        ax.set_ylabel("layer")
+        ax.set_xticks(steps)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def plot_metric(rows: list[dict], metric: str, path, *, title: str, ylabel: str) -> None:
