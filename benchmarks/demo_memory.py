@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 WORK = Path("runs/demo_memory")
 DEMO = ["--model", "smollm2-135m", "--data", "gsm8k[:1000]", "--objective", "answer", "--sparsity", "0.3", "--steps", "3",
         "--samples", "32", "--seq-len", "384", "--batch-size", "8", "--seed", "0"]
-SETTINGS = {"kept": [], "lean": ["--gradient-checkpointing", "--loss-chunk", "64"]}
+SETTINGS = {"lean": ["--gradient-checkpointing", "--loss-chunk", "64"], "kept": []}
 
 
 def run(name: str, extra: list[str]) -> dict:

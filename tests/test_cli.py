@@ -317,3 +317,35 @@ def test_report_eta_is_the_mean_step_time_times_the_steps_left():
     traj.head_step[0, 0], traj.channel_step[0, :2] = 1, torch.tensor([1, 2])  # steps 1 and 2 recorded
     assert traj.completed_steps == 2
     assert progress_line(traj) == "progress: 2/8 steps, 2.0 min of pruning, ETA 6.0 min (6 steps left)"
+
+
+def test_two_prunes_racing_for_one_run_directory(tiny_dir, corpus_file, tmp_path):
+    """Two identical `gisp prune` processes started together on one --out: exactly one runs, the
+    other is refused (exit 2, naming the holder's pid) before writing anything, and the run ends
+    with the trajectory of a run that had the directory to itself."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    model = tiny_dir("llama-gqa")
+
+    def cmd(out):
+        return [sys.executable, "-m", "gisp", "prune", "--model", str(model), "--data", f"text:{corpus_file}",
+                "--sparsity", "0.4", "--steps", "8", "--samples", "16", "--seq-len", "32", "--out", str(out)]
+
+    subprocess.run(cmd(tmp_path / "alone"), check=True, capture_output=True)
+    # both take the lock before loading anything, so the second meets it however their start-up differs
+    racers = [subprocess.Popen(cmd(tmp_path / "raced"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    results = [(p.wait(), *p.communicate()) for p in racers]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, _, err in results if code == 2)
+    winner = next(p for p, (code, _, _) in zip(racers, results) if code == 0)
+    assert loser.strip().splitlines()[-1] == f"gisp: error: {tmp_path / 'raced'} is in use by gisp prune (pid {winner.pid}); " \
+                                             "wait for it to finish or stop it"
+    assert "Traceback" not in loser
+    ours, theirs = load_file(tmp_path / "raced" / "trajectory.safetensors"), load_file(tmp_path / "alone" / "trajectory.safetensors")
+    assert all(torch.equal(ours[k].nan_to_num(), theirs[k].nan_to_num()) for k in theirs)
+    assert not (tmp_path / ".raced.lock").exists()

@@ -1,0 +1,216 @@
+"""Speed and memory of pruning and of the pruned models: python benchmarks/speed.py [--sections ...]
+
+Sections (each cached in runs/speed/<section>.json, so an interrupted run resumes; --fresh re-runs):
+
+- ``throughput``: calibration tokens/s of GISP's scoring pass (Fisher, compensated) and of
+  LLM-Pruner's (first-order weight gradients) against a plain ``transformers`` forward+backward
+  (``model(ids, labels=ids).loss.backward()``, every parameter requiring grad) of the same model
+  and micro-batches, measured in the same process, interleaved, median of 3 after a warm-up.
+- ``inference``: dense SmolLM2-135M and its 20/30/40/50% GISP exports (one run), prefill tokens/s
+  at 1x128 and 8x256 and greedy decode tokens/s at batch 1, each model in its own process
+  (``gisp.evaluation.speed``), with the ideal (parameter) ratio beside the measured one.
+- ``memory``: peak resident memory of a one-step ``gisp prune`` of SmolLM2-135M and
+  Qwen2.5-0.5B against ``gisp plan``'s figure for the same settings.
+- ``torchrun``: wall time of the same one-step prune in 1 process and in 2 (gloo) processes.
+
+Writes benchmarks/results/speed-smollm2.json and speed-smollm2.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import SHARED, environment, write_results
+
+WORK = Path("runs/speed")
+CALIB = f"wikitext2:{SHARED}/wikitext-2/test.txt[:31]"
+RUN = Path("runs/recovery-smollm2/gisp")  # the same run benchmarks/recovery.py makes and uses
+LEVELS = (0.2, 0.3, 0.4, 0.5)
+SHAPES = ((1, 128, 32), (8, 256, 8))  # batch, prompt length, decoded tokens
+
+
+def _cached(name: str, fresh: bool, compute) -> dict:
+    path = WORK / f"{name}.json"
+    if path.is_file() and not fresh:
+        return json.loads(path.read_text())
+    result = compute()
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _sh(cmd: list[str], peak: bool = False) -> tuple[str, float, float | None]:
+    """Run a command; its stdout, wall seconds and (``peak``) maximum resident set in MiB."""
+    cmd = [str(c) for c in cmd]
+    if peak:
+        cmd = ["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd]
+    print("$", " ".join(cmd), flush=True)
+    start = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    rss = int(re.findall(r"MAXRSS_KB=(\d+)", proc.stderr)[-1]) / 1024 if peak else None
+    return proc.stdout, time.time() - start, rss
+
+
+def throughput() -> dict:
+    import torch
+
+    from gisp import models
+    from gisp.adapters import adapter_for
+    from gisp.data import calibration_batches, joined_text
+    from gisp.importance import TaylorImportance
+    from gisp.objectives import lm_loss
+
+    model, tokenizer = models.load("smollm2-135m")
+    adapter = adapter_for(model.config)
+    batches = calibration_batches(tokenizer, joined_text(CALIB, "calibration"), 32, 128, 0, 8)
+    tokens = sum(b["input_ids"].numel() for b in batches)
+
+    def plain() -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        for b in batches:
+            model(input_ids=b["input_ids"], labels=b["input_ids"], use_cache=False).loss.backward()
+        model.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+    scorers = {
+        "plain forward+backward": plain,
+        "gisp scoring (fisher, compensated)": lambda: TaylorImportance(batches, lm_loss, progress=False, weights="output",
+                                                                       compensate=True, saliency="fisher")(model, adapter),
+        "llm-pruner scoring (first-order, all weights)": lambda: TaylorImportance(
+            batches, lm_loss, progress=False, aggregate="kv-group")(model, adapter),
+    }
+    times: dict[str, list[float]] = {k: [] for k in scorers}
+    for run in range(4):  # the first round warms up
+        for name, fn in scorers.items():
+            start = time.perf_counter()
+            fn()
+            if run:
+                times[name].append(time.perf_counter() - start)
+    plain_rate = tokens / statistics.median(times["plain forward+backward"])
+    return {"model": "smollm2-135m", "tokens_per_pass": tokens, "micro_batch": "8 x 128", "threads": torch.get_num_threads(),
+            "rows": [{"pass": k, "seconds": [round(t, 3) for t in v], "tokens_per_s": tokens / statistics.median(v),
+                      "vs_plain": tokens / statistics.median(v) / plain_rate} for k, v in times.items()]}
+
+
+def inference() -> dict:
+    from gisp.evaluation.speed import measure_in_subprocess
+
+    if not (RUN / "run.json").is_file():
+        _sh(["gisp", "prune", "--model", "smollm2-135m", "--data", CALIB, "--samples", "128", "--seq-len", "128",
+             "--sparsity", "0.5", "--steps", "5", "--out", RUN])
+    rows = []
+    for level in (0.0, *LEVELS):
+        target = "smollm2-135m" if level == 0 else WORK / f"export-{level:g}"
+        if level and not (target / "gisp_export.json").is_file():
+            _sh(["gisp", "export", RUN, "--sparsity", level, "--out", target])
+        for batch, seq_len, new in SHAPES:
+            print(f"speed {target} {batch}x{seq_len}", flush=True)
+            r = measure_in_subprocess(str(target), batch=batch, seq_len=seq_len, new_tokens=new, repeats=3, warmup=1)
+            rows.append({"level": level, "batch": batch, "seq_len": seq_len, "new_tokens": new, "parameters": r.parameters,
+                         "prefill_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s,
+                         "peak_memory_mb": r.peak_memory_mb})
+    for r in rows:
+        dense = next(d for d in rows if d["level"] == 0 and d["batch"] == r["batch"])
+        r["ideal_ratio"] = dense["parameters"] / r["parameters"]
+        r["prefill_ratio"] = r["prefill_tokens_per_s"] / dense["prefill_tokens_per_s"]
+        r["decode_ratio"] = r["decode_tokens_per_s"] / dense["decode_tokens_per_s"]
+    return {"run": str(RUN), "rows": rows}
+
+
+PRUNE_ONE_STEP = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batch-size", "8", "--sparsity", "0.1",
+                  "--steps", "1"]
+
+
+def memory() -> dict:
+    rows = []
+    for model in ("smollm2-135m", "qwen2.5-0.5b"):
+        out = WORK / f"memory-{model}"
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+        _, seconds, peak = _sh(["gisp", "prune", "--model", model, *PRUNE_ONE_STEP, "--out", out], peak=True)
+        plan = json.loads(_sh(["gisp", "plan", "--model", model, "--samples", "32", "--seq-len", "128", "--batch-size", "8",
+                               "--json"])[0])
+        planned = plan["bytes"]["total"] / 2**20
+        rows.append({"model": model, "measured_peak_mb": peak, "planned_mb": planned, "planned_over_measured": planned / peak,
+                     "plan": plan["bytes"], "seconds": seconds})
+    return {"settings": " ".join(PRUNE_ONE_STEP), "rows": rows}
+
+
+def torchrun() -> dict:
+    import shutil
+    rows = []
+    for nproc in (1, 2):
+        out = WORK / f"torchrun-{nproc}"
+        shutil.rmtree(out, ignore_errors=True)
+        launcher = ["gisp"] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc-per-node", "2", "-m", "gisp"]
+        _, seconds, _ = _sh([*launcher, "prune", "--model", "smollm2-135m", *PRUNE_ONE_STEP, "--out", out])
+        step = json.loads((out / "run.json").read_text())["steps"][-1]["seconds"]
+        rows.append({"processes": nproc, "wall_seconds": seconds, "step_seconds": step})
+    from safetensors.torch import load_file
+    a, b = (load_file(WORK / f"torchrun-{n}" / "trajectory.safetensors") for n in (1, 2))
+    identical = all(bool((a[k].nan_to_num() == b[k].nan_to_num()).all()) for k in a if "order" in k or "step" in k)
+    return {"settings": " ".join(PRUNE_ONE_STEP), "rows": rows, "removal_order_identical": identical}
+
+
+SECTIONS = {"throughput": throughput, "inference": inference, "memory": memory, "torchrun": torchrun}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# Speed: SmolLM2-135M (and Qwen2.5-0.5B memory)\n", f"{results['environment']['machine']}; torch "
+             f"{results['environment']['torch']}; commit {results['environment']['git_commit']}; {results['environment']['date']}\n"]
+    if "throughput" in results:
+        t = results["throughput"]
+        lines += [f"\n## Scoring throughput ({t['tokens_per_pass']} tokens per pass, micro-batches {t['micro_batch']})\n",
+                  "| pass | tokens/s | vs plain fwd+bwd |", "|---|---|---|"]
+        lines += [f"| {r['pass']} | {r['tokens_per_s']:.0f} | {r['vs_plain']:.2f}x |" for r in t["rows"]]
+    if "inference" in results:
+        lines += ["\n## Inference of GISP exports (one run, LM objective)\n",
+                  "| level | batch x prompt | parameters | prefill tok/s | prefill ratio | decode tok/s | decode ratio | ideal | peak MB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['level']:.0%} | {r['batch']}x{r['seq_len']} | {r['parameters']:,} | {r['prefill_tokens_per_s']:.0f} | "
+                  f"{r['prefill_ratio']:.2f}x | {r['decode_tokens_per_s']:.1f} | {r['decode_ratio']:.2f}x | {r['ideal_ratio']:.2f}x | "
+                  f"{r['peak_memory_mb']:.0f} |" for r in results["inference"]["rows"]]
+    if "memory" in results:
+        lines += [f"\n## Pruning peak memory vs `gisp plan` ({results['memory']['settings']})\n",
+                  "| model | measured peak MB | planned MB | planned / measured |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['measured_peak_mb']:.0f} | {r['planned_mb']:.0f} | {r['planned_over_measured']:.2f} |"
+                  for r in results["memory"]["rows"]]
+    if "torchrun" in results:
+        lines += [f"\n## 1 vs 2 processes (torchrun, gloo; {results['torchrun']['settings']})\n",
+                  "| processes | wall s | step s |", "|---|---|---|"]
+        lines += [f"| {r['processes']} | {r['wall_seconds']:.0f} | {r['step_seconds']:.0f} |" for r in results["torchrun"]["rows"]]
+        lines.append(f"\nremoval order identical: {results['torchrun']['removal_order_identical']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--fresh", action="store_true", help="re-run cached sections")
+    args = ap.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    results_path = Path(__file__).parent / "results" / "speed-smollm2.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in args.sections.split(","):
+        results[name] = _cached(name, args.fresh, SECTIONS[name])
+        results[name]["command"] = f"python benchmarks/speed.py --sections {name}"
+    results["environment"] = environment()
+    write_results("speed-smollm2.json", results)
+    (results_path.with_suffix(".md")).write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()
