@@ -71,3 +71,12 @@ def test_a_run_with_memory_settings_removes_exactly_the_same_structures(tiny_dir
     # memory settings are not part of what a run computes: a run resumes with them changed
     again = gisp.prune(out=tmp_path / "plain", progress=False, gradient_checkpointing=True, **common)
     assert torch.equal(again.head_order, plain.head_order)
+
+
+def test_large_freed_blocks_go_back_to_the_system_on_glibc():
+    import platform
+
+    from gisp.runtime import return_freed_memory
+
+    applied = return_freed_memory()
+    assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

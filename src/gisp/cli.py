@@ -338,7 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gisp.runtime import return_freed_memory
+
     args = build_parser().parse_args(argv)
+    return_freed_memory()  # resident memory follows live memory in long gradient passes
     try:
         args.func(args)
     except GispError as exc:
