@@ -21,6 +21,7 @@ from gisp.evaluation.choice import answer_perplexity
 from gisp.evaluation.gsm8k import gsm8k_exact_match
 from gisp.examples import answer_examples, gsm8k_problems
 from gisp.export import EXPORT_INFO, ExportInfo, export
+from gisp.objectives import chunked_loss
 from gisp.report import plot_metric, table
 
 CALIBRATION = "gsm8k[:1000]"
@@ -38,7 +39,8 @@ def demo_config() -> PruneConfig:
 
 def evaluate(model, tokenizer) -> dict:
     """Held-out answer perplexity and few-shot exact match of one model."""
-    ppl = answer_perplexity(model, tokenizer, answer_examples(HELD_OUT), batch_size=8)
+    with chunked_loss(LOSS_CHUNK):  # log-probabilities 64 positions at a time: no [8, T, vocab] logits
+        ppl = answer_perplexity(model, tokenizer, answer_examples(HELD_OUT), batch_size=8)
     em = gsm8k_exact_match(model, tokenizer, gsm8k_problems(EXACT_MATCH), shots=2, max_new_tokens=128, batch_size=8)
     return {"answer_ppl": ppl.ppl, "answer_tokens": ppl.tokens, "exact_match": em.exact_match, "correct": em.correct,
             "problems": em.problems}
