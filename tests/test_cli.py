@@ -304,6 +304,8 @@ def test_run_report_is_written_with_plots_and_info_prints_progress(run_dir, caps
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporaries left
     code, out, _ = _run(capsys, "info", run_dir)
     assert code == 0 and "progress: 3/3 steps" in out
+    code, out, _ = _run(capsys, "info", run_dir, "--report", run_dir.parent / "copy")
+    assert code == 0 and (run_dir.parent / "copy" / "report.md").read_text() == report
 
 
 def test_report_eta_is_the_mean_step_time_times_the_steps_left():

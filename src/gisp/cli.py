@@ -198,6 +198,10 @@ def cmd_info(args: argparse.Namespace) -> None:
     from gisp.trajectory import Trajectory
 
     traj = Trajectory.load(args.run_dir)
+    if args.report:
+        from gisp.report import write_run_report
+        print(f"wrote {write_run_report(traj, args.report)}")
+        return
     if args.json:
         summary = {"config": traj.config, "model": traj.model, "completed_steps": traj.completed_steps,
                    "calibration": traj.calibration, "steps": [asdict(r) for r in traj.steps]}
@@ -314,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a run directory")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print run.json")
+    p.add_argument("--report", metavar="DIR", help="write report.md and its plots into DIR (prune rewrites RUN_DIR's "
+                                                   "after every step)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("lm-eval-tasks", help="write lm-evaluation-harness task YAMLs for local PIQA / GSM8K files")

@@ -105,6 +105,7 @@ def write_run_report(traj: Trajectory, run_dir: str | Path) -> Path:
     ``layers.png`` (heads and channels kept per layer after every step); every file replaced
     atomically, so a report read mid-run is always whole. Returns the report's path."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     _plot_progress(traj, run_dir / "progress.png")
     _plot_layers(traj, run_dir / "layers.png")
     text = (f"# gisp run: {traj.model.get('spec')}\n\n"
