@@ -44,3 +44,18 @@ def test_cli_plan_reads_no_weights(tmp_path, capsys):
     assert report["recommended_batch_size"] == 64  # the search's cap: a tiny model fits anything
     assert main(["plan", "--model", str(tmp_path / "m"), "--seq-len", "1"]) == 2
     assert "seq-len at least 2" in capsys.readouterr().err
+
+
+def test_checkpointing_and_loss_chunk_shrink_the_right_parts():
+    from conftest import tiny_config
+
+    from gisp.plan import memory_plan
+
+    config = tiny_config("llama-gqa")
+    kept = memory_plan(config, 4, 64)
+    lean = memory_plan(config, 4, 64, checkpointing=True, loss_chunk=16)
+    d, layers = config.hidden_size, config.num_hidden_layers
+    per_layer = kept.activations // (layers * 4 * 64 * 4)  # values kept per token and layer
+    assert lean.activations == (layers * d + per_layer) * 4 * 64 * 4  # layer inputs + one layer recomputed
+    assert lean.logits * 4 == kept.logits  # 16 of 64 positions at a time
+    assert (lean.weights, lean.gradients, lean.scores) == (kept.weights, kept.gradients, kept.scores)

@@ -101,7 +101,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     budget = int(args.memory * 2**30) if args.memory else None
     report = plan_report(models.load_config(args.model), args.samples, args.seq_len, args.batch_size, args.nproc,
-                         args.dtype, args.saliency, budget)
+                         args.dtype, args.saliency, budget, args.gradient_checkpointing, args.loss_chunk)
     if args.json:
         print(json.dumps(report))
         return
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--saliency", default="fisher", help="fisher (gisp's default) or first-order")
     p.add_argument("--memory", type=float, default=None, help="budget in GiB (default: 80%% of this machine's)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="as prune's: keep only each layer's input")
+    p.add_argument("--loss-chunk", type=int, default=0, help="as prune's: logits of this many positions at a time")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 

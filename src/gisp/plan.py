@@ -11,6 +11,10 @@ model of what one gradient pass of GISP scoring holds at its peak, per micro-bat
   until its backward), and the full-vocabulary logits with their float32 log-softmax and gradient;
 - Fisher moments (float64, per head and per channel) and a fixed runtime overhead.
 
+With gradient checkpointing only each layer's input is kept per token (plus one layer's
+activations while it is recomputed); with a loss chunk only ``chunk`` positions of logits exist
+at a time.
+
 The figures are estimates of resident memory; ``benchmarks/`` measures real peaks. The
 recommendation is the largest micro-batch whose estimate fits the memory budget.
 """
@@ -46,7 +50,8 @@ class MemoryPlan:
         return self.weights + self.gradients + self.activations + self.logits + self.scores + self.runtime
 
 
-def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", saliency: str = "fisher") -> MemoryPlan:
+def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", saliency: str = "fisher",
+                checkpointing: bool = False, loss_chunk: int = 0) -> MemoryPlan:
     """The estimate for ``config``'s model (see the module docstring)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -71,8 +76,8 @@ def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", s
         parameters=params, batch_size=batch_size, seq_len=seq_len,
         weights=params * b,
         gradients=0 if fisher else projections * (4 + b),
-        activations=g.num_layers * per_token_layer * tokens * b,
-        logits=tokens * vocab * (b + 4 + 4),
+        activations=(g.num_layers * d + per_token_layer if checkpointing else g.num_layers * per_token_layer) * tokens * b,
+        logits=(batch_size * min(loss_chunk, seq_len) if loss_chunk else tokens) * vocab * (b + 4 + 4),
         scores=moments + g.num_layers * (g.num_heads + f) * 8,
         runtime=RUNTIME_BYTES,
     )
@@ -84,12 +89,12 @@ def available_memory() -> int:
 
 
 def recommend_batch(config, seq_len: int, budget: int, dtype: str = "float32", saliency: str = "fisher",
-                    largest: int = 64) -> int | None:
+                    largest: int = 64, checkpointing: bool = False, loss_chunk: int = 0) -> int | None:
     """The largest micro-batch (sequences) whose estimate fits ``budget`` bytes; ``None`` if even
     one sequence does not."""
     best = None
     for batch in range(1, largest + 1):
-        if memory_plan(config, batch, seq_len, dtype, saliency).total <= budget:
+        if memory_plan(config, batch, seq_len, dtype, saliency, checkpointing, loss_chunk).total <= budget:
             best = batch
         else:
             break
@@ -97,13 +102,14 @@ def recommend_batch(config, seq_len: int, budget: int, dtype: str = "float32", s
 
 
 def plan_report(config, samples: int, seq_len: int, batch_size: int, nproc: int = 1, dtype: str = "float32",
-                saliency: str = "fisher", budget: int | None = None) -> dict:
+                saliency: str = "fisher", budget: int | None = None, checkpointing: bool = False,
+                loss_chunk: int = 0) -> dict:
     """Everything ``gisp plan`` prints, as data."""
-    if samples < 1 or seq_len < 2 or batch_size < 1 or nproc < 1:
-        raise GispError("samples, batch-size and nproc must be positive and seq-len at least 2")
+    if samples < 1 or seq_len < 2 or batch_size < 1 or nproc < 1 or loss_chunk < 0:
+        raise GispError("samples, batch-size and nproc must be positive, loss-chunk >= 0 and seq-len at least 2")
     budget = budget or int(0.8 * available_memory())
-    plan = memory_plan(config, batch_size, seq_len, dtype, saliency)
-    best = recommend_batch(config, seq_len, budget, dtype, saliency)
+    plan = memory_plan(config, batch_size, seq_len, dtype, saliency, checkpointing, loss_chunk)
+    best = recommend_batch(config, seq_len, budget, dtype, saliency, checkpointing=checkpointing, loss_chunk=loss_chunk)
     per_rank = -(-samples // nproc)
     return {"model_type": config.model_type, "parameters": plan.parameters, "dtype": dtype, "saliency": saliency,
             "samples_per_rank": per_rank, "micro_batches_per_rank": -(-per_rank // batch_size),
