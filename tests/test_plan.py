@@ -59,3 +59,23 @@ def test_checkpointing_and_loss_chunk_shrink_the_right_parts():
     assert lean.activations == (layers * d + per_layer) * 4 * 64 * 4  # layer inputs + one layer recomputed
     assert lean.logits * 4 == kept.logits  # 16 of 64 positions at a time
     assert (lean.weights, lean.gradients, lean.scores) == (kept.weights, kept.gradients, kept.scores)
+
+
+@pytest.mark.parametrize("shape, billions", [
+    (dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32), 8.03),
+    (dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64), 70.55),
+], ids=["llama-3-8b", "llama-3-70b"])
+def test_plan_of_llama_3_shaped_configs_from_the_config_alone(shape, billions, tmp_path, capsys):
+    import json
+
+    from transformers import LlamaConfig
+
+    from gisp.cli import main
+
+    LlamaConfig(vocab_size=128256, num_key_value_heads=8, tie_word_embeddings=False, **shape).save_pretrained(tmp_path)
+    assert main(["plan", "--model", str(tmp_path), "--samples", "128", "--seq-len", "2048", "--batch-size", "1",
+                 "--gradient-checkpointing", "--loss-chunk", "256", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["parameters"] / 1e9 == pytest.approx(billions, abs=0.01)
+    assert report["bytes"]["weights"] == report["parameters"] * 4 and report["bytes"]["gradients"] == 0
+    assert report["bytes"]["total"] > report["bytes"]["weights"]
