@@ -80,3 +80,25 @@ def test_large_freed_blocks_go_back_to_the_system_on_glibc():
 
     applied = return_freed_memory()
     assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_chunked_cross_entropy_reads_a_non_uniform_export(tmp_path):
+    """Evaluation under chunked_loss goes through the adapter's logits, which must accept an export
+    whose layers differ (pruning one again is still refused)."""
+    from conftest import tiny_tokenizer
+
+    from gisp.structures import Masks
+    from gisp.export import build_pruned_model
+
+    model = tiny_model("llama-gqa")
+    adapter = adapter_for(model.config)
+    masks = Masks.dense(adapter.geometry())
+    masks.heads[1, :2] = False
+    masks.channels[2, :7] = False
+    pruned, remote = build_pruned_model(model, masks, None)
+    assert remote
+    batch = _batches()[0]
+    whole = answer_loss(pruned, batch)
+    with chunked_loss(4):
+        part = answer_loss(pruned, batch)
+    assert float(part.detach()) == pytest.approx(float(whole.detach()), rel=1e-6)

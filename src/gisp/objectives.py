@@ -57,7 +57,7 @@ def chunked_ce(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
     at a time, each chunk checkpointed so its logits are not kept for the backward pass."""
     from gisp.adapters import adapter_for  # the adapter knows how hidden states become logits
 
-    adapter = adapter_for(model.config)
+    adapter = adapter_for(model.config, pruned_ok=True)  # exports are evaluated this way too
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     hidden = hidden[:, :-1]  # [B, T-1, d]: position t predicts token t+1
     pieces = []

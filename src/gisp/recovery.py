@@ -19,6 +19,8 @@ command again resumes from the last checkpoint and gives the same result as an u
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import shutil
@@ -106,8 +108,9 @@ def training_batches(config: RecoverConfig, tokenizer) -> list[dict]:
         windows = consecutive_windows(tokenize(tokenizer, joined_text(config.data, "calibration")), config.seq_len)
         return [{"input_ids": chunk} for chunk in windows.split(config.batch_size)]
     prune = PruneConfig(model=config.model, data=config.data, objective=config.objective, seq_len=config.seq_len,
-                        batch_size=config.batch_size, seed=config.seed, samples=10**9, max_tokens=None)
-    return build_batches(prune, read_source(prune), tokenizer)
+                        batch_size=config.batch_size, seed=config.seed, max_tokens=None)
+    source = read_source(prune)
+    return build_batches(dataclasses.replace(prune, samples=len(source)), source, tokenizer)  # every example
 
 
 def real_tokens(batch: dict) -> torch.Tensor:

@@ -232,15 +232,17 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def adapter_for(config) -> ModelAdapter:
-    """The adapter for ``config.model_type``; a clear error for unknown families."""
+def adapter_for(config, pruned_ok: bool = False) -> ModelAdapter:
+    """The adapter for ``config.model_type``; a clear error for unknown families, and for a pruned
+    export with per-layer sizes unless ``pruned_ok`` (reading it, e.g. its logits, is fine; pruning
+    it again is not)."""
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
         raise GispError(
             f"unsupported model type {model_type!r}; gisp supports: {', '.join(supported_model_types())} "
             "(add a family with gisp.register_adapter, see the README)"
         )
-    if getattr(config, "per_layer_config", None) is not None and getattr(config, "is_heterogeneous", False):
+    if not pruned_ok and getattr(config, "per_layer_config", None) is not None and getattr(config, "is_heterogeneous", False):
         raise GispError("the model already has per-layer sizes (a pruned export); prune the dense base model instead")
     return _REGISTRY[model_type](config)
 
