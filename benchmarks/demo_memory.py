@@ -5,9 +5,9 @@ Runs the demo's `gisp prune` (SmolLM2-135M, answer objective, 32 GSM8K problems,
 30%, micro-batches of 8 x up to 384 tokens) twice, as separate processes under `/usr/bin/time`:
 as before (every activation and the full-vocabulary logits kept for the backward pass), and with
 the demo's settings (`--gradient-checkpointing --loss-chunk 64`). Records each peak resident set
-size and wall time, and compares the two trajectories structure by structure. The command line
-also returns freed blocks to the system (:mod:`gisp.runtime`); a lean run measured before that
-is kept as ``lean-before-mallopt`` when its record is in runs/demo_memory. Resumable: a
+size and wall time, and compares the two trajectories structure by structure. (The committed
+results predate :mod:`gisp.runtime`, which now returns freed blocks to the system; delete
+runs/demo_memory/*.json to measure again.) Resumable: a
 finished run is not re-run. Writes `benchmarks/results/demo_memory.json`.
 """
 
@@ -62,9 +62,6 @@ def compare(a: Path, b: Path) -> dict:
 def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     results = {name: run(name, extra) for name, extra in SETTINGS.items()}
-    for earlier in sorted(WORK.glob("*-before-*.json")):  # kept for the record: measured before a change
-        results[earlier.stem] = json.loads(earlier.read_text()) | {"note": "measured before the commit that returns "
-                                                                          "freed blocks to the system (gisp.runtime)"}
     write_results("demo_memory.json", {"environment": environment(), "runs": results,
                                        "trajectories": compare(WORK / "kept", WORK / "lean")})
     for name, r in results.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -135,9 +136,7 @@ def memory() -> dict:
     rows = []
     for model in ("smollm2-135m", "qwen2.5-0.5b"):
         out = WORK / f"memory-{model}"
-        if out.exists():
-            import shutil
-            shutil.rmtree(out)
+        shutil.rmtree(out, ignore_errors=True)
         _, seconds, peak = _sh(["gisp", "prune", "--model", model, *PRUNE_ONE_STEP, "--out", out], peak=True)
         plan = json.loads(_sh(["gisp", "plan", "--model", model, "--samples", "32", "--seq-len", "128", "--batch-size", "8",
                                "--json"])[0])
@@ -148,7 +147,6 @@ def memory() -> dict:
 
 
 def torchrun() -> dict:
-    import shutil
     rows = []
     for nproc in (1, 2):
         out = WORK / f"torchrun-{nproc}"

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from gisp.adapters import adapter_for  # the adapter knows how hidden states become logits
 from gisp.data import pad_id, pad_sequences, scored_sequence
 from gisp.errors import GispError
 from gisp.examples import AnswerExample, ChoiceExample
@@ -55,8 +56,6 @@ def chunked_ce(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
                targets: torch.Tensor, positions: int) -> torch.Tensor:
     """Next-token cross-entropy [B, T-1] of ``targets`` [B, T-1] (-100 ignored), ``positions``
     at a time, each chunk checkpointed so its logits are not kept for the backward pass."""
-    from gisp.adapters import adapter_for  # the adapter knows how hidden states become logits
-
     adapter = adapter_for(model.config, pruned_ok=True)  # exports are evaluated this way too
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     hidden = hidden[:, :-1]  # [B, T-1, d]: position t predicts token t+1

@@ -5,13 +5,12 @@ thread) and raises its mmap threshold as large blocks are freed, so after a few 
 different lengths a process holds about twice the memory it uses: measured on the demo's scoring,
 2.2 GB resident between batches for 1.0 GB live (``benchmarks/results/demo_memory.json``).
 Serving blocks of at least :data:`MMAP_THRESHOLD` bytes from ``mmap`` returns them to the system
-when freed, so the resident peak follows the live peak. Not glibc (macOS, musl): nothing to do.
+when freed, so the resident peak follows the live peak. Without glibc's mallopt: nothing to do.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 logger = logging.getLogger(__name__)
@@ -26,13 +25,9 @@ def return_freed_memory() -> bool:
     Fixing the threshold also stops glibc from raising it dynamically. Called by the command line
     before any work; Python users may call it themselves.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    try:  # the symbols already loaded into this process (libc among them): no library search
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no mallopt (macOS): nothing to do
         return False
     ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     logger.debug("mallopt(M_MMAP_THRESHOLD, %d): %s", MMAP_THRESHOLD, ok)
