@@ -351,3 +351,72 @@ def test_two_prunes_racing_for_one_run_directory(tiny_dir, corpus_file, tmp_path
     ours, theirs = load_file(tmp_path / "raced" / "trajectory.safetensors"), load_file(tmp_path / "alone" / "trajectory.safetensors")
     assert all(torch.equal(ours[k].nan_to_num(), theirs[k].nan_to_num()) for k in theirs)
     assert not (tmp_path / ".raced.lock").exists()
+
+
+# --- output: --quiet and --log-level on every command ------------------------------------------
+
+@pytest.fixture
+def restore_output(monkeypatch):
+    """Commands set process-wide output (logging, bars, transformers' env); put it back after."""
+    for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    from transformers.utils import logging as hf_logging
+
+    from gisp.runtime import configure_output
+    configure_output()
+    hf_logging.set_verbosity_warning()
+    hf_logging.enable_progress_bar()
+
+
+def test_every_command_takes_quiet_and_log_level():
+    import argparse
+
+    from gisp.cli import build_parser
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"prune", "export", "eval", "info", "plan", "recover", "convert", "demo", "lm-eval-tasks"} <= set(commands)
+    for name, sub in commands.items():
+        flags = {s for a in sub._actions for s in a.option_strings}
+        assert {"--quiet", "-q", "--log-level"} <= flags, name
+    args = parser.parse_args(["info", "RUN", "--log-level", "debug", "-q"])
+    assert (args.log_level, args.quiet) == ("debug", True)
+
+
+def test_quiet_prints_only_results(tiny_dir, corpus_file, tmp_path, capsys, restore_output):
+    """No bars, notes or warnings on stderr; prune's stdout is its one result line."""
+    model = tiny_dir("llama-gqa")
+    capsys.readouterr()  # drop the fixture's output
+    code, out, err = _run(capsys, *_prune_args(model, f"text:{corpus_file}", tmp_path / "run"), "--quiet")
+    assert code == 0 and err == ""
+    assert out.splitlines() == [f"run saved to {tmp_path / 'run'}; export a level with: gisp export {tmp_path / 'run'} "
+                                "--sparsity X --out DIR"]
+    code, out, err = _run(capsys, "export", tmp_path / "run", "--sparsity", "0.2", "--out", tmp_path / "e", "-q")
+    assert code == 0 and err == "" and len(out.splitlines()) == 1 and out.startswith("exported step")
+    code, out, err = _run(capsys, "eval", tmp_path / "e", "--data", f"text:{corpus_file}", "--seq-len", "16",
+                          "--json", "--quiet")
+    assert code == 0 and err == "" and math.isfinite(json.loads(out)["ppl"])
+    # errors still show under --quiet: one line, exit code 2
+    _assert_error(capsys, ["export", tmp_path / "run", "--sparsity", "0.9", "--out", tmp_path / "f", "--quiet"],
+                  "was never reached")
+
+
+def test_log_level_info_adds_a_line_per_step(tiny_dir, corpus_file, tmp_path, capsys, restore_output):
+    model = tiny_dir("llama-gqa")
+    code, out, err = _run(capsys, *_prune_args(model, f"text:{corpus_file}", tmp_path / "run"), "--log-level", "info")
+    assert code == 0, err
+    steps = [l for l in err.replace("\r", "\n").splitlines() if l.startswith("gisp: step ")]
+    assert [l.split(":")[1].strip() for l in steps] == ["step 1", "step 2", "step 3"]
+    assert "progress: 3/3 steps" in steps[-1] and "ETA" in steps[0]
+    assert "heads kept" in out  # the summary, without --quiet
+
+
+def test_notes_show_at_warning_and_not_at_error(tiny_dir, corpus_file, tmp_path, capsys, restore_output):
+    """olmo2 prunes channels only, and says so unless --log-level error (or --quiet)."""
+    model = tiny_dir("olmo2")
+    capsys.readouterr()
+    code, _, err = _run(capsys, *_prune_args(model, f"text:{corpus_file}", tmp_path / "a", sparsity="0.2"))
+    assert code == 0 and "gisp: note: olmo2 normalises q and k over all heads together" in err, err
+    code, _, err = _run(capsys, *_prune_args(model, f"text:{corpus_file}", tmp_path / "b", sparsity="0.2"),
+                        "--log-level", "error")
+    assert code == 0 and "note:" not in err, err

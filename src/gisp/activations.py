@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gisp import distributed, saliency
 from gisp.adapters.base import ModelAdapter
 from gisp.compensation import InputMeans
 from gisp.importance import to_device, token_mask
 from gisp.masking import feature_mask_hooks
+from gisp.runtime import progress_bar
 
 
 @dataclass
@@ -109,7 +109,7 @@ def input_stats(model: nn.Module, adapter: ModelAdapter, batches: list[dict], pr
     handles = [h for layer, s in zip(layers, stats) for h in _stats_hooks(adapter, layer, s, valid)]
     device = next(model.parameters()).device
     with _hooks(handles):
-        for batch in tqdm(batches, desc="activations", disable=not progress, leave=False):
+        for batch in progress_bar(batches, desc="activations", enabled=progress, leave=False):
             batch = to_device(batch, device)
             valid[0] = token_mask(batch)
             model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
@@ -271,7 +271,7 @@ def layerwise_input_stats(
     hidden, kwargs = _layer_inputs(model, adapter, batches)
     valid = [token_mask(to_device(b, hidden[0].device)) for b in batches]
     out: list[LayerStats] = []
-    for index, layer in enumerate(tqdm(adapter.layers(model), desc="layers", disable=not progress, leave=False)):
+    for index, layer in enumerate(progress_bar(adapter.layers(model), desc="layers", enabled=progress, leave=False)):
         stats = LayerStats()
         current: list = [None]
         with _hooks(_stats_hooks(adapter, layer, stats, current)):
@@ -303,7 +303,7 @@ def block_influence(model: nn.Module, adapter: ModelAdapter, batches: list[dict]
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     device = next(model.parameters()).device
     with _hooks(handles):
-        for batch in tqdm(batches, desc="block influence", disable=not progress, leave=False):
+        for batch in progress_bar(batches, desc="block influence", enabled=progress, leave=False):
             batch = to_device(batch, device)
             valid[0] = token_mask(batch)
             count[0] += int(valid[0].sum()) if valid[0] is not None else batch["input_ids"].numel()

@@ -21,7 +21,7 @@ from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective, chunked_loss
 from gisp.pruner import run_schedule
 from gisp.recovery import RecoveryResult
-from gisp.report import write_run_report
+from gisp.report import progress_line, write_run_report
 from gisp.runlock import locked
 from gisp.trajectory import Trajectory
 
@@ -80,11 +80,24 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
         MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate),
                      config.saliency or "first-order", config.gradient_checkpointing))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
-    report = (lambda t: write_run_report(t, out)) if out is not None and distributed.is_main() else None
+    writes_report = out is not None and distributed.is_main()
+    logged: set[int] = set()
+
+    def after_step(traj: Trajectory) -> None:  # the run report, and a line per step at --log-level info
+        if writes_report:
+            write_run_report(traj, out)
+        last = traj.steps[-1]
+        if last.step in logged:  # called again once the final level's loss is measured
+            return
+        logged.add(last.step)
+        before = traj.steps[-2].loss if len(traj.steps) > 1 else None  # measured by this step's scoring pass
+        logger.info("step %d: decoder sparsity %.4f (%d heads, %d channels removed), calibration loss before it %s; %s",
+                    last.step, last.sparsity, last.heads_removed, last.channels_removed,
+                    "-" if before is None else f"{before:.4f}", progress_line(traj))
     with chunked_loss(config.loss_chunk):
         return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                             loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
-                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective), on_step=report)
+                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective), on_step=after_step)
 
 
 def check_family(model_config, config: PruneConfig) -> None:
@@ -98,7 +111,7 @@ def check_family(model_config, config: PruneConfig) -> None:
     if not adapter.prunable_heads:
         if (config.scope or method.scope) == "depth":
             raise GispError(f"{adapter.heads_note}; {method.name} removes whole layers, so it cannot prune this family")
-        logger.warning("gisp: note: %s", adapter.heads_note)
+        logger.warning("note: %s", adapter.heads_note)
     check_exportable(model_config)
 
 

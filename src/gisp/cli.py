@@ -129,9 +129,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
         traj = gisp.prune(config, out=args.out)
     finally:
         distributed.close()
-    if distributed.is_main():  # under torchrun, one summary
-        print(info_text(traj))
-    print(f"\nrun saved to {args.out}; export a level with: gisp export {args.out} --sparsity X --out DIR")
+    if not distributed.is_main():
+        return
+    if not args.quiet:  # the summary (under torchrun: once, from rank 0)
+        print(info_text(traj) + "\n")
+    print(f"run saved to {args.out}; export a level with: gisp export {args.out} --sparsity X --out DIR")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -254,16 +256,30 @@ def _recover_fields():
     return make_dataclass("RecoverFlags", [(f.name, f.type, f) for f in fields(RecoverConfig) if f.name != "model"])
 
 
+def _output_flags() -> argparse.ArgumentParser:
+    """``--quiet`` and ``--log-level``, shared by every command."""
+    from gisp.runtime import LOG_LEVELS
+
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("output")
+    group.add_argument("--quiet", "-q", action="store_true",
+                       help="no progress bars, notes or warnings (errors only); stdout carries only the result")
+    group.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
+                       help="stderr messages at this level and above; info adds a line per pruning step (default: warning)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gisp", description="Global Iterative Structured Pruning of Hugging Face LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = _output_flags()
 
-    p = sub.add_parser("prune", help="run GISP and record the trajectory in a run directory")
+    p = sub.add_parser("prune", parents=[common], help="run GISP and record the trajectory in a run directory")
     _add_config_flags(p)
     p.add_argument("--out", required=True, help="run directory (resumes if it holds the same run)")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("plan", help="estimate a pruning run's memory from the model's config alone (no weights load)")
+    p = sub.add_parser("plan", parents=[common], help="estimate a pruning run's memory from the model's config alone (no weights load)")
     p.add_argument("--model", required=True, help=_HELP["model"])
     p.add_argument("--samples", type=int, default=64, help="calibration sequences (default: 64)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
@@ -277,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("export", help="write one level of a run as a smaller checkpoint")
+    p = sub.add_parser("export", parents=[common], help="write one level of a run as a smaller checkpoint")
     p.add_argument("run_dir")
     p.add_argument("--sparsity", type=float, required=True, help="decoder parameter sparsity of the level")
     p.add_argument("--out", required=True, help="new or empty directory (hf), new file (gguf)")
@@ -287,12 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an earlier export at --out (atomically; nothing else)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("recover", help="fine-tune an export (LoRA or distillation) into an export of the same shapes")
+    p = sub.add_parser("recover", parents=[common], help="fine-tune an export (LoRA or distillation) into an export of the same shapes")
     p.add_argument("model", help=_RECOVER_HELP["model"])
     _add_dataclass_flags(p, _recover_fields(), _RECOVER_HELP)
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("eval", help="evaluate a model, an export, or several levels of a run")
+    p = sub.add_parser("eval", parents=[common], help="evaluate a model, an export, or several levels of a run")
     p.add_argument("model", metavar="MODEL_OR_DIR", help="model spec, export directory, or run directory (with --levels)")
     p.add_argument("--task", default="ppl", help="ppl, answer_ppl, mc, gsm8k or speed (default: ppl)")
     p.add_argument("--data", help="ppl: text:PATH, gsm8k, wikitext2; answer_ppl: gsm8k, jsonl:PATH; "
@@ -317,20 +333,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (one object per model)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("info", help="summarise a run directory")
+    p = sub.add_parser("info", parents=[common], help="summarise a run directory")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print run.json")
     p.add_argument("--report", metavar="DIR", help="write report.md and its plots into DIR (prune rewrites RUN_DIR's "
                                                    "after every step)")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("lm-eval-tasks", help="write lm-evaluation-harness task YAMLs for local PIQA / GSM8K files")
+    p = sub.add_parser("lm-eval-tasks", parents=[common], help="write lm-evaluation-harness task YAMLs for local PIQA / GSM8K files")
     p.add_argument("out_dir")
     p.add_argument("--piqa", help="PIQA JSONL (labels read from the sibling *-labels.lst)")
     p.add_argument("--gsm8k", help="GSM8K JSONL (question/answer)")
     p.set_defaults(func=cmd_lm_eval_tasks)
 
-    p = sub.add_parser("convert", help="save any loadable model (e.g. a GGUF file or alias) as safetensors + config, "
+    p = sub.add_parser("convert", parents=[common], help="save any loadable model (e.g. a GGUF file or alias) as safetensors + config, "
                                         "or as GGUF for llama.cpp")
     p.add_argument("model")
     p.add_argument("--out", required=True)
@@ -339,16 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("demo", help="prune SmolLM2-135M on GSM8K and compare three nested exports")
+    p = sub.add_parser("demo", parents=[common], help="prune SmolLM2-135M on GSM8K and compare three nested exports")
     p.add_argument("--out", default="runs/demo", help="demo directory (resumes)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gisp.runtime import return_freed_memory
+    from gisp.runtime import configure_output, return_freed_memory
 
     args = build_parser().parse_args(argv)
+    configure_output(args.log_level, args.quiet)
     return_freed_memory()  # resident memory follows live memory in long gradient passes
     try:
         args.func(args)

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gisp import distributed, saliency
 from gisp.adapters.base import ModelAdapter, parameter_rows
 from gisp.compensation import InputMeans
 from gisp.objectives import Objective, lm_loss
+from gisp.runtime import progress_bar
 from gisp.structures import LayerShape, Masks
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class TaylorImportance:
         grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         loss_sum = 0.0
         mine = distributed.shard(self.batches)  # every batch when alone; else every N-th, summed below
-        for batch in tqdm(mine, desc=self.description, disable=not self.progress, leave=False):
+        for batch in progress_bar(mine, desc=self.description, enabled=self.progress, leave=False):
             share = batch_size(batch) / total
             batch = to_device(batch, device)
             if comp is not None:

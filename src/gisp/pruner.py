@@ -8,13 +8,13 @@ methods in :mod:`gisp.methods`, the schedule in :mod:`gisp.schedule`, the record
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
 from torch import nn
-from tqdm.auto import tqdm
 
 from gisp import balance, distributed
 from gisp.adapters import adapter_for
@@ -23,6 +23,7 @@ from gisp.config import PruneConfig
 from gisp.errors import GispError
 from gisp.importance import Importance, StepContext
 from gisp.masking import apply_masks
+from gisp.runtime import progress_bar
 from gisp.methods import method_for
 from gisp.methods.base import normalized, rank
 from gisp.schedule import target_sparsity
@@ -38,6 +39,8 @@ from gisp.structures import (
     protected_layers,
 )
 from gisp.trajectory import RUN_FILE, StepRecord, Trajectory
+
+logger = logging.getLogger(__name__)
 
 
 def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) -> Trajectory | None:
@@ -121,8 +124,10 @@ def run_schedule(
             previous = current
     apply_masks(model, adapter, masks)
     first = traj.completed_steps + 1
-    for step in tqdm(range(first, config.steps + 1), desc=f"{method.name} steps", initial=first - 1,
-                     total=config.steps, disable=not progress):
+    if first > 1 and first <= config.steps:
+        logger.warning("resuming %s from step %d of %d", run_dir, first, config.steps)
+    for step in progress_bar(range(first, config.steps + 1), desc=f"{method.name} steps", initial=first - 1,
+                             total=config.steps, enabled=progress):
         start = time.perf_counter()
         target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
         context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)

@@ -19,12 +19,12 @@ command again resumes from the last checkpoint and gives the same result as an u
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 
 import json
 import math
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from gisp import models
 from gisp.config import RecoverConfig
@@ -41,6 +40,9 @@ from gisp.errors import GispError
 from gisp.export import atomic_dir, check_out_dir
 from gisp.importance import batch_size, to_device, token_mask
 from gisp.objectives import OBJECTIVES
+from gisp.runtime import progress_bar
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = "state.json"
 RECOVERY_INFO = "gisp_recovery.json"
@@ -237,9 +239,8 @@ def recover(config: RecoverConfig, *, progress: bool = True) -> RecoveryResult:
     step, stats = 0, {"tokens": 0, "seconds": 0.0, "losses": []}
     if (ckpt / CHECKPOINT).is_file():
         step, stats = _load_checkpoint(ckpt, student, optimizer, config)
-        if progress:
-            tqdm.write(f"gisp: resuming recovery from step {step} of {total} ({ckpt})", file=sys.stderr)
-    bar = tqdm(total=total, initial=step, desc=f"recover ({config.method})", disable=not progress, unit="step")
+        logger.warning("resuming recovery from step %d of %d (%s)", step, total, ckpt)
+    bar = progress_bar(total=total, initial=step, desc=f"recover ({config.method})", enabled=progress, unit="step")
     while step < total:
         start = time.perf_counter()
         for group in optimizer.param_groups:

@@ -1,5 +1,10 @@
-"""Process-level settings for long gradient passes.
+"""Process-level settings: memory for long gradient passes, and what a command prints.
 
+Output. Progress bars (tqdm, with ETA) go to stderr through :func:`progress_bar`; notes and
+per-step lines go through the ``gisp`` logger. :func:`configure_output` (the CLI's ``--quiet`` and
+``--log-level``) sets both, and transformers' own logging and bars, in one place.
+
+Memory.
 glibc's allocator keeps freed blocks in per-thread arenas (autograd's backward runs on its own
 thread) and raises its mmap threshold as large blocks are freed, so after a few micro-batches of
 different lengths a process holds about twice the memory it uses: measured on the demo's scoring,
@@ -12,6 +17,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterable
+
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -32,3 +43,59 @@ def return_freed_memory() -> bool:
     ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
     logger.debug("mallopt(M_MMAP_THRESHOLD, %d): %s", MMAP_THRESHOLD, ok)
     return ok
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_bars = {"enabled": True}
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """Writes each record above the progress bars (``tqdm.write``) instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise; report as logging does
+            self.handleError(record)
+
+
+def configure_output(log_level: str = "warning", quiet: bool = False) -> None:
+    """Send gisp's log records at ``log_level`` and above to stderr as ``gisp: MESSAGE`` lines, at
+    the same level for transformers and Python warnings; ``quiet`` means errors only and no progress
+    bars (gisp's, transformers' and the hub's), so stdout carries only each command's result."""
+    if log_level not in LOG_LEVELS:
+        raise ValueError(f"log level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    level = logging.ERROR if quiet else getattr(logging, log_level.upper())
+    handler = _BarSafeHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gisp: %(message)s"))
+    root = logging.getLogger("gisp")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    logging.captureWarnings(True)  # warnings.warn from torch / transformers obey the level too
+    py_warnings = logging.getLogger("py.warnings")
+    py_warnings.handlers[:] = [logging.StreamHandler(sys.stderr)]
+    py_warnings.setLevel(level)
+    py_warnings.propagate = False
+    if quiet:
+        warnings.simplefilter("ignore")
+    # transformers' info is its own chatter (every config it reads): it follows gisp's level from
+    # warning up, and at debug. It reads these when first imported; its loggers are set below in
+    # case it already is.
+    hf_level = level if level != logging.INFO else logging.WARNING
+    os.environ["TRANSFORMERS_VERBOSITY"] = logging.getLevelName(hf_level).lower()
+    _bars["enabled"] = not quiet
+    if quiet:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(hf_level)
+        if quiet:
+            hf_logging.disable_progress_bar()
+
+
+def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs) -> tqdm:
+    """A tqdm bar on stderr (rate and ETA when the length is known), off when ``enabled`` is False
+    (a caller's ``progress=False``) or output is quiet."""
+    return tqdm(iterable, disable=not (enabled and _bars["enabled"]), **kwargs)

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gisp.data import pad_id, pad_sequences, scored_sequence
 from gisp.examples import AnswerExample, ChoiceExample
 from gisp.objectives import token_ce
+from gisp.runtime import progress_bar
 
 
 @dataclass
@@ -43,7 +43,7 @@ def continuation_logprobs(model: nn.Module, tokenizer, pairs: list[tuple[str, st
     device = next(model.parameters()).device
     pid = pad_id(tokenizer)
     out: list[tuple[float, int]] = []
-    for start in tqdm(range(0, len(pairs), batch_size), desc="scoring", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(pairs), batch_size), desc="scoring", enabled=progress, leave=False):
         encoded = [scored_sequence(tokenizer, c, x, max_len) for c, x in pairs[start:start + batch_size]]
         batch = pad_sequences([s for s, _ in encoded], [first for _, first in encoded], pid)
         batch = {k: v.to(device) for k, v in batch.items()}

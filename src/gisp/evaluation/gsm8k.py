@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from gisp.data import pad_id, read_jsonl
+from gisp.runtime import progress_bar
 
 EXEMPLARS = Path(__file__).resolve().parent.parent / "resources" / "gsm8k_train_exemplars.jsonl"
 _NUMBER = r"-?[\d,]*\.?\d+"
@@ -73,7 +73,7 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
     pad = pad_id(tokenizer)
     correct = 0
     try:
-        for start in tqdm(range(0, len(problems), batch_size), desc="gsm8k", disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(problems), batch_size), desc="gsm8k", enabled=progress, leave=False):
             chunk = problems[start:start + batch_size]
             prompts = [f"{prefix}Q: {p['question']}\nA:" for p in chunk]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gisp.data import consecutive_windows, joined_text, tokenize
+from gisp.runtime import progress_bar
 
 
 @dataclass
@@ -44,7 +44,7 @@ def perplexity(
         windows = windows[:limit_windows]
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64)
-    for batch in tqdm(windows.split(batch_size), desc=f"ppl@{seq_len}", disable=not progress, leave=False):
+    for batch in progress_bar(windows.split(batch_size), desc=f"ppl@{seq_len}", enabled=progress, leave=False):
         total += window_nll(model, batch.to(device)).cpu()
     tokens = windows.shape[0] * (seq_len - 1)
     nll = float(total) / tokens
