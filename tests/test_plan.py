@@ -17,7 +17,7 @@ def test_parts_follow_the_config():
     params = sum(p.numel() for p in tiny_model("llama-gqa").parameters())
     fisher = memory_plan(config, 2, 16)
     assert fisher.parameters == params and fisher.weights == 4 * params and fisher.gradients == 0
-    per_token_layer = 5 * 48 + 2 * (48 + 2 * 16) + 3 * 48 + 5 * 40
+    per_token_layer = 2 * 48 + 3 * 48 + 2 * 16 + 4 * 40  # norm inputs, q/attention/o input, k/v, gate/up/act/down input
     assert fisher.activations == 4 * per_token_layer * 32 * 4
     assert fisher.logits == 32 * 320 * 12
     first = memory_plan(config, 2, 16, saliency="first-order")
@@ -25,6 +25,46 @@ def test_parts_follow_the_config():
     assert first.gradients == projections * 8
     assert memory_plan(config, 4, 16).activations == 2 * fisher.activations
     assert memory_plan(config, 2, 16, dtype="bfloat16").weights == 2 * params
+
+
+def _saved_per_layer_token(name: str, batch: int = 2, seq: int = 16) -> float:
+    """Floats autograd saves per layer and token in a Fisher pass (weights frozen, the embeddings'
+    output a leaf that requires grad), parameters excluded: the 4-layer minus the 2-layer model."""
+    import torch
+
+    totals = []
+    for layers in (2, 4):
+        model = tiny_model(name, layers=layers).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        owned = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in owned:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        model.get_input_embeddings().register_forward_hook(lambda m, a, out: out.detach().requires_grad_())
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.model(input_ids=torch.randint(0, 320, (batch, seq)))
+        totals.append(sum(seen.values()))
+    return (totals[1] - totals[0]) / 2 / (batch * seq) / 4
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2"])
+def test_activation_count_matches_what_autograd_saves(name):
+    """The plan's per-token count is what stock layers save for backward (plus the Fisher hooks'
+    o/down inputs, q + f), within the few per-token scalars (norm rstd, attention logsumexp)."""
+    from gisp.adapters import adapter_for
+
+    config = tiny_config(name)
+    g = adapter_for(config).geometry()
+    q, kv = g.num_heads * g.head_dim, g.num_kv_heads * g.head_dim
+    planned = memory_plan(config, 1, 1).activations / (g.num_layers * 4)  # floats per layer and token
+    saved = _saved_per_layer_token(name) + q + g.intermediate_size  # + what the Fisher hooks keep
+    assert saved == pytest.approx(planned, rel=0.05)
 
 
 def test_recommendation_is_the_largest_batch_that_fits():

@@ -6,9 +6,15 @@ model of what one gradient pass of GISP scoring holds at its peak, per micro-bat
 - weights, in the run's dtype;
 - gradients: none for Fisher scores (activation gradients only); for first-order scores, a float32
   accumulator and an autograd gradient of every scored projection;
-- activations autograd saves per token and layer (norm inputs/outputs, q/k/v, attention output,
-  the MLP's gate/up/activation/product; the Fisher hooks keep each ``o_proj``/``down_proj`` input
-  until its backward), and the full-vocabulary logits with their float32 log-softmax and gradient;
+- activations kept per token and layer, counted from what stock attention and MLP code saves
+  for the backward pass (``torch.autograd.graph.saved_tensors_hooks`` on SmolLM2 and Qwen2.5
+  layers, transformers 5): the two norm inputs (2d), the rotated q, k and v and SDPA's output
+  (2q + 2kv), the MLP's gate, up and activation outputs (3f; 1f without a gate); the Fisher hooks
+  (or the o/down weight gradients of first-order scores) keep each ``o_proj`` and ``down_proj``
+  input (q + f). Projection inputs are not saved when their weights need no gradient, which is
+  why a Fisher pass keeps no norm outputs; first-order scores of all seven projections keep the
+  two norm outputs too (2d). Plus the full-vocabulary logits with their float32 log-softmax and
+  gradient;
 - Fisher moments (float64, per head and per channel) and a fixed runtime overhead.
 
 With gradient checkpointing only each layer's input is kept per token (plus one layer's
@@ -67,10 +73,10 @@ def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", s
     b = DTYPE_BYTES[dtype]
     d, f, hd = g.hidden_size, g.intermediate_size, g.head_dim
     q, kv = g.num_heads * hd, g.num_kv_heads * hd
-    per_token_layer = 5 * d + 2 * (q + 2 * kv) + 3 * q + (5 if g.gated_mlp else 3) * f  # values autograd keeps
+    fisher = saliency == "fisher"
+    per_token_layer = 2 * d + 3 * q + 2 * kv + (4 if g.gated_mlp else 2) * f + (0 if fisher else 2 * d)  # see above
     tokens = batch_size * seq_len
     vocab = int(config.vocab_size)
-    fisher = saliency == "fisher"
     moments = g.num_layers * (g.num_heads * (hd * hd + hd + 1) + 3 * f) * 8 if fisher else 0
     return MemoryPlan(
         parameters=params, batch_size=batch_size, seq_len=seq_len,
