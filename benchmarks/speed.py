@@ -118,14 +118,47 @@ def inference() -> dict:
             print(f"speed {target} {batch}x{seq_len}", flush=True)
             r = measure_in_subprocess(str(target), batch=batch, seq_len=seq_len, new_tokens=new, repeats=3, warmup=1)
             rows.append({"level": level, "batch": batch, "seq_len": seq_len, "new_tokens": new, "parameters": r.parameters,
-                         "prefill_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s,
-                         "peak_memory_mb": r.peak_memory_mb})
+                         "prefill_tokens_per_s": r.prefill_tokens_per_s, "forward_tokens_per_s": r.forward_tokens_per_s,
+                         "decode_tokens_per_s": r.decode_tokens_per_s, "peak_memory_mb": r.peak_memory_mb})
     for r in rows:
         dense = next(d for d in rows if d["level"] == 0 and d["batch"] == r["batch"])
         r["ideal_ratio"] = dense["parameters"] / r["parameters"]
-        r["prefill_ratio"] = r["prefill_tokens_per_s"] / dense["prefill_tokens_per_s"]
-        r["decode_ratio"] = r["decode_tokens_per_s"] / dense["decode_tokens_per_s"]
-    return {"run": str(RUN), "rows": rows}
+        for key in ("prefill", "forward", "decode"):
+            r[f"{key}_ratio"] = r[f"{key}_tokens_per_s"] / dense[f"{key}_tokens_per_s"]
+    profiles = [_profile("smollm2-135m" if level == 0 else WORK / f"export-{level:g}", level) for level in (0.0, 0.5)]
+    return {"run": str(RUN), "rows": rows, "profile": profiles}
+
+
+def _profile(target, level: float, batch: int = 8, seq_len: int = 256) -> dict:
+    """Where a prefill's time goes (torch.profiler, self CPU time by kind of op), in a child process."""
+    code = f"""
+import json, torch
+from torch.profiler import ProfilerActivity, profile
+from gisp import models
+model, _ = models.load({str(target)!r}, "float32")
+vocab = model.config.vocab_size
+ids = torch.randint(0, vocab, ({batch}, {seq_len}), generator=torch.Generator().manual_seed(0))
+kinds = {{}}
+with torch.no_grad():
+    for keep in (1, 0):
+        model(input_ids=ids, use_cache=False, logits_to_keep=keep)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            model(input_ids=ids, use_cache=False, logits_to_keep=keep)
+        out = {{}}
+        for e in prof.key_averages(group_by_input_shape=True):
+            name, shapes = e.key, str(e.input_shapes)
+            if name in ("aten::mm", "aten::addmm", "aten::bmm"):
+                kind = "lm_head matmul" if str(vocab) in shapes else "decoder matmuls"
+            elif "scaled_dot_product" in name or "flash_attention" in name:
+                kind = "attention (sdpa)"
+            else:
+                kind = "other ops (norms, rope, activations, copies)"
+            out[kind] = out.get(kind, 0.0) + e.self_cpu_time_total / 1e3
+        kinds["last-position logits" if keep else "all logits"] = {{k: round(v, 1) for k, v in sorted(out.items())}}
+print(json.dumps(kinds))
+"""
+    out, _, _ = _sh([sys.executable, "-c", code])
+    return {"level": level, "batch": batch, "seq_len": seq_len, "self_cpu_ms": json.loads(out.strip().splitlines()[-1])}
 
 
 PRUNE_ONE_STEP = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batch-size", "8", "--sparsity", "0.1",
@@ -175,11 +208,20 @@ def markdown(results: dict) -> str:
         lines += [f"| {r['pass']} | {r['tokens_per_s']:.0f} | {r['vs_plain']:.2f}x |" for r in t["rows"]]
     if "inference" in results:
         lines += ["\n## Inference of GISP exports (one run, LM objective)\n",
-                  "| level | batch x prompt | parameters | prefill tok/s | prefill ratio | decode tok/s | decode ratio | ideal | peak MB |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "prefill: a cache-less forward with the last position's logits (as `generate`); forward: every "
+                  "position's logits (as scoring and perplexity); decode: greedy tokens with the KV cache. "
+                  "Ideal: dense / export parameters (embeddings and lm_head included).\n",
+                  "| level | batch x prompt | parameters | prefill tok/s | prefill ratio | forward ratio | decode tok/s | "
+                  "decode ratio | ideal | peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['level']:.0%} | {r['batch']}x{r['seq_len']} | {r['parameters']:,} | {r['prefill_tokens_per_s']:.0f} | "
-                  f"{r['prefill_ratio']:.2f}x | {r['decode_tokens_per_s']:.1f} | {r['decode_ratio']:.2f}x | {r['ideal_ratio']:.2f}x | "
-                  f"{r['peak_memory_mb']:.0f} |" for r in results["inference"]["rows"]]
+                  f"{r['prefill_ratio']:.2f}x | {r.get('forward_ratio', float('nan')):.2f}x | {r['decode_tokens_per_s']:.1f} | "
+                  f"{r['decode_ratio']:.2f}x | {r['ideal_ratio']:.2f}x | {r['peak_memory_mb']:.0f} |"
+                  for r in results["inference"]["rows"]]
+        for prof in results["inference"].get("profile", []):
+            for logits, parts in prof["self_cpu_ms"].items():
+                total = sum(parts.values())
+                lines.append(f"\nprofile, {prof['level']:.0%} at {prof['batch']}x{prof['seq_len']} ({logits}): {total:.0f} ms; "
+                             + ", ".join(f"{k} {v:.0f} ms ({v / total:.0%})" for k, v in parts.items()))
     if "memory" in results:
         lines += [f"\n## Pruning peak memory vs `gisp plan` ({results['memory']['settings']})\n",
                   "| model | measured peak MB | planned MB | planned / measured |", "|---|---|---|---|"]

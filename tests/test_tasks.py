@@ -38,6 +38,7 @@ def test_gsm8k_generation_runs_on_a_tiny_model():
 def test_speed_measures_positive_throughput():
     result = measure(tiny_model("qwen2"), "tiny", batch=2, seq_len=16, new_tokens=4, repeats=2, warmup=1)
     assert result.prefill_tokens_per_s > 0 and result.decode_tokens_per_s > 0 and result.peak_memory_mb > 0
+    assert result.forward_tokens_per_s > 0
     assert (result.batch, result.seq_len, result.new_tokens) == (2, 16, 4)
 
 

@@ -4,7 +4,9 @@ Each model is measured in its own child process (``python -m gisp.evaluation.spe
 peak memory (resident set on CPU, ``torch.cuda.max_memory_allocated`` on GPU) is its own. Timings:
 warm-up runs, then the median of several repeats.
 
-- prefill: one forward over ``batch x seq_len`` random tokens, no cache -> tokens/s;
+- prefill: one forward over ``batch x seq_len`` random tokens, no cache, logits of the last
+  position only (as ``generate`` prefills) -> tokens/s;
+- forward: the same with logits of every position (as scoring or perplexity runs) -> tokens/s;
 - decode: after a prefill of the same prompt, ``new_tokens`` greedy single-token steps with the KV
   cache -> generated tokens/s (the prefill is not timed).
 """
@@ -38,6 +40,7 @@ class SpeedResult:
     peak_memory_mb: float
     device: str
     threads: int
+    forward_tokens_per_s: float | None = None  # every position's logits (scoring, perplexity)
 
 
 def _sync(device: torch.device) -> None:
@@ -46,10 +49,12 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def _prefill(model: nn.Module, ids: torch.Tensor) -> float:
+def _prefill(model: nn.Module, ids: torch.Tensor, all_logits: bool = False) -> float:
+    """Seconds of one cache-less forward: logits of the last position (``generate``'s prefill),
+    or of every position with ``all_logits``."""
     _sync(ids.device)
     start = time.perf_counter()
-    model(input_ids=ids, use_cache=False)
+    model(input_ids=ids, use_cache=False, logits_to_keep=0 if all_logits else 1)
     _sync(ids.device)
     return time.perf_counter() - start
 
@@ -74,8 +79,10 @@ def measure(model: nn.Module, name: str, *, batch: int, seq_len: int, new_tokens
     ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     for _ in range(warmup):
         _prefill(model, ids)
+        _prefill(model, ids, all_logits=True)
         _decode(model, ids, min(new_tokens, 4))
     prefill = statistics.median(_prefill(model, ids) for _ in range(repeats))
+    forward = statistics.median(_prefill(model, ids, all_logits=True) for _ in range(repeats))
     decode = statistics.median(_decode(model, ids, new_tokens) for _ in range(repeats))
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -84,7 +91,7 @@ def measure(model: nn.Module, name: str, *, batch: int, seq_len: int, new_tokens
     return SpeedResult(
         model=name, parameters=sum(p.numel() for p in model.parameters()), batch=batch, seq_len=seq_len,
         new_tokens=new_tokens, prefill_tokens_per_s=batch * seq_len / prefill,
-        decode_tokens_per_s=batch * new_tokens / decode, peak_memory_mb=peak, device=str(device),
+        decode_tokens_per_s=batch * new_tokens / decode, forward_tokens_per_s=batch * seq_len / forward, peak_memory_mb=peak, device=str(device),
         threads=torch.get_num_threads(),
     )
 
