@@ -76,7 +76,7 @@ class LayerStats:
 
 def _tokens(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Real tokens of ``x`` [B, T, n] -> [N, n] (padding dropped)."""
-    return x.reshape(-1, x.shape[-1]) if valid is None else x[valid]
+    return x.flatten(0, -2) if valid is None else x[valid]  # flatten, not reshape(-1, n): n may be 0 (an emptied MLP)
 
 
 @contextmanager

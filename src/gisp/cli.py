@@ -38,6 +38,8 @@ _HELP = {
                               "(less memory, ~1 more forward; same scores)",
     "loss_chunk": "take next-token cross-entropy this many positions at a time, recomputing their logits in the "
                   "backward pass (0: all at once); saves the [batch, seq, vocab] logits",
+    "compact_every": "score a copy of the model with the removed heads and channels sliced out, rebuilt every K "
+                     "steps (0: never); later steps run faster, same trajectory, memory for the copy",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
 }
 

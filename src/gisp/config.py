@@ -36,7 +36,9 @@ class PruneConfig:
     gradient) or ``fisher`` (per-token squared first-order effects, summed).
     ``gradient_checkpointing`` and ``loss_chunk`` (positions of next-token cross-entropy taken at a
     time, 0 = all) trade time for memory in gradient passes without changing what is computed;
-    they are the only settings a run may resume with changed.
+    ``compact_every`` (K > 0) scores a copy of the model with the removed structures sliced out,
+    rebuilt every K steps (:mod:`gisp.compaction`), trading a copy's memory for time. These
+    three are the only settings a run may resume with changed.
     """
 
     model: str
@@ -64,9 +66,10 @@ class PruneConfig:
     round_to: int = 1
     gradient_checkpointing: bool = False
     loss_chunk: int = 0
+    compact_every: int = 0
 
     # How the work is done, not what it computes: a run may resume with other values.
-    EXECUTION = ("gradient_checkpointing", "loss_chunk")
+    EXECUTION = ("gradient_checkpointing", "loss_chunk", "compact_every")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +118,11 @@ class PruneConfig:
         for name in ("steps", "samples", "seq_len", "batch_size", "round_to"):
             if getattr(self, name) < 1:
                 raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.compact_every < 0:
+            raise GispError(f"compact-every must be >= 0 (0: never), got {self.compact_every}")
+        if self.compact_every and not (method.uses_gradients and self.taylor_weights == "output" and method.head_unit == "head"):
+            raise GispError(f"--compact-every applies to gradient scoring of o/down columns per head (gisp with its "
+                            f"default --taylor-weights output), not {self.method} with --taylor-weights {self.taylor_weights}")
         if self.loss_chunk < 0:
             raise GispError(f"loss-chunk must be >= 0 (0: the whole sequence at once), got {self.loss_chunk}")
         if self.max_tokens is not None and self.max_tokens < self.seq_len and self.objective == "lm":

@@ -117,6 +117,7 @@ class SlicedModel:
     sizes: list[LayerSizes]
     kept_layers: list[int]
     added_biases: list[str]
+    head_sources: list[tuple[int | None, ...]]  # per kept layer: the dense query head of each head (None: padding)
 
 
 def _compensated_biases(mods, masks: Masks, layer: int, means: InputMeans, hd: int) -> dict[str, torch.Tensor]:
@@ -133,16 +134,20 @@ def _compensated_biases(mods, masks: Masks, layer: int, means: InputMeans, hd: i
 
 
 @torch.no_grad()
-def sliced_state_dict(model: nn.Module, adapter: ModelAdapter, masks: Masks, means: InputMeans | None = None) -> SlicedModel:
+def sliced_state_dict(model: nn.Module, adapter: ModelAdapter, masks: Masks, means: InputMeans | None = None,
+                      added_biases: list[str] | tuple = ()) -> SlicedModel:
     """The base state dict with every projection cut to ``masks`` (plus compensation biases from
-    the dense weights when ``means`` is given), empty layers dropped and the rest renumbered."""
+    the dense weights when ``means`` is given), empty layers dropped and the rest renumbered.
+    ``added_biases``: modules of ``model`` whose bias the stock class lacks (a working model that
+    compensation already gave biases)."""
     names = {id(m): n for n, m in model.named_modules()}
-    shape = layer_shape(model, adapter, compensate=means is not None)
+    shape = layer_shape(model, adapter, compensate=means is not None or bool(added_biases))
     hd = shape.geometry.head_dim
     state = dict(model.state_dict())
-    sizes, added = [], []
+    sizes, added, sources = [], list(added_biases), []
     for layer, mods in enumerate(adapter.all_layer_modules(model)):
         plan = attention_plan(masks.heads[layer], shape)
+        sources.append(plan.q_sources)
         sliced = _sliced_attention(mods, plan, hd) | _sliced_mlp(mods, masks.channels[layer])
         if means is not None:
             sliced |= _compensated_biases(mods, masks, layer, means, hd)
@@ -153,7 +158,7 @@ def sliced_state_dict(model: nn.Module, adapter: ModelAdapter, masks: Masks, mea
     rename = _renumber([names[id(layer)] for layer in adapter.layers(model)], kept)
     state = {new: state[old] for old, new in _renamed_keys(state, rename)}
     added = [new for old, new in _renamed_keys(dict.fromkeys(added), rename)]
-    return SlicedModel(state, [sizes[i] for i in kept], kept, added)
+    return SlicedModel(state, [sizes[i] for i in kept], kept, added, [sources[i] for i in kept])
 
 
 def _write(state: dict, sliced: dict[str, torch.Tensor], mods, names: dict, adapter: ModelAdapter,
@@ -232,16 +237,25 @@ def export_config(base_config, adapter: ModelAdapter, sliced: SlicedModel, class
     return config, True
 
 
-def build_pruned_model(model: nn.Module, masks: Masks, means: InputMeans | None = None) -> tuple[nn.Module, bool]:
+def build_pruned_model(model: nn.Module, masks: Masks, means: InputMeans | None = None,
+                       added_biases: list[str] | tuple = ()) -> tuple[nn.Module, bool]:
     """A new, physically smaller model equal to ``model`` under ``masks`` (and compensation
-    ``means``); and whether it needs remote code."""
+    ``means``; ``added_biases`` as for :func:`sliced_state_dict`); and whether it needs remote code."""
+    pruned, remote, _ = build_sliced_model(model, masks, means, added_biases)
+    return pruned, remote
+
+
+def build_sliced_model(model: nn.Module, masks: Masks, means: InputMeans | None = None,
+                       added_biases: list[str] | tuple = ()) -> tuple[nn.Module, bool, SlicedModel]:
+    """:func:`build_pruned_model`, also returning the :class:`SlicedModel` (which dense layers and
+    heads each part came from)."""
     adapter = adapter_for(model.config)
-    sliced = sliced_state_dict(model, adapter, masks, means)
+    sliced = sliced_state_dict(model, adapter, masks, means, added_biases)
     config, remote = export_config(model.config, adapter, sliced, adapter.export_classes(model))
     dtype = next(model.parameters()).dtype
     pruned = _instantiate(config, remote, type(model), dtype)
     pruned.load_state_dict(sliced.state, strict=True)
-    return pruned.eval(), remote
+    return pruned.eval(), remote, sliced
 
 
 def _instantiate(config, remote: bool, stock: type, dtype: torch.dtype) -> nn.Module:

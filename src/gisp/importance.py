@@ -65,6 +65,24 @@ class Scores:
     input_means: InputMeans | None = None
 
 
+@dataclass
+class LayerScores:
+    """Per-layer scores, each layer's own length: what an importance computes before stacking,
+    and what a physically smaller (compacted) model gives, whose layers differ in size."""
+
+    heads: list[torch.Tensor]  # [H_l] per layer
+    channels: list[torch.Tensor]  # [F_l] per layer
+    loss: float | None = None
+    attention_means: list[torch.Tensor] | None = None  # [H_l*hd] per layer
+    mlp_means: list[torch.Tensor] | None = None  # [F_l] per layer
+
+    def stacked(self) -> Scores:
+        """The [L, H] / [L, F] :class:`Scores` of a model whose layers are all the same size."""
+        means = None if self.attention_means is None else InputMeans(torch.stack(self.attention_means),
+                                                                     torch.stack(self.mlp_means))
+        return Scores(torch.stack(self.heads), torch.stack(self.channels), self.loss, input_means=means)
+
+
 class Importance(Protocol):
     def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext) -> Scores: ...
 
@@ -152,6 +170,10 @@ class TaylorImportance:
         return grads, distributed.sum_float(loss_sum)
 
     def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext | None = None) -> Scores:
+        return self.layer_scores(model, adapter).stacked()
+
+    def layer_scores(self, model: nn.Module, adapter: ModelAdapter) -> LayerScores:
+        """The scores of every layer of ``model``, which may differ in size (a compacted model)."""
         # activations builds on this module, so it is imported here
         from gisp.activations import compensation_hooks
 
@@ -177,7 +199,7 @@ class TaylorImportance:
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
-        means = comp.means() if self.compensate else None
+        means = ([st.attention.mean for st in comp.inputs], [st.mlp.mean for st in comp.inputs]) if self.compensate else None
         if fisher:
             return self._fisher(comp, means, geo, loss)
         heads, channels = [], []
@@ -190,25 +212,25 @@ class TaylorImportance:
                 if comp is None:
                     sal = {r: saliency.weight_saliency(weights[n * i + j], grads[n * i + j]) for j, r in enumerate(roles)}
                 else:  # o / down columns scored as removals that keep their mean (roles are o, down)
-                    sal = {"o": saliency.compensated_saliency(weights[n * i], grads[n * i], comp.o_grad[i], means.attention[i]),
+                    sal = {"o": saliency.compensated_saliency(weights[n * i], grads[n * i], comp.o_grad[i], means[0][i]),
                            "down": saliency.compensated_saliency(weights[n * i + 1], grads[n * i + 1], comp.down_grad[i],
-                                                                 means.mlp[i])}
+                                                                 means[1][i])}
                 heads.append(self._heads(sal, geo))
                 channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
                                 else saliency.channel_scores(sal.get("gate"), sal["up"], sal["down"]))
-        return Scores(torch.stack(heads), torch.stack(channels), loss, input_means=means)
+        return LayerScores(heads, channels, loss, *(means or (None, None)))
 
-    def _fisher(self, comp: CompensationStats, means: InputMeans | None, geo, loss: float) -> Scores:
+    def _fisher(self, comp: CompensationStats, means: tuple[list, list] | None, geo, loss: float) -> LayerScores:
         """Fisher scores of every head and channel from the hooks' moments (zero-mean removal
         when not compensating)."""
         heads, channels = [], []
         for i in range(len(comp.o_moments)):
-            head = saliency.fisher_scores(*comp.o_moments[i], None if means is None else means.attention[i])
+            head = saliency.fisher_scores(*comp.o_moments[i], None if means is None else means[0][i])
             if self.aggregate == "kv-group":  # [H] -> [KV] -> [H]: each head carries its group's sum
                 head = head.reshape(geo.num_kv_heads, geo.group_size).sum(1).repeat_interleave(geo.group_size)
             heads.append(head)
-            channels.append(saliency.fisher_scores(*comp.down_moments[i], None if means is None else means.mlp[i]))
-        return Scores(torch.stack(heads), torch.stack(channels), loss, input_means=means)
+            channels.append(saliency.fisher_scores(*comp.down_moments[i], None if means is None else means[1][i]))
+        return LayerScores(heads, channels, loss, *(means or (None, None)))
 
     def _heads(self, sal: dict[str, torch.Tensor], geo) -> torch.Tensor:
         if self.weights == "output":

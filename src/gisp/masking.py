@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from gisp.adapters.base import ModelAdapter, Projection
+from gisp.adapters.base import LayerModules, ModelAdapter, Projection
 from gisp.compensation import InputMeans
 from gisp.structures import Masks
 
@@ -34,13 +34,18 @@ def apply_masks(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> None:
     """Zero every removed structure's weights in place (idempotent)."""
     hd = adapter.geometry().head_dim
     for layer, mods in enumerate(adapter.all_layer_modules(model)):
-        head_rows = (~masks.heads[layer]).repeat_interleave(hd)  # [H] -> [H*hd]
-        _zero_rows(mods.q, head_rows)
-        mods.o.weight[:, head_rows] = 0
-        dead = ~masks.channels[layer]
-        _zero_rows(mods.gate, dead)
-        _zero_rows(mods.up, dead)
-        mods.down.weight[:, dead] = 0
+        zero_structures(mods, (~masks.heads[layer]).repeat_interleave(hd), ~masks.channels[layer])  # [H] -> [H*hd]
+
+
+@torch.no_grad()
+def zero_structures(mods: LayerModules, head_rows: torch.Tensor, channels: torch.Tensor) -> None:
+    """Zero one layer's removed query rows / ``o`` columns (``head_rows``, [H*hd] bool) and MLP
+    channels (``channels``, [F] bool), whatever the layer's size."""
+    _zero_rows(mods.q, head_rows)
+    mods.o.weight[:, head_rows] = 0
+    _zero_rows(mods.gate, channels)
+    _zero_rows(mods.up, channels)
+    mods.down.weight[:, channels] = 0
 
 
 def _replace(keep: torch.Tensor, fill: torch.Tensor | None):

@@ -18,6 +18,7 @@ from torch import nn
 
 from gisp import balance, distributed
 from gisp.adapters import adapter_for
+from gisp.compaction import CompactedImportance
 from gisp.compensation import compensate
 from gisp.config import PruneConfig
 from gisp.errors import GispError
@@ -95,6 +96,8 @@ def run_schedule(
     search_loss = search_loss or loss
     if config.normalize == "search" and search_loss is None:
         raise GispError("--normalize search needs a calibration loss to compare candidates")
+    if config.compact_every:  # the gradient pass runs on a sliced copy; everything else stays here
+        importance = CompactedImportance(importance, config.compact_every)
     adapter = adapter_for(model.config)
     shape = layer_shape(model, adapter, compensate=bool(config.compensate))
     geo = shape.geometry

@@ -1,0 +1,139 @@
+"""Progressive compaction: score a physically smaller copy of the working model.
+
+After some steps most of a model's heads and channels may be gone, yet the masked model still
+multiplies by their zeroed rows and columns. ``--compact-every K`` rebuilds, every K steps, a
+copy of the working model with the removed structures sliced out (the export's slicing,
+:func:`gisp.export.build_sliced_model`, compensation biases included), runs the gradient pass on
+that copy, and maps its scores back to the dense model's head and channel indices. The masked
+model stays the source of truth for masks, compensation, balance search and the trajectory; only
+the expensive pass runs smaller.
+
+Scores of removed structures are zero on the masked path (a zero ``o``/``down`` column gets no
+gradient); expanded scores put zero there too, and the input means of removed features (which only
+ever multiply zero columns) are zero. So the ranking sees the same numbers, up to float rounding of
+matmuls of a different size: the trajectory is the masked path's (``tests/test_compaction.py``).
+
+Between rebuilds the copy is kept current: structures removed since it was built are zeroed in it
+and its ``o``/``down`` biases are copied from the working model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gisp.adapters import adapter_for
+from gisp.adapters.base import ModelAdapter
+from gisp.compensation import InputMeans
+from gisp.errors import GispError
+from gisp.export import build_sliced_model
+from gisp.importance import LayerScores, Scores, StepContext, TaylorImportance
+from gisp.masking import zero_structures
+from gisp.structures import Masks
+
+
+@dataclass
+class CompactModel:
+    """A sliced copy of a masked model and where each of its structures came from.
+
+    ``layers[i]``: the dense layer behind compact layer ``i`` (empty layers are dropped);
+    ``heads[i][j]``: the dense query head behind compact head ``j`` (``None``: a zero padding head
+    of a regular GQA layout); ``channels[i]``: the dense MLP channels behind compact channels.
+    """
+
+    model: nn.Module
+    adapter: ModelAdapter
+    layers: list[int]
+    heads: list[tuple[int | None, ...]]
+    channels: list[torch.Tensor]
+    masks: Masks  # the masks it was built (or last refreshed) for
+
+
+def added_bias_modules(model: nn.Module) -> list[str]:
+    """Linear modules that carry a bias the stock class does not have (compensation added it)."""
+    with torch.device("meta"):
+        reference = type(model)(model.config)
+    stock = set(reference.state_dict())
+    return [key.removesuffix(".bias") for key in model.state_dict() if key.endswith(".bias") and key not in stock]
+
+
+@torch.no_grad()
+def compact(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> CompactModel:
+    """A copy of ``model`` (already masked by ``masks``) without its removed structures."""
+    pruned, _, sliced = build_sliced_model(model, masks, added_biases=added_bias_modules(model))
+    pruned.requires_grad_(False)
+    channels = [masks.channels[i].nonzero()[:, 0] for i in sliced.kept_layers]
+    return CompactModel(pruned, adapter_for(pruned.config, pruned_ok=True), list(sliced.kept_layers),
+                        list(sliced.head_sources), channels, masks.clone())
+
+
+@torch.no_grad()
+def refresh(target: CompactModel, model: nn.Module, adapter: ModelAdapter, masks: Masks) -> None:
+    """Bring ``target`` to ``masks`` (a subset of the masks it holds): zero the structures removed
+    since, and copy the working model's ``o``/``down`` biases (which hold their compensation)."""
+    hd = adapter.geometry().head_dim
+    full = adapter.all_layer_modules(model)
+    for i, mods in enumerate(target.adapter.all_layer_modules(target.model)):
+        layer = target.layers[i]
+        gone = [j for j, h in enumerate(target.heads[i]) if h is not None and not bool(masks.heads[layer, h])]
+        head_rows = torch.zeros(len(target.heads[i]) * hd, dtype=torch.bool)
+        for j in gone:
+            head_rows[j * hd:(j + 1) * hd] = True
+        zero_structures(mods, head_rows, ~masks.channels[layer][target.channels[i]])
+        for role in ("o", "down"):
+            source, copy = getattr(full[layer], role), getattr(mods, role)
+            if source.bias is not None:
+                if copy.bias is None:
+                    copy.bias = nn.Parameter(torch.zeros_like(source.bias), requires_grad=False)
+                copy.bias.copy_(source.bias)
+    target.masks = masks.clone()
+
+
+def expand(scores: LayerScores, target: CompactModel, masks: Masks, head_dim: int) -> Scores:
+    """Scores of the compact model at the dense model's indices: removed structures score 0, and
+    the input means of removed features (which meet only zero columns) are 0."""
+    num_layers, num_heads = masks.heads.shape
+    heads = torch.zeros(num_layers, num_heads)
+    channels = torch.zeros(masks.channels.shape)
+    means = None
+    if scores.attention_means is not None:
+        means = InputMeans(torch.zeros(num_layers, num_heads * head_dim), torch.zeros(masks.channels.shape))
+    for i, layer in enumerate(target.layers):
+        for j, h in enumerate(target.heads[i]):
+            if h is None:  # a padding head of the compact layout: no dense head behind it
+                continue
+            heads[layer, h] = scores.heads[i][j]
+            if means is not None:
+                means.attention[layer, h * head_dim:(h + 1) * head_dim] = scores.attention_means[i][j * head_dim:(j + 1) * head_dim]
+        channels[layer, target.channels[i]] = scores.channels[i].float()
+        if means is not None:
+            means.mlp[layer, target.channels[i]] = scores.mlp_means[i].float()
+    return Scores(heads, channels, scores.loss, input_means=means)
+
+
+class CompactedImportance:
+    """An importance that scores a compacted copy of the model, rebuilt every ``every`` steps
+    (kept current in between), and returns scores at the dense model's indices."""
+
+    def __init__(self, inner, every: int) -> None:
+        if not (isinstance(inner, TaylorImportance) and inner.weights == "output" and inner.aggregate == "head"):
+            raise GispError("--compact-every applies to gradient scoring of o/down columns per head (gisp's default "
+                            "--taylor-weights output); this method scores the whole model another way")
+        self.inner, self.every = inner, every
+        self.current: CompactModel | None = None
+        self.built_at = 0
+
+    def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext) -> Scores:
+        if bool(context.masks.heads.all()) and bool(context.masks.channels.all()):  # nothing to slice out yet
+            return self.inner(model, adapter, context)
+        if self.current is None or context.step - self.built_at >= self.every:
+            self.current = None  # the old copy's memory goes before the new one is built
+            self.current = compact(model, adapter, context.masks)
+            self.built_at = context.step
+        elif not torch.equal(self.current.masks.heads, context.masks.heads) or \
+                not torch.equal(self.current.masks.channels, context.masks.channels):
+            refresh(self.current, model, adapter, context.masks)
+        scores = self.inner.layer_scores(self.current.model, self.current.adapter)
+        return expand(scores, self.current, context.masks, adapter.geometry().head_dim)
