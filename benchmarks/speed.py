@@ -12,6 +12,7 @@ Sections (each cached in runs/speed/<section>.json, so an interrupted run resume
 - ``memory``: peak resident memory of a one-step ``gisp prune`` of SmolLM2-135M and
   Qwen2.5-0.5B against ``gisp plan``'s figure for the same settings.
 - ``torchrun``: wall time of the same one-step prune in 1 process and in 2 (gloo) processes.
+- ``compaction``: a 5-step prune of SmolLM2-135M to 50% with and without ``--compact-every 1``.
 
 Writes benchmarks/results/speed-smollm2.json and speed-smollm2.md.
 """
@@ -191,11 +192,38 @@ def torchrun() -> dict:
         rows.append({"processes": nproc, "wall_seconds": seconds, "step_seconds": step})
     from safetensors.torch import load_file
     a, b = (load_file(WORK / f"torchrun-{n}" / "trajectory.safetensors") for n in (1, 2))
-    identical = all(bool((a[k].nan_to_num() == b[k].nan_to_num()).all()) for k in a if "order" in k or "step" in k)
+    identical = all(torch_equal(a[k], b[k]) for k in a if "order" in k or "step" in k)
     return {"settings": " ".join(PRUNE_ONE_STEP), "rows": rows, "removal_order_identical": identical}
 
 
-SECTIONS = {"throughput": throughput, "inference": inference, "memory": memory, "torchrun": torchrun}
+COMPACT_RUN = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batch-size", "8", "--sparsity", "0.5",
+               "--steps", "5"]
+
+
+def compaction() -> dict:
+    """A 5-step prune to 50% with the masked model and with --compact-every 1: wall time, each
+    step's time, and whether the removal order is the same."""
+    rows = []
+    for every in (0, 1):
+        out = WORK / f"compact-{every}"
+        shutil.rmtree(out, ignore_errors=True)
+        _, seconds, peak = _sh(["gisp", "prune", "--model", "smollm2-135m", *COMPACT_RUN, "--compact-every", every,
+                                "--out", out], peak=True)
+        steps = [s["seconds"] for s in json.loads((out / "run.json").read_text())["steps"][1:]]
+        rows.append({"compact_every": every, "wall_seconds": seconds, "step_seconds": steps, "peak_memory_mb": peak})
+    from safetensors.torch import load_file
+    a, b = (load_file(WORK / f"compact-{n}" / "trajectory.safetensors") for n in (0, 1))
+    identical = all(torch_equal(a[k], b[k]) for k in a if "order" in k or "step" in k)
+    return {"settings": " ".join(COMPACT_RUN), "rows": rows, "removal_order_identical": identical,
+            "saved": 1 - rows[1]["wall_seconds"] / rows[0]["wall_seconds"]}
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a.nan_to_num() == b.nan_to_num()).all())
+
+
+SECTIONS = {"throughput": throughput, "inference": inference, "memory": memory, "torchrun": torchrun,
+            "compaction": compaction}
 
 
 def markdown(results: dict) -> str:
@@ -232,6 +260,13 @@ def markdown(results: dict) -> str:
                   "| processes | wall s | step s |", "|---|---|---|"]
         lines += [f"| {r['processes']} | {r['wall_seconds']:.0f} | {r['step_seconds']:.0f} |" for r in results["torchrun"]["rows"]]
         lines.append(f"\nremoval order identical: {results['torchrun']['removal_order_identical']}")
+    if "compaction" in results:
+        c = results["compaction"]
+        lines += [f"\n## Progressive compaction (SmolLM2-135M, {c['settings']})\n",
+                  "| --compact-every | wall s | per step s | peak MB |", "|---|---|---|---|"]
+        lines += [f"| {r['compact_every']} | {r['wall_seconds']:.0f} | {', '.join(f'{x:.0f}' for x in r['step_seconds'])} | "
+                  f"{r['peak_memory_mb']:.0f} |" for r in c["rows"]]
+        lines.append(f"\nremoval order identical: {c['removal_order_identical']}; wall time saved: {c['saved']:.0%}")
     return "\n".join(lines) + "\n"
 
 
