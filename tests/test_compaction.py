@@ -69,6 +69,30 @@ def test_refresh_follows_later_removals_and_their_compensation():
     torch.testing.assert_close(small.model(_ids()).logits, model(_ids()).logits, rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
+def test_candidates_measured_on_the_copy_match_the_masked_view():
+    """--normalize search measures candidate masks on the copy: same logits as the masked model
+    under the same candidate, compensated."""
+    from gisp.compaction import compact_view
+    from gisp.masking import masked_view
+
+    model, adapter, masks = _masked("llama-gqa")
+    small = compact(model, adapter, masks)
+    candidate = masks.clone()
+    candidate.heads[1, 1] = False
+    candidate.channels[0, :10] = False
+    g = adapter.geometry()
+    gen = torch.Generator().manual_seed(3)
+    means = InputMeans(torch.randn(g.num_layers, g.num_heads * g.head_dim, generator=gen),
+                       torch.randn(g.num_layers, g.intermediate_size, generator=gen))
+    with masked_view(model, adapter, candidate, means) as full:
+        expected = full(_ids()).logits
+    with compact_view(small, candidate, means) as copy:
+        got = copy(_ids()).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not any(m._forward_pre_hooks for m in small.model.modules())  # hooks removed
+
+
 def test_compact_scores_land_at_the_dense_indices():
     """Scores of the copy, expanded, equal the masked model's (removed structures score 0 either
     way); so do the input means of kept features."""

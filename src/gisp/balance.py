@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -85,23 +86,29 @@ def select_at_rate(
     return select_under_budget(global_ranking(heads * rate, channels, masks, protected), masks, shape, removed, target_removed)
 
 
+View = Callable[[Masks, InputMeans | None], AbstractContextManager[nn.Module]]
+
+
 def choose(model: nn.Module, adapter: ModelAdapter, options: list[Candidate], loss: Callable[[nn.Module], float],
-           means: InputMeans | None = None) -> Candidate:
+           means: InputMeans | None = None, view: View | None = None) -> Candidate:
     """The candidate with the lowest calibration loss (ties: the rate nearest 1); every
     candidate's ``loss`` is filled in (bias-compensated with ``means``). A single candidate is
-    returned without a forward pass."""
+    returned without a forward pass. ``view(masks, means)`` gives the model to measure a
+    candidate on (default: ``model`` under :func:`gisp.masking.masked_view`; a compacted copy
+    under :mod:`gisp.compaction`)."""
     if len(options) == 1:
         return options[0]
+    view = view or (lambda masks, fill: masked_view(model, adapter, masks, fill))
     for option in options:
-        with masked_view(model, adapter, option.masks, means):
-            option.loss = loss(model)
+        with view(option.masks, means) as candidate:
+            option.loss = loss(candidate)
     return min(options, key=lambda o: (o.loss, abs(math.log2(preferred_rate(o.rates)))))
 
 
 def search_step(
     model: nn.Module, adapter: ModelAdapter, heads: torch.Tensor, channels: torch.Tensor, masks: Masks,
     protected: list[int], shape: LayerShape, removed: int, step_removed: float, final_removed: float,
-    loss: Callable[[nn.Module], float], means: InputMeans | None = None,
+    loss: Callable[[nn.Module], float], means: InputMeans | None = None, view: View | None = None,
 ) -> tuple[list[Structure], float, list[Candidate]]:
     """One step of ``--normalize search``: look-aheads to ``final_removed`` at every rate, the rate
     of the lowest calibration loss (compensated with ``means`` when the run compensates), and this
@@ -109,5 +116,5 @@ def search_step(
 
     ``masks`` is updated in place; returns the removals, the rate and every look-ahead."""
     options = candidates(heads, channels, masks, protected, shape, removed, final_removed)
-    rate = preferred_rate(choose(model, adapter, options, loss, means).rates)
+    rate = preferred_rate(choose(model, adapter, options, loss, means, view).rates)
     return select_at_rate(heads, channels, masks, protected, shape, removed, step_removed, rate), rate, options

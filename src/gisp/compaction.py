@@ -5,8 +5,8 @@ multiplies by their zeroed rows and columns. ``--compact-every K`` rebuilds, eve
 copy of the working model with the removed structures sliced out (the export's slicing,
 :func:`gisp.export.build_sliced_model`, compensation biases included), runs the gradient pass on
 that copy, and maps its scores back to the dense model's head and channel indices. The masked
-model stays the source of truth for masks, compensation, balance search and the trajectory; only
-the expensive pass runs smaller.
+model stays the source of truth for masks, compensation and the trajectory; the gradient pass and
+the candidate losses of ``--normalize search`` (:func:`compact_view`) run on the smaller copy.
 
 Scores of removed structures are zero on the masked path (a zero ``o``/``down`` column gets no
 gradient); expanded scores put zero there too, and the input means of removed features (which only
@@ -19,6 +19,8 @@ and its ``o``/``down`` biases are copied from the working model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +32,8 @@ from gisp.compensation import InputMeans
 from gisp.errors import GispError
 from gisp.export import build_sliced_model
 from gisp.importance import LayerScores, Scores, StepContext, TaylorImportance
-from gisp.masking import zero_structures
+from gisp.balance import View
+from gisp.masking import feature_mask_hooks, masked_view, zero_structures
 from gisp.structures import Masks
 
 
@@ -113,6 +116,29 @@ def expand(scores: LayerScores, target: CompactModel, masks: Masks, head_dim: in
     return Scores(heads, channels, scores.loss, input_means=means)
 
 
+@contextmanager
+def compact_view(target: CompactModel, masks: Masks, means: InputMeans | None = None) -> Iterator[nn.Module]:
+    """The compact model as if ``masks`` (a subset of the masks it holds) were applied, with
+    removed features fed their ``means`` (:func:`gisp.masking.masked_view` at compact indices);
+    hooks removed on exit."""
+    hd = target.adapter.geometry().head_dim
+    handles = []
+    for i, layer_module in enumerate(target.adapter.layers(target.model)):
+        layer, heads, channels = target.layers[i], target.heads[i], target.channels[i]
+        keep = torch.tensor([h is None or bool(masks.heads[layer, h]) for h in heads]).repeat_interleave(hd)  # [H_c*hd]
+        fills = (None, None)
+        if means is not None:  # a padding head's input meets a zero o column: its fill is 0
+            zero = torch.zeros(hd)
+            fills = (torch.cat([zero if h is None else means.attention[layer, h * hd:(h + 1) * hd] for h in heads]),
+                     means.mlp[layer, channels])
+        handles += feature_mask_hooks(target.adapter, layer_module, keep, masks.channels[layer, channels], *fills)
+    try:
+        yield target.model
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class CompactedImportance:
     """An importance that scores a compacted copy of the model, rebuilt every ``every`` steps
     (kept current in between), and returns scores at the dense model's indices."""
@@ -137,3 +163,14 @@ class CompactedImportance:
             refresh(self.current, model, adapter, context.masks)
         scores = self.inner.layer_scores(self.current.model, self.current.adapter)
         return expand(scores, self.current, context.masks, adapter.geometry().head_dim)
+
+    def view(self, model: nn.Module, adapter: ModelAdapter) -> View:
+        """Where this step's candidate masks are measured (:func:`gisp.balance.choose`): the
+        compact copy scored this step when there is one, else ``model`` under hooks."""
+        current = self.current
+
+        def measure(masks: Masks, means: InputMeans | None):
+            if current is None or not masks.is_subset_of(current.masks):
+                return masked_view(model, adapter, masks, means)
+            return compact_view(current, masks, means)
+        return measure

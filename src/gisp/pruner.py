@@ -143,9 +143,10 @@ def run_schedule(
         options = None
         if config.normalize == "search" and shape.head_pruning:  # no rate to search when heads stay
             heads, channels = normalized(scores, masks, geo, "search")
+            view = importance.view(model, adapter) if isinstance(importance, CompactedImportance) else None
             chosen, rate, options = balance.search_step(model, adapter, heads, channels, masks, protected, shape, removed,
                                                         target * dense_total, config.sparsity * dense_total, search_loss,
-                                                        scores.input_means if config.compensate else None)
+                                                        scores.input_means if config.compensate else None, view)
         else:
             ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
             chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
