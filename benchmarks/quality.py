@@ -498,7 +498,7 @@ def main() -> None:
             print(run.section, run.key, shlex.join(map(str, prune_command(plan, run, work / run.key))))
         return
     results = Results(plan) if args.report else execute(plan, set(args.sections.split(",")), work)
-    report(plan, results, work)
+    report(PLANS[args.model](), results, work)  # the whole plan's order, whatever --runs ran
     print(f"wrote {results.path} and {RESULTS / f'quality-{plan.name}.md'}")
 
 
