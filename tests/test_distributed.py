@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from gisp import distributed
+from gisp.config import PruneConfig
 from gisp.errors import GispError
 
 
@@ -21,14 +22,18 @@ def _prune(launcher: list[str], model, corpus_file, out, *extra: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method", ["gisp", "llm-pruner"])
-def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, corpus_file, tmp_path, method):
-    """Fisher + compensation (gisp) and weight gradients (llm-pruner) sharded over 2 gloo ranks:
-    the trajectory (orders, steps, input means) is bit-identical to the single-process run's."""
-    model = tiny_dir("llama-gqa")
+@pytest.mark.parametrize("method, family, extra", [("gisp", "llama-gqa", []), ("llm-pruner", "llama-gqa", []),
+                                                   ("gisp", "llama-gqa", ["--fsdp"]), ("gisp", "phi3", ["--fsdp"])],
+                         ids=["gisp", "llm-pruner", "gisp-fsdp", "gisp-fsdp-fused"])
+def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, corpus_file, tmp_path, method, family,
+                                                                    extra):
+    """Fisher + compensation (gisp) and weight gradients (llm-pruner) sharded over 2 gloo ranks,
+    and gisp with the parameters themselves split over them (FSDP2; fused projections too): the
+    trajectory (orders, steps, input means) is bit-identical to the single-process run's."""
+    model = tiny_dir(family)
     _prune([sys.executable], model, corpus_file, tmp_path / "one", "--method", method)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    _prune(torchrun, model, corpus_file, tmp_path / "two", "--method", method)
+    _prune(torchrun, model, corpus_file, tmp_path / "two", "--method", method, *extra)
     one, two = load_file(tmp_path / "one" / "trajectory.safetensors"), load_file(tmp_path / "two" / "trajectory.safetensors")
     assert one.keys() == two.keys() and "head_order" in one
     for key in one:
@@ -54,3 +59,18 @@ def test_fewer_batches_than_ranks_is_refused(monkeypatch):
     assert distributed.shard(list(range(10))) == [1, 5, 9]
     with pytest.raises(GispError, match="3 calibration batches cannot be shared by 4 processes"):
         distributed.shard([0, 1, 2])
+
+
+def test_fsdp_settings_that_cannot_shard_are_refused():
+    with pytest.raises(GispError, match="--fsdp shards the model for Fisher scoring"):
+        PruneConfig(model="m", data="text:x", fsdp=True, saliency="first-order")
+    with pytest.raises(GispError, match="--fsdp shards the model for Fisher scoring"):
+        PruneConfig(model="m", data="text:x", fsdp=True, method="llm-pruner")
+    with pytest.raises(GispError, match="--fsdp and --compact-every cannot be combined"):
+        PruneConfig(model="m", data="text:x", fsdp=True, compact_every=1)
+
+
+def test_local_rows_of_an_unsharded_tensor_are_the_whole_tensor():
+    t = torch.arange(6.0).reshape(3, 2)
+    rows, first = distributed.local_rows(t)
+    assert rows is t and first == 0

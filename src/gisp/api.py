@@ -11,6 +11,7 @@ from torch import nn
 from gisp import distributed, models
 from gisp.adapters import adapter_for
 from gisp.calibration import build_batches, read_source
+from gisp.compensation import give_output_biases
 from gisp.config import PruneConfig, RecoverConfig
 from gisp.errors import GispError
 from gisp.export import ExportInfo
@@ -23,6 +24,7 @@ from gisp.pruner import run_schedule
 from gisp.recovery import RecoveryResult
 from gisp.report import progress_line, write_run_report
 from gisp.runlock import locked
+from gisp.structures import layer_shape
 from gisp.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,9 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
         MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate),
                      config.saliency or "first-order", config.gradient_checkpointing))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
+    shape = layer_shape(model, adapter_for(model.config), compensate=bool(config.compensate))  # before any sharding
+    if config.fsdp:
+        _shard(model, config)
     writes_report = out is not None and distributed.is_main()
     logged: set[int] = set()
 
@@ -97,7 +102,19 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
     with chunked_loss(config.loss_chunk):
         return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                             loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
-                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective), on_step=after_step)
+                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective), on_step=after_step, shape=shape)
+
+
+def _shard(model: nn.Module, config: PruneConfig) -> None:
+    """``--fsdp``: every parameter split over the ranks (after the fingerprint, which reads whole
+    weights). Compensation's output biases are made first: none can be added to a sharded model."""
+    if distributed.world_size() == 1:
+        logger.warning("--fsdp shards over the processes of torchrun / accelerate; alone, the model stays whole")
+        return
+    adapter = adapter_for(model.config)
+    if config.compensate:
+        give_output_biases(model, adapter)
+    distributed.shard_parameters(model, adapter.layers(model))
 
 
 def check_family(model_config, config: PruneConfig) -> None:

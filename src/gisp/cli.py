@@ -40,6 +40,8 @@ _HELP = {
                   "backward pass (0: all at once); saves the [batch, seq, vocab] logits",
     "compact_every": "score a copy of the model with the removed heads and channels sliced out, rebuilt every K "
                      "steps (0: never); later steps run faster, same trajectory, memory for the copy",
+    "fsdp": "under torchrun: shard every parameter over the processes (FSDP2), each holding 1/N of the model; "
+            "Fisher scoring only",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
 }
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gisp.adapters.base import ModelAdapter
+from gisp.distributed import local_rows
 from gisp.structures import Masks
 
 
@@ -52,11 +53,23 @@ def removed_features(before: Masks, after: Masks, head_dim: int) -> tuple[torch.
     return heads, before.channels & ~after.channels
 
 
-def _add_bias(linear: nn.Linear, bias: torch.Tensor) -> None:
+@torch.no_grad()
+def _add_bias(linear: nn.Linear, bias: torch.Tensor, offset: int = 0) -> None:
+    """Add ``bias`` to ``linear``'s bias rows from ``offset`` (this rank's rows under FSDP)."""
     if linear.bias is None:
         linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device),
                                    requires_grad=linear.weight.requires_grad)
-    linear.bias.data += bias.to(linear.bias.device)
+    local, start = local_rows(linear.bias)
+    local[offset - start:offset - start + bias.shape[0]] += bias.to(local.device)
+
+
+def give_output_biases(model: nn.Module, adapter: ModelAdapter) -> None:
+    """A zero bias for every ``o_proj`` / ``down_proj`` without one: compensation adds to them, and
+    under FSDP no parameter can be added once the model is sharded."""
+    for mods in adapter.all_layer_modules(model):
+        for linear in (mods.o, mods.down):
+            if linear.bias is None:
+                _add_bias(linear, torch.zeros(linear.out_features, dtype=linear.weight.dtype))
 
 
 @torch.no_grad()
@@ -66,7 +79,8 @@ def compensate(model: nn.Module, adapter: ModelAdapter, before: Masks, after: Ma
     hold the dense weights). A projection without a bias gets one."""
     attention, mlp = removed_features(before, after, adapter.geometry().head_dim)
     for layer, mods in enumerate(adapter.all_layer_modules(model)):
-        if attention[layer].any():
-            _add_bias(mods.o, output_bias(mods.o.weight, attention[layer], means.attention[layer]))
-        if mlp[layer].any():
-            _add_bias(mods.down, output_bias(mods.down.weight, mlp[layer], means.mlp[layer]))
+        for linear, removed, feature_means in ((mods.o, attention[layer], means.attention[layer]),
+                                               (mods.down, mlp[layer], means.mlp[layer])):
+            if removed.any():  # under FSDP each rank adds the bias rows of the weight rows it holds
+                rows, offset = local_rows(linear.weight)
+                _add_bias(linear, output_bias(rows, removed, feature_means), offset)

@@ -37,8 +37,9 @@ class PruneConfig:
     ``gradient_checkpointing`` and ``loss_chunk`` (positions of next-token cross-entropy taken at a
     time, 0 = all) trade time for memory in gradient passes without changing what is computed;
     ``compact_every`` (K > 0) scores a copy of the model with the removed structures sliced out,
-    rebuilt every K steps (:mod:`gisp.compaction`), trading a copy's memory for time. These
-    three are the only settings a run may resume with changed.
+    rebuilt every K steps (:mod:`gisp.compaction`), trading a copy's memory for time. ``fsdp``
+    (under ``torchrun``) shards every parameter over the ranks (:mod:`gisp.distributed`). These
+    four are the only settings a run may resume with changed.
     """
 
     model: str
@@ -67,9 +68,10 @@ class PruneConfig:
     gradient_checkpointing: bool = False
     loss_chunk: int = 0
     compact_every: int = 0
+    fsdp: bool = False
 
     # How the work is done, not what it computes: a run may resume with other values.
-    EXECUTION = ("gradient_checkpointing", "loss_chunk", "compact_every")
+    EXECUTION = ("gradient_checkpointing", "loss_chunk", "compact_every", "fsdp")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,6 +125,11 @@ class PruneConfig:
         if self.compact_every and not (method.uses_gradients and self.taylor_weights == "output" and method.head_unit == "head"):
             raise GispError(f"--compact-every applies to gradient scoring of o/down columns per head (gisp with its "
                             f"default --taylor-weights output), not {self.method} with --taylor-weights {self.taylor_weights}")
+        if self.fsdp and self.saliency != "fisher":
+            raise GispError(f"--fsdp shards the model for Fisher scoring (gisp's default --saliency fisher), which takes "
+                            f"no weight gradients; {self.method} with --saliency {self.saliency} is not supported sharded")
+        if self.fsdp and self.compact_every:
+            raise GispError("--fsdp and --compact-every cannot be combined yet: the compact copy would be unsharded")
         if self.loss_chunk < 0:
             raise GispError(f"loss-chunk must be >= 0 (0: the whole sequence at once), got {self.loss_chunk}")
         if self.max_tokens is not None and self.max_tokens < self.seq_len and self.objective == "lm":

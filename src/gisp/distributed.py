@@ -7,6 +7,11 @@ batch), and the per-batch sums (gradients, Fisher moments, input statistics, los
 all-reduced before any score is formed, so every rank ranks the same scores and removes the same
 structures. Only rank 0 writes the run directory. gloo on CPU, NCCL on GPUs. Without a launcher
 (no ``WORLD_SIZE`` in the environment) every function here is the single-process identity.
+
+With ``--fsdp`` the ranks also split the model: :func:`shard_parameters` applies FSDP2's
+``fully_shard`` to every decoder layer and the root, so each rank keeps 1/N of every parameter
+(dim 0) and gathers a layer's weights only while that layer runs. Weight edits (masks,
+compensation biases) go through :func:`local_rows`: each rank edits the rows it holds.
 """
 
 from __future__ import annotations
@@ -88,6 +93,31 @@ def sum_float(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item())
+
+
+def shard_parameters(model: torch.nn.Module, layers: Sequence[torch.nn.Module]) -> None:
+    """FSDP2 over all ranks: each of ``layers`` its own unit (gathered for its forward and
+    backward, then freed), the rest (embeddings, final norm, lm_head) the root's. In place."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(_device().type, (world_size(),))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The rows of ``tensor`` this rank holds (a view: writes reach the parameter) and the global
+    index of the first: the whole tensor and 0 unless FSDP sharded it (dim 0, in torch.chunk's
+    split: ceil(n / N) rows a rank)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(tensor, DTensor):
+        return tensor, 0
+    local = tensor.to_local()
+    per = -(-tensor.shape[0] // tensor.device_mesh.size())
+    return local, min(tensor.device_mesh.get_local_rank() * per, tensor.shape[0])
 
 
 def barrier() -> None:

@@ -15,18 +15,31 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from gisp.adapters.base import LayerModules, ModelAdapter, Projection
+from gisp.adapters.base import FusedRows, LayerModules, ModelAdapter, Projection, base_linear
+from gisp.distributed import local_rows
 from gisp.compensation import InputMeans
 from gisp.structures import Masks
 
 
 def _zero_rows(projection: Projection | None, rows: torch.Tensor) -> None:
-    """Zero ``rows`` of a projection (its weight and bias are views of a fused layer's, if fused)."""
+    """Zero ``rows`` ([out] bool) of a projection's weight and bias: rows of the fused layer's
+    parameters if fused, and of this rank's shard of them under FSDP."""
     if projection is None:
         return
-    projection.weight[rows] = 0
-    if projection.bias is not None:
-        projection.bias[rows] = 0
+    linear = base_linear(projection)
+    first = projection.start if isinstance(projection, FusedRows) else 0
+    for tensor in (linear.weight, linear.bias):
+        if tensor is None:
+            continue
+        local, offset = local_rows(tensor)
+        index = rows.nonzero()[:, 0] + first - offset  # positions in this rank's rows
+        local[index[(index >= 0) & (index < local.shape[0])]] = 0
+
+
+def _zero_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
+    """Zero ``columns`` ([in] bool) of a linear layer's weight (every rank holds every column)."""
+    local, _ = local_rows(linear.weight)
+    local[:, columns] = 0
 
 
 @torch.no_grad()
@@ -42,10 +55,10 @@ def zero_structures(mods: LayerModules, head_rows: torch.Tensor, channels: torch
     """Zero one layer's removed query rows / ``o`` columns (``head_rows``, [H*hd] bool) and MLP
     channels (``channels``, [F] bool), whatever the layer's size."""
     _zero_rows(mods.q, head_rows)
-    mods.o.weight[:, head_rows] = 0
+    _zero_columns(mods.o, head_rows)
     _zero_rows(mods.gate, channels)
     _zero_rows(mods.up, channels)
-    mods.down.weight[:, channels] = 0
+    _zero_columns(mods.down, channels)
 
 
 def _replace(keep: torch.Tensor, fill: torch.Tensor | None):

@@ -80,6 +80,7 @@ def run_schedule(
     loss: Callable[[nn.Module], float] | None = None, calibration: dict | None = None,
     search_loss: Callable[[nn.Module], float] | None = None,
     on_step: Callable[[Trajectory], None] | None = None,
+    shape: LayerShape | None = None,
 ) -> Trajectory:
     """Prune ``model`` in place over ``config.steps`` steps with ``config.method`` and return the trajectory.
 
@@ -88,8 +89,9 @@ def run_schedule(
     the calibration objective of a level when the importance does not report it; ``search_loss``
     (default: ``loss``) compares the candidates of ``--normalize search``; ``calibration``
     (sequences, tokens) is recorded as given; ``on_step`` is called with the trajectory after every
-    saved step (e.g. to rewrite the run report). Under ``torchrun`` every rank runs this loop on the same
-    all-reduced scores and only rank 0 saves.
+    saved step (e.g. to rewrite the run report). ``shape``: the dense model's bias flags and geometry
+    when ``model`` no longer shows them (read before FSDP gave it zero output biases). Under
+    ``torchrun`` every rank runs this loop on the same all-reduced scores and only rank 0 saves.
     """
     method = method_for(config.method)
     loss = loss or getattr(importance, "mean_loss", None)
@@ -99,7 +101,7 @@ def run_schedule(
     if config.compact_every:  # the gradient pass runs on a sliced copy; everything else stays here
         importance = CompactedImportance(importance, config.compact_every)
     adapter = adapter_for(model.config)
-    shape = layer_shape(model, adapter, compensate=bool(config.compensate))
+    shape = shape or layer_shape(model, adapter, compensate=bool(config.compensate))
     geo = shape.geometry
     protected = protected_layers(geo.num_layers, config.protect_first, config.protect_last)
     if len(protected) >= geo.num_layers:
