@@ -11,7 +11,8 @@ Sections (each cached in runs/speed/<section>.json, so an interrupted run resume
   (``gisp.evaluation.speed``), with the ideal (parameter) ratio beside the measured one.
 - ``memory``: peak resident memory of a one-step ``gisp prune`` of SmolLM2-135M and
   Qwen2.5-0.5B against ``gisp plan``'s figure for the same settings.
-- ``torchrun``: wall time of the same one-step prune in 1 process and in 2 (gloo) processes.
+- ``torchrun``: wall time and per-process peak of the same one-step prune in 1 process, in 2 (gloo)
+  data-parallel processes, and in 2 with ``--fsdp``.
 - ``compaction``: a 5-step prune of SmolLM2-135M to 50% with and without ``--compact-every 1``.
 
 Writes benchmarks/results/speed-smollm2.json and speed-smollm2.md.
@@ -181,18 +182,23 @@ def memory() -> dict:
 
 
 def torchrun() -> dict:
+    """The one-step prune in 1 process, 2 data-parallel processes, and 2 with --fsdp: wall time,
+    the step's time, the largest process's peak resident memory, and the removal order."""
     rows = []
-    for nproc in (1, 2):
-        out = WORK / f"torchrun-{nproc}"
+    for name, nproc, extra in (("1", 1, []), ("2", 2, []), ("2-fsdp", 2, ["--fsdp"])):
+        out = WORK / f"torchrun-{name}"
         shutil.rmtree(out, ignore_errors=True)
         launcher = ["gisp"] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   "--nproc-per-node", "2", "-m", "gisp"]
-        _, seconds, _ = _sh([*launcher, "prune", "--model", "smollm2-135m", *PRUNE_ONE_STEP, "--out", out])
+        # /usr/bin/time reports the largest maximum resident set among the processes it waits for: one rank's
+        _, seconds, peak = _sh([*launcher, "prune", "--model", "smollm2-135m", *PRUNE_ONE_STEP, *extra, "--out", out],
+                               peak=True)
         step = json.loads((out / "run.json").read_text())["steps"][-1]["seconds"]
-        rows.append({"processes": nproc, "wall_seconds": seconds, "step_seconds": step})
+        rows.append({"processes": nproc, "fsdp": bool(extra), "wall_seconds": seconds, "step_seconds": step,
+                     "peak_memory_mb": peak})
     from safetensors.torch import load_file
-    a, b = (load_file(WORK / f"torchrun-{n}" / "trajectory.safetensors") for n in (1, 2))
-    identical = all(torch_equal(a[k], b[k]) for k in a if "order" in k or "step" in k)
+    runs = [load_file(WORK / f"torchrun-{n}" / "trajectory.safetensors") for n in ("1", "2", "2-fsdp")]
+    identical = all(torch_equal(runs[0][k], other[k]) for other in runs[1:] for k in runs[0] if "order" in k or "step" in k)
     return {"settings": " ".join(PRUNE_ONE_STEP), "rows": rows, "removal_order_identical": identical}
 
 
@@ -257,8 +263,9 @@ def markdown(results: dict) -> str:
                   for r in results["memory"]["rows"]]
     if "torchrun" in results:
         lines += [f"\n## 1 vs 2 processes (torchrun, gloo; {results['torchrun']['settings']})\n",
-                  "| processes | wall s | step s |", "|---|---|---|"]
-        lines += [f"| {r['processes']} | {r['wall_seconds']:.0f} | {r['step_seconds']:.0f} |" for r in results["torchrun"]["rows"]]
+                  "| processes | fsdp | wall s | step s | peak MB (largest process) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['processes']} | {'yes' if r.get('fsdp') else 'no'} | {r['wall_seconds']:.0f} | {r['step_seconds']:.0f} | "
+                  f"{r.get('peak_memory_mb') or float('nan'):.0f} |" for r in results["torchrun"]["rows"]]
         lines.append(f"\nremoval order identical: {results['torchrun']['removal_order_identical']}")
     if "compaction" in results:
         c = results["compaction"]
