@@ -420,3 +420,19 @@ def test_notes_show_at_warning_and_not_at_error(tiny_dir, corpus_file, tmp_path,
     code, _, err = _run(capsys, *_prune_args(model, f"text:{corpus_file}", tmp_path / "b", sparsity="0.2"),
                         "--log-level", "error")
     assert code == 0 and "note:" not in err, err
+
+
+def test_quiet_silences_the_gguf_readers_own_bar_and_restores_it(restore_output):
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    from gisp.models import quiet_gguf_bars
+    from gisp.runtime import configure_output
+
+    original = reader.tqdm
+    configure_output(quiet=True)
+    with quiet_gguf_bars():
+        assert reader.tqdm is not original and reader.tqdm([1]).disable
+    assert reader.tqdm is original
+    configure_output()
+    with quiet_gguf_bars():
+        assert reader.tqdm is original

@@ -13,10 +13,13 @@ GGUF weights are dequantised to float and the model is rebuilt without its
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from gisp.errors import GispError
+from gisp.runtime import bars_enabled
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN_FILE = "qwen2.5-coder-0.5b-instruct.gguf"
@@ -124,10 +128,11 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Mod
         raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     src = resolve(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file, trust_remote_code=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            src.location, gguf_file=src.gguf_file, dtype=DTYPES[dtype], trust_remote_code=True
-        )
+        with quiet_gguf_bars() if src.gguf_file is not None else nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file, trust_remote_code=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                src.location, gguf_file=src.gguf_file, dtype=DTYPES[dtype], trust_remote_code=True
+            )
     except GispError:
         raise
     except Exception as exc:
@@ -135,6 +140,23 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Mod
     if src.gguf_file is not None:
         model = _without_quantization_config(model, DTYPES[dtype])
     return model.to(device).eval(), tokenizer
+
+
+@contextmanager
+def quiet_gguf_bars() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar, deaf to its progress-bar switch: while
+    gisp's bars are off (``--quiet``), its ``tqdm`` is a silent one for the block, restored after."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    if bars_enabled():
+        yield
+        return
+    original = reader.tqdm
+    reader.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = original
 
 
 def _without_quantization_config(model: nn.Module, dtype: torch.dtype) -> nn.Module:

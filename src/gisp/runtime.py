@@ -95,6 +95,11 @@ def configure_output(log_level: str = "warning", quiet: bool = False) -> None:
             hf_logging.disable_progress_bar()
 
 
+def bars_enabled() -> bool:
+    """Whether progress bars are on (off under ``--quiet``)."""
+    return _bars["enabled"]
+
+
 def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs) -> tqdm:
     """A tqdm bar on stderr (rate and ETA when the length is known), off when ``enabled`` is False
     (a caller's ``progress=False``) or output is quiet."""
