@@ -20,6 +20,7 @@ def _prune(launcher: list[str], model, corpus_file, out, *extra: str) -> None:
                       "--steps", "4", "--samples", "16", "--seq-len", "32", "--batch-size", "2", "--out", str(out), *extra]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("run saved to") == 1  # one summary, from rank 0
 
 
 @pytest.mark.parametrize("method, family, extra", [("gisp", "llama-gqa", []), ("llm-pruner", "llama-gqa", []),
@@ -40,7 +41,8 @@ def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, co
         assert torch.equal(one[key].nan_to_num(), two[key].nan_to_num()), key
     runs = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two")]
     assert runs[0]["calibration"] == runs[1]["calibration"] == {"sequences": 16, "tokens": 512}
-    assert [s["sparsity"] for s in runs[0]["steps"]] == [s["sparsity"] for s in runs[1]["steps"]]
+    for key in ("sparsity", "model_sparsity", "heads_removed", "channels_removed"):
+        assert [s[key] for s in runs[0]["steps"]] == [s[key] for s in runs[1]["steps"]], key
     # the losses are the same sums taken in another order
     assert [s["loss"] for s in runs[1]["steps"]] == pytest.approx([s["loss"] for s in runs[0]["steps"]], rel=1e-5)
 
@@ -74,3 +76,15 @@ def test_local_rows_of_an_unsharded_tensor_are_the_whole_tensor():
     t = torch.arange(6.0).reshape(3, 2)
     rows, first = distributed.local_rows(t)
     assert rows is t and first == 0
+
+
+def test_fsdp_refuses_micro_batches_that_do_not_split_evenly(tiny_dir, corpus_file, tmp_path):
+    """Every forward of a sharded layer is a collective: a rank with one batch fewer would wait
+    forever. 10 sequences in batches of 2 are 5 micro-batches for 2 processes: refused, no hang."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "gisp", "prune",
+           "--model", str(tiny_dir("llama-gqa")), "--data", f"text:{corpus_file}", "--samples", "10", "--seq-len", "32",
+           "--batch-size", "2", "--fsdp", "--out", str(tmp_path / "run")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "gisp: error: --fsdp needs the calibration micro-batches" in result.stderr and "multiple of 8" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -24,7 +24,7 @@ from gisp.pruner import run_schedule
 from gisp.recovery import RecoveryResult
 from gisp.report import progress_line, write_run_report
 from gisp.runlock import locked
-from gisp.structures import layer_shape
+from gisp.structures import layer_shape, model_parameters
 from gisp.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -82,9 +82,10 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
         MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate),
                      config.saliency or "first-order", config.gradient_checkpointing))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
-    shape = layer_shape(model, adapter_for(model.config), compensate=bool(config.compensate))  # before any sharding
+    # the dense counts, read before --fsdp adds zero output biases and splits the parameters
+    shape, parameters = layer_shape(model, adapter_for(model.config), compensate=bool(config.compensate)), model_parameters(model)
     if config.fsdp:
-        _shard(model, config)
+        _shard(model, config, batches)
     writes_report = out is not None and distributed.is_main()
     logged: set[int] = set()
 
@@ -102,15 +103,24 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
     with chunked_loss(config.loss_chunk):
         return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                             loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
-                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective), on_step=after_step, shape=shape)
+                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective), on_step=after_step, shape=shape, model_total=parameters)
 
 
-def _shard(model: nn.Module, config: PruneConfig) -> None:
+def _shard(model: nn.Module, config: PruneConfig, batches: list[dict]) -> None:
     """``--fsdp``: every parameter split over the ranks (after the fingerprint, which reads whole
-    weights). Compensation's output biases are made first: none can be added to a sharded model."""
-    if distributed.world_size() == 1:
+    weights). Compensation's output biases are made first: none can be added to a sharded model.
+
+    Every forward of a sharded layer is a collective, so every rank must run as many micro-batches
+    as the others, in the gradient pass and in the search's subset: uneven splits are refused."""
+    size = distributed.world_size()
+    if size == 1:
         logger.warning("--fsdp shards over the processes of torchrun / accelerate; alone, the model stays whole")
         return
+    parts = [batches] + ([search_batches(batches)] if config.normalize == "search" else [])
+    if any(len(part) % size for part in parts):
+        raise GispError(f"--fsdp needs the calibration micro-batches (and every fourth of them, for --normalize search) "
+                        f"to split evenly over {size} processes; got {len(batches)}: make --samples / --batch-size a "
+                        f"multiple of {4 * size if len(parts) > 1 else size}")
     adapter = adapter_for(model.config)
     if config.compensate:
         give_output_biases(model, adapter)

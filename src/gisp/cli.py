@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import MISSING, asdict, fields
 
@@ -39,7 +40,8 @@ _HELP = {
     "loss_chunk": "take next-token cross-entropy this many positions at a time, recomputing their logits in the "
                   "backward pass (0: all at once); saves the [batch, seq, vocab] logits",
     "compact_every": "score a copy of the model with the removed heads and channels sliced out, rebuilt every K "
-                     "steps (0: never); later steps run faster, same trajectory, memory for the copy",
+                     "steps (0: never): later steps run faster, the same removals up to float rounding of "
+                     "near-ties, memory for the copy",
     "fsdp": "under torchrun: shard every parameter over the processes (FSDP2), each holding 1/N of the model; "
             "Fisher scoring only",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
@@ -131,9 +133,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
     config = PruneConfig.from_dict({f.name: getattr(args, f.name) for f in fields(PruneConfig)})
     try:
         traj = gisp.prune(config, out=args.out)
+        main = distributed.is_main()  # before leaving the group, after which every process is rank 0
     finally:
         distributed.close()
-    if not distributed.is_main():
+    if not main:
         return
     if not args.quiet:  # the summary (under torchrun: once, from rank 0)
         print(info_text(traj) + "\n")
@@ -369,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     from gisp.runtime import configure_output, return_freed_memory
 
     args = build_parser().parse_args(argv)
-    configure_output(args.log_level, args.quiet)
+    launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 shows bars and notes
+    configure_output(args.log_level, args.quiet or launched_rank != 0)
     return_freed_memory()  # resident memory follows live memory in long gradient passes
     try:
         args.func(args)

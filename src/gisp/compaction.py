@@ -10,8 +10,11 @@ the candidate losses of ``--normalize search`` (:func:`compact_view`) run on the
 
 Scores of removed structures are zero on the masked path (a zero ``o``/``down`` column gets no
 gradient); expanded scores put zero there too, and the input means of removed features (which only
-ever multiply zero columns) are zero. So the ranking sees the same numbers, up to float rounding of
-matmuls of a different size: the trajectory is the masked path's (``tests/test_compaction.py``).
+ever multiply zero columns) are zero. So the ranking sees the same numbers up to the float rounding
+of matmuls of another size: the trajectory is the masked path's unless two structures tie to the
+last bits (identical in ``tests/test_compaction.py``). The copy costs memory: while it is built,
+the working model's state, the sliced tensors and the new model coexist (``gisp plan`` does not
+count it).
 
 Between rebuilds the copy is kept current: structures removed since it was built are zeroed in it
 and its ``o``/``down`` biases are copied from the working model.
@@ -66,7 +69,7 @@ def added_bias_modules(model: nn.Module) -> list[str]:
 def compact(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> CompactModel:
     """A copy of ``model`` (already masked by ``masks``) without its removed structures."""
     pruned, _, sliced = build_sliced_model(model, masks, added_biases=added_bias_modules(model))
-    pruned.requires_grad_(False)
+    pruned.requires_grad_(False).to(next(model.parameters()).device)
     channels = [masks.channels[i].nonzero()[:, 0] for i in sliced.kept_layers]
     return CompactModel(pruned, adapter_for(pruned.config, pruned_ok=True), list(sliced.kept_layers),
                         list(sliced.head_sources), channels, masks.clone())
@@ -122,6 +125,7 @@ def compact_view(target: CompactModel, masks: Masks, means: InputMeans | None = 
     removed features fed their ``means`` (:func:`gisp.masking.masked_view` at compact indices);
     hooks removed on exit."""
     hd = target.adapter.geometry().head_dim
+    device = next(target.model.parameters()).device
     handles = []
     for i, layer_module in enumerate(target.adapter.layers(target.model)):
         layer, heads, channels = target.layers[i], target.heads[i], target.channels[i]
@@ -129,9 +133,10 @@ def compact_view(target: CompactModel, masks: Masks, means: InputMeans | None = 
         fills = (None, None)
         if means is not None:  # a padding head's input meets a zero o column: its fill is 0
             zero = torch.zeros(hd)
-            fills = (torch.cat([zero if h is None else means.attention[layer, h * hd:(h + 1) * hd] for h in heads]),
-                     means.mlp[layer, channels])
-        handles += feature_mask_hooks(target.adapter, layer_module, keep, masks.channels[layer, channels], *fills)
+            fills = (torch.cat([zero if h is None else means.attention[layer, h * hd:(h + 1) * hd].cpu() for h in heads]).to(device),
+                     means.mlp[layer, channels.to(means.mlp.device)].to(device))
+        handles += feature_mask_hooks(target.adapter, layer_module, keep.to(device),
+                                      masks.channels[layer, channels].to(device), *fills)
     try:
         yield target.model
     finally:

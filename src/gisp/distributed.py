@@ -5,7 +5,8 @@ calibration batches, and sums across processes.
 that each hold the whole model. Each scores its share of the calibration batches (every N-th
 batch), and the per-batch sums (gradients, Fisher moments, input statistics, losses) are
 all-reduced before any score is formed, so every rank ranks the same scores and removes the same
-structures. Only rank 0 writes the run directory. gloo on CPU, NCCL on GPUs. Without a launcher
+structures. Only rank 0 writes the run directory. The backend is gloo: ``gisp prune`` runs on the
+CPU for now (no GPU placement, so no NCCL yet). Without a launcher
 (no ``WORLD_SIZE`` in the environment) every function here is the single-process identity.
 
 With ``--fsdp`` the ranks also split the model: :func:`shard_parameters` applies FSDP2's
@@ -31,7 +32,8 @@ T = TypeVar("T")
 def init_from_env() -> bool:
     """Join the process group a launcher describes (``WORLD_SIZE`` > 1); True when distributed.
 
-    The backend is NCCL when CUDA is available, else gloo. Idempotent.
+    The backend is gloo, whatever the machine has: pruning runs on the CPU, and NCCL cannot
+    reduce CPU tensors. Idempotent.
     """
     if dist.is_available() and dist.is_initialized():
         return True
@@ -39,10 +41,7 @@ def init_from_env() -> bool:
         return False
     if not dist.is_available():
         raise GispError("WORLD_SIZE is set but this torch build has no torch.distributed")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+    dist.init_process_group("gloo")
     return True
 
 

@@ -81,6 +81,7 @@ def run_schedule(
     search_loss: Callable[[nn.Module], float] | None = None,
     on_step: Callable[[Trajectory], None] | None = None,
     shape: LayerShape | None = None,
+    model_total: int | None = None,
 ) -> Trajectory:
     """Prune ``model`` in place over ``config.steps`` steps with ``config.method`` and return the trajectory.
 
@@ -89,8 +90,9 @@ def run_schedule(
     the calibration objective of a level when the importance does not report it; ``search_loss``
     (default: ``loss``) compares the candidates of ``--normalize search``; ``calibration``
     (sequences, tokens) is recorded as given; ``on_step`` is called with the trajectory after every
-    saved step (e.g. to rewrite the run report). ``shape``: the dense model's bias flags and geometry
-    when ``model`` no longer shows them (read before FSDP gave it zero output biases). Under
+    saved step (e.g. to rewrite the run report). ``shape`` and ``model_total``: the dense model's
+    bias flags, geometry and parameter count when ``model`` no longer shows them (read before FSDP
+    gave it zero output biases). Under
     ``torchrun`` every rank runs this loop on the same all-reduced scores and only rank 0 saves.
     """
     method = method_for(config.method)
@@ -114,7 +116,7 @@ def run_schedule(
             "lower --sparsity or --protect-first/--protect-last"
         )
     dense_total = dense_layer_params(shape) * geo.num_layers
-    model_total = model_parameters(model)
+    model_total = model_total or model_parameters(model)
     traj = open_run(run_dir, config, identity) or Trajectory.empty(
         geo.num_layers, geo.num_heads, geo.intermediate_size, compensated=bool(config.compensate), head_dim=geo.head_dim)
     traj.config, traj.model = config.to_dict(), identity
