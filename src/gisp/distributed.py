@@ -64,13 +64,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def shard(items: Sequence[T]) -> list[T]:
+def shard(items: Sequence[T], empty_ok: bool = False) -> list[T]:
     """This rank's share: every ``world_size``-th item from its rank (all of them when alone).
 
-    Refuses fewer items than ranks, since a rank with nothing to score would have nothing to reduce.
+    Refuses fewer items than ranks, since a rank with nothing to score would have no statistics to
+    reduce beside the others'; ``empty_ok`` for sums that are zero when empty (forward losses).
     """
     size = world_size()
-    if len(items) < size:
+    if len(items) < size and not empty_ok:
         raise GispError(f"{len(items)} calibration batches cannot be shared by {size} processes; "
                         "use more --samples or fewer processes")
     return list(items[rank()::size])

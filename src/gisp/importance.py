@@ -310,5 +310,5 @@ def mean_objective(model: nn.Module, batches: list[dict], objective: Objective =
     ``torchrun`` each rank runs its share)."""
     device = next(model.parameters()).device
     total = sum(batch_size(b) for b in batches)
-    mine = distributed.shard(batches)  # data-parallel: this rank's batches, summed over ranks
+    mine = distributed.shard(batches, empty_ok=True)  # data-parallel: this rank's batches (maybe none), summed over ranks
     return distributed.sum_float(sum(float(objective(model, to_device(b, device))) * batch_size(b) / total for b in mine))
