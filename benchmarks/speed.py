@@ -181,6 +181,11 @@ def memory() -> dict:
     return {"settings": " ".join(PRUNE_ONE_STEP), "rows": rows}
 
 
+# micro-batches of 4: 8 of them, and 2 in --normalize search's subset, split evenly over 2 processes (--fsdp needs it)
+TORCHRUN_ARGS = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batch-size", "4", "--sparsity", "0.1",
+                 "--steps", "1"]
+
+
 def torchrun() -> dict:
     """The one-step prune in 1 process, 2 data-parallel processes, and 2 with --fsdp: wall time,
     the step's time, the largest process's peak resident memory, and the removal order."""
@@ -191,12 +196,12 @@ def torchrun() -> dict:
         launcher = ["gisp"] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   "--nproc-per-node", "2", "-m", "gisp"]
         # /usr/bin/time reports the largest maximum resident set among the processes it waits for: one rank's
-        _, seconds, peak = _sh([*launcher, "prune", "--model", "smollm2-135m", *PRUNE_ONE_STEP, *extra, "--out", out],
+        _, seconds, peak = _sh([*launcher, "prune", "--model", "smollm2-135m", *TORCHRUN_ARGS, *extra, "--out", out],
                                peak=True)
         step = json.loads((out / "run.json").read_text())["steps"][-1]["seconds"]
         rows.append({"processes": nproc, "fsdp": bool(extra), "wall_seconds": seconds, "step_seconds": step,
                      "peak_memory_mb": peak})
-    return {"settings": " ".join(PRUNE_ONE_STEP), "rows": rows,
+    return {"settings": " ".join(TORCHRUN_ARGS), "rows": rows,
             "vs_one_process": {n: agreement(WORK / "torchrun-1", WORK / f"torchrun-{n}") for n in ("2", "2-fsdp")}}
 
 
