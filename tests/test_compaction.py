@@ -144,6 +144,9 @@ def test_first_order_scores_compact_the_same(tiny_dir, corpus_file, tmp_path):
 def test_compaction_is_refused_where_it_does_not_apply(settings, message):
     with pytest.raises(GispError, match=message):
         gisp.PruneConfig(model="m", data="text:x", compact_every=1, **settings)
+
+
+def test_negative_compact_every_and_other_importances_are_refused():
     with pytest.raises(GispError, match="compact-every must be >= 0"):
         gisp.PruneConfig(model="m", data="text:x", compact_every=-1)
     with pytest.raises(GispError, match="gradient scoring of o/down columns per head"):

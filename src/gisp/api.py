@@ -83,7 +83,8 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
                      config.saliency or "first-order", config.gradient_checkpointing))
     identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
     # the dense counts, read before --fsdp adds zero output biases and splits the parameters
-    shape, parameters = layer_shape(model, adapter_for(model.config), compensate=bool(config.compensate)), model_parameters(model)
+    shape = layer_shape(model, adapter_for(model.config), compensate=bool(config.compensate))
+    parameters = model_parameters(model)
     if config.fsdp:
         _shard(model, config, batches)
     writes_report = out is not None and distributed.is_main()
@@ -103,7 +104,8 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
     with chunked_loss(config.loss_chunk):
         return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                             loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
-                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective), on_step=after_step, shape=shape, model_total=parameters)
+                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective),
+                            on_step=after_step, shape=shape, model_total=parameters)
 
 
 def _shard(model: nn.Module, config: PruneConfig, batches: list[dict]) -> None:

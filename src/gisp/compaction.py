@@ -16,8 +16,8 @@ last bits (identical in ``tests/test_compaction.py``). The copy costs memory: wh
 the working model's state, the sliced tensors and the new model coexist (``gisp plan`` does not
 count it).
 
-Between rebuilds the copy is kept current: structures removed since it was built are zeroed in it
-and its ``o``/``down`` biases are copied from the working model.
+Between rebuilds the copy is kept current before every pass: structures removed since it was built
+are zeroed in it and its ``o``/``down`` biases are copied from the working model.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from torch import nn
 
 from gisp.adapters import adapter_for
 from gisp.adapters.base import ModelAdapter
+from gisp.balance import View
 from gisp.compensation import InputMeans
 from gisp.errors import GispError
 from gisp.export import build_sliced_model
 from gisp.importance import LayerScores, Scores, StepContext, TaylorImportance
-from gisp.balance import View
 from gisp.masking import feature_mask_hooks, masked_view, zero_structures
 from gisp.structures import Masks
 
@@ -133,8 +133,8 @@ def compact_view(target: CompactModel, masks: Masks, means: InputMeans | None = 
         fills = (None, None)
         if means is not None:  # a padding head's input meets a zero o column: its fill is 0
             zero = torch.zeros(hd)
-            fills = (torch.cat([zero if h is None else means.attention[layer, h * hd:(h + 1) * hd].cpu() for h in heads]).to(device),
-                     means.mlp[layer, channels.to(means.mlp.device)].to(device))
+            fills = (torch.cat([zero if h is None else means.attention[layer, h * hd:(h + 1) * hd] for h in heads]).to(device),
+                     means.mlp[layer, channels].to(device))
         handles += feature_mask_hooks(target.adapter, layer_module, keep.to(device),
                                       masks.channels[layer, channels].to(device), *fills)
     try:
@@ -163,8 +163,7 @@ class CompactedImportance:
             self.current = None  # the old copy's memory goes before the new one is built
             self.current = compact(model, adapter, context.masks)
             self.built_at = context.step
-        elif not torch.equal(self.current.masks.heads, context.masks.heads) or \
-                not torch.equal(self.current.masks.channels, context.masks.channels):
+        else:  # idempotent: zeroing what is gone and copying two biases a layer
             refresh(self.current, model, adapter, context.masks)
         scores = self.inner.layer_scores(self.current.model, self.current.adapter)
         return expand(scores, self.current, context.masks, adapter.geometry().head_dim)

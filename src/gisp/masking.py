@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from gisp.adapters.base import FusedRows, LayerModules, ModelAdapter, Projection, base_linear
+from gisp.adapters.base import LayerModules, ModelAdapter, Projection, base_linear, parameter_rows
 from gisp.distributed import local_rows
 from gisp.compensation import InputMeans
 from gisp.structures import Masks
@@ -27,7 +27,7 @@ def _zero_rows(projection: Projection | None, rows: torch.Tensor) -> None:
     if projection is None:
         return
     linear = base_linear(projection)
-    first = projection.start if isinstance(projection, FusedRows) else 0
+    first = parameter_rows(projection)[1].start or 0  # the projection's rows within its parameter
     for tensor in (linear.weight, linear.bias):
         if tensor is None:
             continue
