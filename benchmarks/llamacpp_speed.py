@@ -10,7 +10,15 @@ next-token log-probability difference over 64 tokens (f32 K/V cache).
 
 Writes ``benchmarks/results/llamacpp_speed.json``. Run on an otherwise idle machine.
 
-Usage: python benchmarks/llamacpp_speed.py [--run runs/recovery-smollm2/gisp] [--repeats 5]
+Usage: python benchmarks/llamacpp_speed.py [--run runs/recovery-smollm2/gisp] [--repeats 5] [--results NAME.json]
+
+q8_0 stores rows in blocks of 32 values: a down_proj whose kept channels are not a multiple of 32
+is written as f16 instead, so q8_0 files of unrounded levels are larger than their parameter
+ratio. A run with ``--round-to 32`` (``benchmarks/speed.py --sections inference-round32`` makes
+``runs/speed/round32``) keeps every tensor in q8_0:
+
+    python benchmarks/llamacpp_speed.py --run runs/speed/round32 --work runs/llamacpp-speed-round32 \
+        --results llamacpp_speed-round32.json
 """
 
 from __future__ import annotations
@@ -96,6 +104,8 @@ def main() -> None:
     ap.add_argument("--run", default="runs/recovery-smollm2/gisp")
     ap.add_argument("--work", default="runs/llamacpp-speed")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--results", default="llamacpp_speed.json",
+                    help="file under benchmarks/results (e.g. llamacpp_speed-round32.json for a --round-to 32 run)")
     args = ap.parse_args()
     work = Path(args.work)
     rec = Recorder(work)
@@ -133,7 +143,7 @@ def main() -> None:
         row["ideal_speedup"] = round(base["parameters"] / row["parameters"], 3)
     check = agreement(files["0.5/f32"]["path"], export)
     print("agreement", check, flush=True)
-    write_results("llamacpp_speed.json", {
+    write_results(args.results, {
         "rows": rows, "agreement_50_f32": check,
         "protocol": {"run": args.run, "prompt_tokens": len(prompt), "decode_tokens": 64, "repeats": args.repeats,
                      "threads": 2, "kv_cache": "f32", "engine": f"llama-cpp-python {_version()}"},

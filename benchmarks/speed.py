@@ -105,30 +105,53 @@ def throughput() -> dict:
                       "vs_plain": tokens / statistics.median(v) / plain_rate} for k, v in times.items()]}
 
 
-def inference() -> dict:
+def inference(run: Path = RUN, extra: tuple[str, ...] = (), exports: str = "export", profile: bool = True) -> dict:
+    """Dense vs the 20-50% exports of one 5-step GISP run (made here if missing, with ``extra``
+    prune flags), each model measured in its own process."""
     from gisp.evaluation.speed import measure_in_subprocess
 
-    if not (RUN / "run.json").is_file():
+    if not (run / "run.json").is_file():
         _sh(["gisp", "prune", "--model", "smollm2-135m", "--data", CALIB, "--samples", "128", "--seq-len", "128",
-             "--sparsity", "0.5", "--steps", "5", "--out", RUN])
+             "--sparsity", "0.5", "--steps", "5", *extra, "--out", run])
     rows = []
     for level in (0.0, *LEVELS):
-        target = "smollm2-135m" if level == 0 else WORK / f"export-{level:g}"
+        target = "smollm2-135m" if level == 0 else WORK / f"{exports}-{level:g}"
         if level and not (target / "gisp_export.json").is_file():
-            _sh(["gisp", "export", RUN, "--sparsity", level, "--out", target])
+            _sh(["gisp", "export", run, "--sparsity", level, "--out", target])
         for batch, seq_len, new in SHAPES:
             print(f"speed {target} {batch}x{seq_len}", flush=True)
             r = measure_in_subprocess(str(target), batch=batch, seq_len=seq_len, new_tokens=new, repeats=3, warmup=1)
             rows.append({"level": level, "batch": batch, "seq_len": seq_len, "new_tokens": new, "parameters": r.parameters,
                          "prefill_tokens_per_s": r.prefill_tokens_per_s, "forward_tokens_per_s": r.forward_tokens_per_s,
-                         "decode_tokens_per_s": r.decode_tokens_per_s, "peak_memory_mb": r.peak_memory_mb})
+                         "decode_tokens_per_s": r.decode_tokens_per_s, "peak_memory_mb": r.peak_memory_mb,
+                         **({"shapes": _layer_sizes(target)} if level else {})})
     for r in rows:
         dense = next(d for d in rows if d["level"] == 0 and d["batch"] == r["batch"])
         r["ideal_ratio"] = dense["parameters"] / r["parameters"]
         for key in ("prefill", "forward", "decode"):
             r[f"{key}_ratio"] = r[f"{key}_tokens_per_s"] / dense[f"{key}_tokens_per_s"]
-    profiles = [_profile("smollm2-135m" if level == 0 else WORK / f"export-{level:g}", level) for level in (0.0, 0.5)]
-    return {"run": str(RUN), "rows": rows, "profile": profiles}
+    profiles = [_profile("smollm2-135m" if level == 0 else WORK / f"{exports}-{level:g}", level)
+                for level in (0.0, 0.5)] if profile else []
+    return {"run": str(run), "prune_flags": " ".join(extra), "rows": rows, "profile": profiles}
+
+
+ROUND_RUN = WORK / "round32"
+
+
+def inference_round32() -> dict:
+    """The same, from a run with ``--round-to 32``: every layer's kept heads and channels a
+    multiple of 32, the sizes matrix kernels (and llama.cpp's q8_0 blocks) prefer."""
+    return inference(ROUND_RUN, ("--round-to", "32"), "export-round32", profile=False)
+
+
+def _layer_sizes(export: Path) -> dict:
+    """How many of an export's layers have head / channel counts that are multiples of 8 and 32."""
+    config = json.loads((Path(export) / "config.json").read_text())
+    per_layer = config.get("per_layer_config")  # {"0": {...sizes}, ...} when layers differ
+    layers = list(per_layer.values()) if per_layer else [config] * config["num_hidden_layers"]
+    channels = [c["intermediate_size"] for c in layers]
+    return {"layers": len(layers), "channels_multiple_of_32": sum(c % 32 == 0 for c in channels),
+            "channels_multiple_of_8": sum(c % 8 == 0 for c in channels)}
 
 
 def _profile(target, level: float, batch: int = 8, seq_len: int = 256) -> dict:
@@ -242,8 +265,8 @@ def torch_equal(a, b) -> bool:
     return bool((a.nan_to_num() == b.nan_to_num()).all())
 
 
-SECTIONS = {"throughput": throughput, "inference": inference, "memory": memory, "torchrun": torchrun,
-            "compaction": compaction}
+SECTIONS = {"throughput": throughput, "inference": inference, "inference-round32": inference_round32, "memory": memory,
+            "torchrun": torchrun, "compaction": compaction}
 
 
 def markdown(results: dict) -> str:
@@ -254,8 +277,10 @@ def markdown(results: dict) -> str:
         lines += [f"\n## Scoring throughput ({t['tokens_per_pass']} tokens per pass, micro-batches {t['micro_batch']})\n",
                   "| pass | tokens/s | vs plain fwd+bwd |", "|---|---|---|"]
         lines += [f"| {r['pass']} | {r['tokens_per_s']:.0f} | {r['vs_plain']:.2f}x |" for r in t["rows"]]
-    if "inference" in results:
-        lines += ["\n## Inference of GISP exports (one run, LM objective)\n",
+    for section, title in (("inference", "one run, LM objective"), ("inference-round32", "the same run with --round-to 32")):
+        if section not in results:
+            continue
+        lines += [f"\n## Inference of GISP exports ({title})\n",
                   "prefill: a cache-less forward with the last position's logits (as `generate`); forward: every "
                   "position's logits (as scoring and perplexity); decode: greedy tokens with the KV cache. "
                   "Ideal: dense / export parameters (embeddings and lm_head included).\n",
@@ -264,8 +289,12 @@ def markdown(results: dict) -> str:
         lines += [f"| {r['level']:.0%} | {r['batch']}x{r['seq_len']} | {r['parameters']:,} | {r['prefill_tokens_per_s']:.0f} | "
                   f"{r['prefill_ratio']:.2f}x | {r.get('forward_ratio', float('nan')):.2f}x | {r['decode_tokens_per_s']:.1f} | "
                   f"{r['decode_ratio']:.2f}x | {r['ideal_ratio']:.2f}x | {r['peak_memory_mb']:.0f} |"
-                  for r in results["inference"]["rows"]]
-        for prof in results["inference"].get("profile", []):
+                  for r in results[section]["rows"]]
+        sizes = [(r["level"], r["shapes"]) for r in results[section]["rows"] if "shapes" in r and r["batch"] == 1]
+        if sizes:
+            lines.append("\nlayers whose MLP width is a multiple of 32: " + ", ".join(
+                f"{level:.0%} {s['channels_multiple_of_32']}/{s['layers']}" for level, s in sizes))
+        for prof in results[section].get("profile", []):
             for logits, parts in prof["self_cpu_ms"].items():
                 total = sum(parts.values())
                 lines.append(f"\nprofile, {prof['level']:.0%} at {prof['batch']}x{prof['seq_len']} ({logits}): {total:.0f} ms; "
