@@ -23,18 +23,19 @@ def _prune(launcher: list[str], model, corpus_file, out, *extra: str) -> None:
     assert result.stdout.count("run saved to") == 1  # one summary, from rank 0
 
 
-@pytest.mark.parametrize("method, family, extra", [("gisp", "llama-gqa", []), ("llm-pruner", "llama-gqa", []),
-                                                   ("gisp", "llama-gqa", ["--fsdp"]), ("gisp", "phi3", ["--fsdp"])],
-                         ids=["gisp", "llm-pruner", "gisp-fsdp", "gisp-fsdp-fused"])
-def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, corpus_file, tmp_path, method, family,
-                                                                    extra):
+@pytest.mark.parametrize("family, both, extra", [("llama-gqa", [], []), ("llama-gqa", ["--method", "llm-pruner"], []),
+                                                 ("llama-gqa", [], ["--fsdp"]), ("phi3", [], ["--fsdp"]),
+                                                 ("phi3", ["--saliency", "first-order"], ["--fsdp"])],
+                         ids=["gisp", "llm-pruner", "gisp-fsdp", "gisp-fsdp-fused", "gisp-fsdp-first-order"])
+def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, corpus_file, tmp_path, family, both, extra):
     """Fisher + compensation (gisp) and weight gradients (llm-pruner) sharded over 2 gloo ranks,
-    and gisp with the parameters themselves split over them (FSDP2; fused projections too): the
-    trajectory (orders, steps, input means) is bit-identical to the single-process run's."""
+    and gisp with the parameters themselves split over them (FSDP2; fused projections too; Fisher
+    from activation gradients, or first-order from the weight gradients FSDP reduce-scatters): the
+    trajectory (orders, steps, input means) is identical to the single-process run's."""
     model = tiny_dir(family)
-    _prune([sys.executable], model, corpus_file, tmp_path / "one", "--method", method)
+    _prune([sys.executable], model, corpus_file, tmp_path / "one", *both)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    _prune(torchrun, model, corpus_file, tmp_path / "two", "--method", method, *extra)
+    _prune(torchrun, model, corpus_file, tmp_path / "two", *both, *extra)
     one, two = load_file(tmp_path / "one" / "trajectory.safetensors"), load_file(tmp_path / "two" / "trajectory.safetensors")
     assert one.keys() == two.keys() and "head_order" in one
     for key in one:
@@ -67,10 +68,13 @@ def test_fewer_batches_than_ranks_is_refused(monkeypatch):
 
 
 def test_fsdp_settings_that_cannot_shard_are_refused():
-    with pytest.raises(GispError, match="--fsdp shards the model for Fisher scoring"):
-        PruneConfig(model="m", data="text:x", fsdp=True, saliency="first-order")
-    with pytest.raises(GispError, match="--fsdp shards the model for Fisher scoring"):
+    with pytest.raises(GispError, match="--fsdp shards gradient scoring of o_proj/down_proj columns"):
+        PruneConfig(model="m", data="text:x", fsdp=True, taylor_weights="all")
+    with pytest.raises(GispError, match="llm-pruner with --taylor-weights all is not supported sharded"):
         PruneConfig(model="m", data="text:x", fsdp=True, method="llm-pruner")
+    with pytest.raises(GispError, match="flap with --taylor-weights None is not supported sharded"):
+        PruneConfig(model="m", data="text:x", fsdp=True, method="flap")
+    PruneConfig(model="m", data="text:x", fsdp=True, saliency="first-order")  # weight gradients, sharded
     with pytest.raises(GispError, match="--fsdp and --compact-every cannot be combined"):
         PruneConfig(model="m", data="text:x", fsdp=True, compact_every=1)
 

@@ -43,7 +43,7 @@ _HELP = {
                      "steps (0: never): later steps run faster, the same removals up to float rounding of "
                      "near-ties, memory for the copy",
     "fsdp": "under torchrun: shard every parameter over the processes (FSDP2), each holding 1/N of the model; "
-            "Fisher scoring only",
+            "gradient scoring of o_proj/down_proj columns (Fisher or first-order)",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
 }
 

@@ -12,7 +12,10 @@ CPU for now (no GPU placement, so no NCCL yet). Without a launcher
 With ``--fsdp`` the ranks also split the model: :func:`shard_parameters` applies FSDP2's
 ``fully_shard`` to every decoder layer and the root, so each rank keeps 1/N of every parameter
 (dim 0) and gathers a layer's weights only while that layer runs. Weight edits (masks,
-compensation biases) go through :func:`local_rows`: each rank edits the rows it holds.
+compensation biases) go through :func:`local_rows`: each rank edits the rows it holds. Weight
+gradients (first-order scores of ``o_proj`` / ``down_proj`` columns) are FSDP's own: reduce-scattered,
+so each rank holds the gradient of its rows only, scores its rows' part of every column, and the
+per-structure partial sums are all-reduced.
 """
 
 from __future__ import annotations
@@ -118,6 +121,13 @@ def local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     local = tensor.to_local()
     per = -(-tensor.shape[0] // tensor.device_mesh.size())
     return local, min(tensor.device_mesh.get_local_rank() * per, tensor.shape[0])
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether FSDP split ``tensor`` over the ranks (a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
 
 
 def barrier() -> None:

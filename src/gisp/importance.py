@@ -148,23 +148,33 @@ class TaylorImportance:
         backward pass only feeds the hooks (Fisher scores) and no weight gradient is computed."""
         device = next(model.parameters()).device
         total = sum(batch_size(b) for b in self.batches)
-        grads = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+        sharded = any(distributed.is_sharded(w) for w in weights)
+        if sharded:  # FSDP: its reduce-scatter adds each backward's gradients into the rows each rank holds
+            for w in weights:
+                w.grad = None
+        grads = [] if sharded else [torch.zeros_like(w, dtype=torch.float32) for w in weights]
         loss_sum = 0.0
         mine = distributed.shard(self.batches)  # every batch when alone; else every N-th, summed below
         for batch in progress_bar(mine, desc=self.description, enabled=self.progress, leave=False):
             share = batch_size(batch) / total
             batch = to_device(batch, device)
             if comp is not None:
-                comp.valid[0], comp.share[0] = token_mask(batch), share
+                # under FSDP the loss itself carries the share (gradients accumulate in .grad), so the hooks must not
+                comp.valid[0], comp.share[0] = token_mask(batch), 1.0 if sharded else share
             loss = self.objective(model, batch)
             with replaying(comp):
-                if weights:
+                if weights and not sharded:
                     for acc, g in zip(grads, torch.autograd.grad(loss, weights)):
                         acc.add_(g.float(), alpha=share)
-                else:
-                    loss.backward()
+                else:  # hooks only (Fisher), or FSDP, whose gradients exist only as .grad of the shards
+                    (loss * share if sharded else loss).backward()
             loss_sum += float(loss.detach()) * share
-        distributed.all_reduce_sum(grads)  # float32, as accumulated
+        if sharded:  # this rank's rows of the mean gradient (float32): FSDP averaged the ranks' sums
+            grads = [distributed.local_rows(w.grad)[0].float() * distributed.world_size() for w in weights]
+            for w in weights:
+                w.grad = None
+        else:
+            distributed.all_reduce_sum(grads)  # float32, as accumulated
         if comp is not None:
             comp.all_reduce()
         return grads, distributed.sum_float(loss_sum)
@@ -206,18 +216,22 @@ class TaylorImportance:
         n = len(roles)
         with torch.no_grad():  # scores hold no autograd graph
             by_param = {id(p): g for p, g in zip(weights, full)}
-            weights = [p[rows] for p, rows in places]  # [rows of role, in]
+            # [rows of role, in]; under FSDP the rows this rank holds of o / down (roles are then o, down)
+            held = [distributed.local_rows(p) for p, _ in places]
+            weights = [local[rows] for (local, _), (_, rows) in zip(held, places)]
             grads = [by_param[id(p)][rows] for p, rows in places]
             for i in range(len(layers)):
                 if comp is None:
                     sal = {r: saliency.weight_saliency(weights[n * i + j], grads[n * i + j]) for j, r in enumerate(roles)}
                 else:  # o / down columns scored as removals that keep their mean (roles are o, down)
-                    sal = {"o": saliency.compensated_saliency(weights[n * i], grads[n * i], comp.o_grad[i], means[0][i]),
-                           "down": saliency.compensated_saliency(weights[n * i + 1], grads[n * i + 1], comp.down_grad[i],
-                                                                 means[1][i])}
+                    o_grad, down_grad = (_held_rows(g, held[n * i + j]) for j, g in enumerate((comp.o_grad[i], comp.down_grad[i])))
+                    sal = {"o": saliency.compensated_saliency(weights[n * i], grads[n * i], o_grad, means[0][i]),
+                           "down": saliency.compensated_saliency(weights[n * i + 1], grads[n * i + 1], down_grad, means[1][i])}
                 heads.append(self._heads(sal, geo))
                 channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
                                 else saliency.channel_scores(sal.get("gate"), sal["up"], sal["down"]))
+            if any(distributed.is_sharded(p) for p, _ in places):  # each rank summed its rows of every column
+                distributed.all_reduce_sum(heads + channels)
         return LayerScores(heads, channels, loss, *(means or (None, None)))
 
     def _fisher(self, comp: CompensationStats, means: tuple[list, list] | None, geo, loss: float) -> LayerScores:
@@ -248,6 +262,13 @@ class TaylorImportance:
     def mean_loss(self, model: nn.Module) -> float:
         """The objective's mean over the calibration set, forward only."""
         return mean_objective(model, self.batches, self.objective)
+
+
+def _held_rows(output_grad: torch.Tensor, held: tuple[torch.Tensor, int]) -> torch.Tensor:
+    """The entries of an output projection's output gradient ([d]) for the weight rows this rank
+    holds (all of them unless FSDP split the weight)."""
+    local, start = held
+    return output_grad[start:start + local.shape[0]]
 
 
 @contextmanager
