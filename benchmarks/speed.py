@@ -232,6 +232,15 @@ COMPACT_RUN = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batch-
                "--steps", "5"]
 
 
+def _compaction_plan(every: int) -> float:
+    """``gisp plan``'s figure (MiB) for the compaction runs' settings."""
+    from gisp import models
+    from gisp.plan import plan_report
+
+    report = plan_report(models.load_config("smollm2-135m"), 32, 128, 8, compact_every=every)
+    return report["bytes"]["total"] / 2**20
+
+
 def compaction() -> dict:
     """A 5-step prune to 50% with the masked model and with --compact-every 1: wall time, each
     step's time, and whether the removal order is the same."""
@@ -314,9 +323,9 @@ def markdown(results: dict) -> str:
     if "compaction" in results:
         c = results["compaction"]
         lines += [f"\n## Progressive compaction (SmolLM2-135M, {c['settings']})\n",
-                  "| --compact-every | wall s | per step s | peak MB |", "|---|---|---|---|"]
+                  "| --compact-every | wall s | per step s | peak MB | `gisp plan` MB |", "|---|---|---|---|---|"]
         lines += [f"| {r['compact_every']} | {r['wall_seconds']:.0f} | {', '.join(f'{x:.0f}' for x in r['step_seconds'])} | "
-                  f"{r['peak_memory_mb']:.0f} |" for r in c["rows"]]
+                  f"{r['peak_memory_mb']:.0f} | {r.get('planned_mb', float('nan')):.0f} |" for r in c["rows"]]
         lines.append(f"\n{_agreement_text(c)}; wall time saved: {c['saved']:.0%}")
     return "\n".join(lines) + "\n"
 
@@ -341,6 +350,9 @@ def main() -> None:
         results[name] = _cached(name, args.fresh, SECTIONS[name])
         if name == "compaction" and (WORK / "compact-1" / "trajectory.safetensors").is_file():  # re-read the runs
             results[name] |= agreement(WORK / "compact-0", WORK / "compact-1")
+        if name == "compaction":
+            for row in results[name]["rows"]:
+                row["planned_mb"] = _compaction_plan(row["compact_every"])
         results[name]["command"] = f"python benchmarks/speed.py --sections {name}"
     results["environment"] = environment()
     write_results("speed-smollm2.json", results)

@@ -27,6 +27,23 @@ def test_parts_follow_the_config():
     assert memory_plan(config, 2, 16, dtype="bfloat16").weights == 2 * params
 
 
+def test_compaction_counts_the_copy_it_makes():
+    """--compact-every adds a second model: at most the dense one, which is what the copy made
+    before anything is removed holds (the bound the plan charges)."""
+    from gisp.adapters import adapter_for
+    from gisp.compaction import compact
+    from gisp.structures import Masks
+
+    config = tiny_config("llama-gqa")
+    model = tiny_model("llama-gqa")
+    adapter = adapter_for(model.config)
+    copy = compact(model, adapter, Masks.dense(adapter.geometry())).model
+    copy_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in copy.parameters()}.values())
+    plain, compacting = memory_plan(config, 2, 16), memory_plan(config, 2, 16, compact_every=1)
+    assert plain.compact_copy == 0 and compacting.compact_copy == copy_bytes == plain.weights
+    assert compacting.total - plain.total == copy_bytes
+
+
 def _saved_per_layer_token(name: str, batch: int = 2, seq: int = 16) -> float:
     """Floats autograd saves per layer and token in a Fisher pass (weights frozen, the embeddings'
     output a leaf that requires grad), parameters excluded: the 4-layer minus the 2-layer model."""

@@ -107,7 +107,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     budget = int(args.memory * 2**30) if args.memory else None
     report = plan_report(models.load_config(args.model), args.samples, args.seq_len, args.batch_size, args.nproc,
-                         args.dtype, args.saliency, budget, args.gradient_checkpointing, args.loss_chunk)
+                         args.dtype, args.saliency, budget, args.gradient_checkpointing, args.loss_chunk,
+                         args.compact_every)
     if args.json:
         print(json.dumps(report))
         return
@@ -116,7 +117,9 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(f"{args.model}: {report['model_type']}, {report['parameters']:,} parameters, {args.dtype}, {args.saliency} scores")
     print(f"per rank ({args.nproc} rank{'s' if args.nproc > 1 else ''}): {report['samples_per_rank']} sequences in "
           f"{report['micro_batches_per_rank']} micro-batches of {args.batch_size} x {args.seq_len} tokens")
-    for key in ("weights", "gradients", "activations", "logits", "scores", "runtime", "total"):
+    for key in ("weights", "gradients", "activations", "logits", "scores", "runtime", "compact_copy", "total"):
+        if key == "compact_copy" and not parts[key]:
+            continue
         print(f"  {key:<12} {gib(parts[key])}")
     fits = "fits" if report["fits"] else "does NOT fit"
     best = report["recommended_batch_size"]
@@ -297,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=float, default=None, help="budget in GiB (default: 80%% of this machine's)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="as prune's: keep only each layer's input")
     p.add_argument("--loss-chunk", type=int, default=0, help="as prune's: logits of this many positions at a time")
+    p.add_argument("--compact-every", type=int, default=0, help="as prune's: count the compact copy of the model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 

@@ -15,7 +15,11 @@ model of what one gradient pass of GISP scoring holds at its peak, per micro-bat
   why a Fisher pass keeps no norm outputs; first-order scores of all seven projections keep the
   two norm outputs too (2d). Plus the full-vocabulary logits with their float32 log-softmax and
   gradient;
-- Fisher moments (float64, per head and per channel) and a fixed runtime overhead.
+- Fisher moments (float64, per head and per channel) and a fixed runtime overhead;
+- with ``--compact-every``, the compact copy the later steps score (:mod:`gisp.compaction`): a
+  second model beside the masked one, counted at the dense size (it is first built after step 1,
+  and only shrinks after). Its gradient pass is smaller than the dense one's, so the activations
+  above stay the bound.
 
 With gradient checkpointing only each layer's input is kept per token (plus one layer's
 activations while it is recomputed); with a loss chunk only ``chunk`` positions of logits exist
@@ -50,14 +54,16 @@ class MemoryPlan:
     logits: int
     scores: int
     runtime: int
+    compact_copy: int = 0
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.activations + self.logits + self.scores + self.runtime
+        return (self.weights + self.gradients + self.activations + self.logits + self.scores + self.runtime
+                + self.compact_copy)
 
 
 def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", saliency: str = "fisher",
-                checkpointing: bool = False, loss_chunk: int = 0) -> MemoryPlan:
+                checkpointing: bool = False, loss_chunk: int = 0, compact_every: int = 0) -> MemoryPlan:
     """The estimate for ``config``'s model (see the module docstring)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -86,6 +92,7 @@ def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", s
         logits=(batch_size * min(loss_chunk, seq_len) if loss_chunk else tokens) * vocab * (b + 4 + 4),
         scores=moments + g.num_layers * (g.num_heads + f) * 8,
         runtime=RUNTIME_BYTES,
+        compact_copy=params * b if compact_every else 0,
     )
 
 
@@ -95,12 +102,13 @@ def available_memory() -> int:
 
 
 def recommend_batch(config, seq_len: int, budget: int, dtype: str = "float32", saliency: str = "fisher",
-                    largest: int = 64, checkpointing: bool = False, loss_chunk: int = 0) -> int | None:
+                    largest: int = 64, checkpointing: bool = False, loss_chunk: int = 0,
+                    compact_every: int = 0) -> int | None:
     """The largest micro-batch (sequences) whose estimate fits ``budget`` bytes; ``None`` if even
     one sequence does not."""
     best = None
     for batch in range(1, largest + 1):
-        if memory_plan(config, batch, seq_len, dtype, saliency, checkpointing, loss_chunk).total <= budget:
+        if memory_plan(config, batch, seq_len, dtype, saliency, checkpointing, loss_chunk, compact_every).total <= budget:
             best = batch
         else:
             break
@@ -109,13 +117,15 @@ def recommend_batch(config, seq_len: int, budget: int, dtype: str = "float32", s
 
 def plan_report(config, samples: int, seq_len: int, batch_size: int, nproc: int = 1, dtype: str = "float32",
                 saliency: str = "fisher", budget: int | None = None, checkpointing: bool = False,
-                loss_chunk: int = 0) -> dict:
+                loss_chunk: int = 0, compact_every: int = 0) -> dict:
     """Everything ``gisp plan`` prints, as data."""
-    if samples < 1 or seq_len < 2 or batch_size < 1 or nproc < 1 or loss_chunk < 0:
-        raise GispError("samples, batch-size and nproc must be positive, loss-chunk >= 0 and seq-len at least 2")
+    if samples < 1 or seq_len < 2 or batch_size < 1 or nproc < 1 or loss_chunk < 0 or compact_every < 0:
+        raise GispError("samples, batch-size and nproc must be positive, loss-chunk and compact-every >= 0 and "
+                        "seq-len at least 2")
     budget = budget or int(0.8 * available_memory())
-    plan = memory_plan(config, batch_size, seq_len, dtype, saliency, checkpointing, loss_chunk)
-    best = recommend_batch(config, seq_len, budget, dtype, saliency, checkpointing=checkpointing, loss_chunk=loss_chunk)
+    plan = memory_plan(config, batch_size, seq_len, dtype, saliency, checkpointing, loss_chunk, compact_every)
+    best = recommend_batch(config, seq_len, budget, dtype, saliency, checkpointing=checkpointing, loss_chunk=loss_chunk,
+                           compact_every=compact_every)
     per_rank = -(-samples // nproc)
     return {"model_type": config.model_type, "parameters": plan.parameters, "dtype": dtype, "saliency": saliency,
             "samples_per_rank": per_rank, "micro_batches_per_rank": -(-per_rank // batch_size),
