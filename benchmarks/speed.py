@@ -13,6 +13,9 @@ Sections (each cached in runs/speed/<section>.json, so an interrupted run resume
   Qwen2.5-0.5B against ``gisp plan``'s figure for the same settings.
 - ``torchrun``: wall time and per-process peak of the same one-step prune in 1 process, in 2 (gloo)
   data-parallel processes, and in 2 with ``--fsdp``.
+- ``sharded-load``: the same one-step prune of a safetensors copy of SmolLM2-135M in 1 process and in
+  2 with ``--fsdp``, which then loads in shards (no rank reads the whole model).
+- ``inference-round32``: as ``inference``, from a run with ``--round-to 32``.
 - ``compaction``: a 5-step prune of SmolLM2-135M to 50% with and without ``--compact-every 1``.
 
 Writes benchmarks/results/speed-smollm2.json and speed-smollm2.md.
@@ -228,6 +231,27 @@ def torchrun() -> dict:
             "vs_one_process": {n: agreement(WORK / "torchrun-1", WORK / f"torchrun-{n}") for n in ("2", "2-fsdp")}}
 
 
+def sharded_load() -> dict:
+    """The one-step prune of a safetensors copy of SmolLM2-135M (``gisp convert``): one process,
+    and 2 processes with --fsdp, which then load in shards (each rank reads only its rows)
+    instead of each loading the whole model: the largest process's peak, and the removal order."""
+    source = WORK / "smollm2-135m-hf"
+    if not (source / "config.json").is_file():
+        _sh(["gisp", "convert", "smollm2-135m", "--out", source])
+    rows = []
+    for name, launcher in (("1", ["gisp"]), ("2-fsdp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                          "--nproc-per-node", "2", "-m", "gisp"])):
+        out = WORK / f"sharded-load-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        extra = ["--fsdp"] if name != "1" else []
+        _, seconds, peak = _sh([*launcher, "prune", "--model", source, *TORCHRUN_ARGS, *extra, "--out", out], peak=True)
+        step = json.loads((out / "run.json").read_text())["steps"][-1]["seconds"]
+        rows.append({"processes": 1 if name == "1" else 2, "fsdp": bool(extra), "wall_seconds": seconds, "step_seconds": step,
+                     "peak_memory_mb": peak})
+    return {"settings": " ".join(TORCHRUN_ARGS), "source": str(source), "rows": rows,
+            "vs_one_process": agreement(WORK / "sharded-load-1", WORK / "sharded-load-2-fsdp")}
+
+
 COMPACT_RUN = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batch-size", "8", "--sparsity", "0.5",
                "--steps", "5"]
 
@@ -275,7 +299,7 @@ def torch_equal(a, b) -> bool:
 
 
 SECTIONS = {"throughput": throughput, "inference": inference, "inference-round32": inference_round32, "memory": memory,
-            "torchrun": torchrun, "compaction": compaction}
+            "torchrun": torchrun, "sharded-load": sharded_load, "compaction": compaction}
 
 
 def markdown(results: dict) -> str:
@@ -320,6 +344,13 @@ def markdown(results: dict) -> str:
                   f"{r.get('peak_memory_mb') or float('nan'):.0f} |" for r in results["torchrun"]["rows"]]
         for name, agree in results["torchrun"].get("vs_one_process", {}).items():
             lines.append(f"\n{name} vs 1 process: {_agreement_text(agree)}")
+    if "sharded-load" in results:
+        r = results["sharded-load"]
+        lines += [f"\n## Loading in shards (--fsdp from a safetensors checkpoint; {r['settings']})\n",
+                  "| processes | fsdp | wall s | step s | peak MB (largest process) |", "|---|---|---|---|---|"]
+        lines += [f"| {x['processes']} | {'yes' if x['fsdp'] else 'no'} | {x['wall_seconds']:.0f} | {x['step_seconds']:.0f} | "
+                  f"{x['peak_memory_mb']:.0f} |" for x in r["rows"]]
+        lines.append(f"\n2 processes with --fsdp vs 1 process: {_agreement_text(r['vs_one_process'])}")
     if "compaction" in results:
         c = results["compaction"]
         lines += [f"\n## Progressive compaction (SmolLM2-135M, {c['settings']})\n",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from safetensors.torch import load_file
 from gisp import distributed
 from gisp.config import PruneConfig
 from gisp.errors import GispError
+
+from conftest import tiny_config
 
 
 def _prune(launcher: list[str], model, corpus_file, out, *extra: str) -> None:
@@ -46,6 +49,28 @@ def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, co
         assert [s[key] for s in runs[0]["steps"]] == [s[key] for s in runs[1]["steps"]], key
     # the losses are the same sums taken in another order
     assert [s["loss"] for s in runs[1]["steps"]] == pytest.approx([s["loss"] for s in runs[0]["steps"]], rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama-gqa", "phi3"])
+def test_fsdp_loads_each_rank_only_its_rows(tiny_dir, family):
+    """--fsdp's loader: each of 2 ranks reads about half of every parameter from the safetensors
+    files (never the whole model), the gathered weights equal the whole load's exactly, the
+    compensation biases it adds are zero, the fingerprint is the whole model's (so runs resume and
+    export across both loaders), and the sharded forward gives the same logits."""
+    script = Path(__file__).with_name("sharded_load_check.py")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(script), str(tiny_dir(family))], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    total = ranks[0]["total"]
+    added = 2 * tiny_config(family).num_hidden_layers  # o_proj and down_proj of every layer
+    assert sum(r["held"] for r in ranks) == total + added * tiny_config(family).hidden_size
+    for r in ranks:
+        assert r["held"] < 0.6 * total, r
+        assert r["same_weights"] and r["all_sharded"] and r["fingerprint_equal"], r
+        assert len(r["added"]) == added and r["added_zero"], r
+        assert r["max_logit_diff"] < 1e-5, r
 
 
 def test_alone_every_batch_is_mine_and_sums_are_identities():

@@ -68,11 +68,7 @@ def prune(
 def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progress: bool) -> Trajectory:
     """:func:`prune` once the run directory is locked."""
     source = read_source(config) if batches is None else None  # bad data fails before any model loads
-    if model is None:
-        check_family(models.load_config(config.model), config)  # fail fast, before loading weights
-        model, tokenizer = models.load(config.model, config.dtype)
-    else:
-        check_family(model.config, config)
+    model, tokenizer, sharded = _load(config, model, tokenizer)
     if batches is None and tokenizer is None:
         raise GispError("a model passed in needs its tokenizer to build calibration batches (or pass batches=...)")
     if batches is None:
@@ -81,12 +77,13 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
     importance = method_for(config.method).build(
         MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate),
                      config.saliency or "first-order", config.gradient_checkpointing))
-    identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": models.fingerprint(model)}
     # the dense counts, read before --fsdp adds zero output biases and splits the parameters
-    shape = layer_shape(model, adapter_for(model.config), compensate=bool(config.compensate))
-    parameters = model_parameters(model)
-    if config.fsdp:
-        _shard(model, config, batches)
+    dense = sharded or {"fingerprint": models.fingerprint(model), **_dense_counts(model, config)}
+    _check_shards(config, batches)
+    if config.fsdp and sharded is None and distributed.world_size() > 1:
+        _prepare_shards(model, config)
+    shape, parameters = dense["shape"], dense["parameters"]
+    identity = {"spec": config.model, "model_type": model.config.model_type, "fingerprint": dense["fingerprint"]}
     writes_report = out is not None and distributed.is_main()
     logged: set[int] = set()
 
@@ -108,13 +105,37 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
                             on_step=after_step, shape=shape, model_total=parameters)
 
 
-def _shard(model: nn.Module, config: PruneConfig, batches: list[dict]) -> None:
-    """``--fsdp``: every parameter split over the ranks (after the fingerprint, which reads whole
-    weights). Compensation's output biases are made first: none can be added to a sharded model.
+def _load(config: PruneConfig, model: nn.Module | None, tokenizer) -> tuple[nn.Module, object, dict | None]:
+    """The model to prune (loaded, or the one passed in) and its tokenizer. Under ``torchrun
+    --fsdp`` a safetensors checkpoint is loaded in shards, each rank reading only its rows (the
+    model is then never whole anywhere); it then also returns the dense counts and fingerprint,
+    which the sharded model cannot give (else ``None``). A GGUF file is dequantised whole by every
+    rank, then sharded."""
+    if model is not None:
+        check_family(model.config, config)
+        return model, tokenizer, None
+    check_family(models.load_config(config.model), config)  # fail fast, before loading weights
+    if not (config.fsdp and distributed.world_size() > 1 and not models.is_gguf(config.model)):
+        return (*models.load(config.model, config.dtype), None)
+    logger.info("loading %s in shards: each of %d processes reads only its rows", config.model, distributed.world_size())
+    dense: dict = {}
+    model, tokenizer, fingerprint = models.load_sharded(
+        config.model, lambda m: dense.update(_prepare_shards(m, config)), config.dtype)
+    return model, tokenizer, dense | {"fingerprint": fingerprint}
 
-    Every forward of a sharded layer is a collective, so every rank must run as many micro-batches
-    as the others, in the gradient pass and in the search's subset: uneven splits are refused."""
+
+def _dense_counts(model: nn.Module, config: PruneConfig) -> dict:
+    return {"shape": layer_shape(model, adapter_for(model.config), compensate=bool(config.compensate)),
+            "parameters": model_parameters(model)}
+
+
+def _check_shards(config: PruneConfig, batches: list[dict]) -> None:
+    """``--fsdp``: every forward of a sharded layer is a collective, so every rank must run as many
+    micro-batches as the others, in the gradient pass and in the search's subset: uneven splits are
+    refused. Alone (no launcher) it only warns."""
     size = distributed.world_size()
+    if not config.fsdp:
+        return
     if size == 1:
         logger.warning("--fsdp shards over the processes of torchrun / accelerate; alone, the model stays whole")
         return
@@ -123,10 +144,19 @@ def _shard(model: nn.Module, config: PruneConfig, batches: list[dict]) -> None:
         raise GispError(f"--fsdp needs the calibration micro-batches (and every fourth of them, for --normalize search) "
                         f"to split evenly over {size} processes; got {len(batches)}: make --samples / --batch-size a "
                         f"multiple of {4 * size if len(parts) > 1 else size}")
+
+
+def _prepare_shards(model: nn.Module, config: PruneConfig) -> dict:
+    """``--fsdp``: every parameter split over the ranks, in place; returns the dense counts
+    (``shape``, ``parameters``), read first. Compensation's output biases are made before
+    sharding: none can be added to a sharded model. ``model`` may still be on the meta device
+    (:func:`gisp.models.load_sharded` fills it after)."""
     adapter = adapter_for(model.config)
+    dense = _dense_counts(model, config)
     if config.compensate:
         give_output_biases(model, adapter)
     distributed.shard_parameters(model, adapter.layers(model))
+    return dense
 
 
 def check_family(model_config, config: PruneConfig) -> None:

@@ -69,7 +69,7 @@ def give_output_biases(model: nn.Module, adapter: ModelAdapter) -> None:
     for mods in adapter.all_layer_modules(model):
         for linear in (mods.o, mods.down):
             if linear.bias is None:
-                _add_bias(linear, torch.zeros(linear.out_features, dtype=linear.weight.dtype))
+                _add_bias(linear, torch.zeros(linear.out_features, dtype=linear.weight.dtype, device=linear.weight.device))
 
 
 @torch.no_grad()

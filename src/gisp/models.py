@@ -18,7 +18,7 @@ import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +104,11 @@ def resolve(spec: str) -> ModelSource:
     return ModelSource(spec)
 
 
+def is_gguf(spec: str) -> bool:
+    """Whether ``spec`` names a GGUF file (which loads only whole: it is dequantised)."""
+    return resolve(spec).gguf_file is not None
+
+
 def load_config(spec: str):
     """The model's config without loading weights (cheap; used to fail fast on unknown types)."""
     from transformers import AutoConfig
@@ -142,6 +147,80 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Mod
     return model.to(device).eval(), tokenizer
 
 
+def load_sharded(spec: str, prepare: Callable[[nn.Module], None],
+                 dtype: str = "float32") -> tuple[nn.Module, object, str]:
+    """Load ``(model, tokenizer, fingerprint)`` with each rank reading only the rows of every parameter it holds
+    (FSDP, ``--fsdp``): no rank ever holds the whole model, which is how a model larger than one
+    rank's memory loads.
+
+    The model is built on the meta device (buffers such as rotary frequencies computed for real),
+    ``prepare`` edits and shards it (FSDP2 ``fully_shard``, which splits dim 0), and each rank then
+    reads its rows of every tensor from the checkpoint's safetensors files. Parameters the
+    checkpoint does not hold are the zero biases ``prepare`` added; the fingerprint is the one
+    :func:`fingerprint` gives the model loaded whole (those biases left out). Safetensors sources
+    only: a GGUF file must be dequantised whole, so it is refused here.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve(spec)
+    if src.gguf_file is not None:
+        raise GispError(f"{spec} is a GGUF file, which cannot be read in shards")
+    files = _safetensors_files(src.location, spec)
+    config = load_config(spec)
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary inv_freq) real
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(src.location, trust_remote_code=True)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    prepare(model)
+    model.to_empty(device="cpu")  # each rank allocates its shard of every parameter
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+        added = _read_rows(model, files, spec)
+    return model.eval(), tokenizer, fingerprint(model, skip=added)
+
+
+def _safetensors_files(location: str, spec: str) -> list[Path]:
+    """The checkpoint's ``*.safetensors`` files: a local directory's, or the hub snapshot's."""
+    path = Path(location).expanduser()
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(location, allow_patterns=["*.safetensors", "*.json"]))
+        except Exception as exc:
+            raise GispError(f"cannot fetch {spec} from the Hugging Face hub: {str(exc).splitlines()[0]}") from exc
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise GispError(f"{spec} has no .safetensors files; --fsdp reads each rank's shard from them")
+    return files
+
+
+def _read_rows(model: nn.Module, files: list[Path], spec: str) -> set[str]:
+    """Fill every parameter's local rows from the checkpoint (memory-mapped: only those rows are
+    read); a tied ``lm_head`` is the embeddings' parameter, filled once. Returns the names of the
+    biases the checkpoint lacks (zeroed)."""
+    from safetensors import safe_open
+
+    from gisp import distributed
+
+    handles = [safe_open(str(f), framework="pt") for f in files]
+    where = {key: h for h in handles for key in h.keys()}
+    added = set()
+    for name, param in model.named_parameters():  # tied parameters appear once
+        local, start = distributed.local_rows(param)
+        if name not in where:
+            if not name.endswith(".bias"):
+                raise GispError(f"{spec}'s checkpoint has no tensor {name}; it cannot be loaded sharded")
+            local.zero_()  # an output bias compensation added
+            added.add(name)
+            continue
+        rows = where[name].get_slice(name)[start:start + local.shape[0]]  # [local rows, ...]
+        local.copy_(rows.to(local.dtype))
+    return added
+
+
 @contextmanager
 def quiet_gguf_bars() -> Iterator[None]:
     """transformers' GGUF reader draws its own tqdm bar, deaf to its progress-bar switch: while
@@ -172,8 +251,9 @@ def _without_quantization_config(model: nn.Module, dtype: torch.dtype) -> nn.Mod
     return plain
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's config and a sample of its weights.
+def fingerprint(model: nn.Module, skip: Collection[str] = ()) -> str:
+    """A short hash of the model's config and a sample of its weights (tensors named in ``skip``
+    left out).
 
     Used to refuse exporting a run onto a different base model.
     """
@@ -183,8 +263,28 @@ def fingerprint(model: nn.Module) -> str:
         "num_key_value_heads", "head_dim", "vocab_size")}
     h.update(json.dumps(cfg, sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
+        if name in skip:
+            continue
         h.update(name.encode())
         # Rounded to bfloat16 so the same model loaded in another dtype keeps its fingerprint.
-        h.update(flat[:: max(1, flat.numel() // 64)][:64].to(torch.bfloat16).float().numpy().tobytes())
+        h.update(_sample(tensor.detach()).to(torch.bfloat16).float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _sample(tensor: torch.Tensor) -> torch.Tensor:
+    """Up to 64 evenly strided values of ``tensor`` (flattened). A tensor FSDP split over the ranks
+    gives the same values: each rank fills those in its rows, and the rest are zeros it adds."""
+    from gisp import distributed
+
+    local, start = distributed.local_rows(tensor)
+    if local is tensor:
+        flat = tensor.reshape(-1)
+        return flat[:: max(1, flat.numel() // 64)][:64]
+    numel = tensor.numel()
+    positions = torch.arange(0, numel, max(1, numel // 64))[:64]
+    row_size = max(1, numel // max(1, tensor.shape[0]))
+    mine = (positions >= start * row_size) & (positions < (start + local.shape[0]) * row_size)
+    values = torch.zeros(len(positions), dtype=torch.float64)
+    values[mine] = local.reshape(-1)[positions[mine] - start * row_size].double()
+    distributed.all_reduce_sum([values])
+    return values.to(tensor.dtype)

@@ -1,0 +1,48 @@
+"""Run by tests/test_distributed.py under torchrun: load a model in shards (``--fsdp``'s loader)
+and print, per rank, what it holds and whether it equals the model loaded whole."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from gisp import distributed, models
+from gisp.adapters import adapter_for
+from gisp.compensation import give_output_biases
+
+
+def prepare(model: torch.nn.Module) -> None:
+    adapter = adapter_for(model.config)
+    give_output_biases(model, adapter)  # as --fsdp with compensation: biases the checkpoint lacks
+    distributed.shard_parameters(model, adapter.layers(model))
+
+
+def main() -> None:
+    distributed.init_from_env()
+    whole, _ = models.load(sys.argv[1])
+    ids = torch.arange(3, 35).reshape(2, 16)
+    with torch.no_grad():
+        expected_logits = whole(ids).logits
+    expected = whole.state_dict()
+    model, _, fingerprint = models.load_sharded(sys.argv[1], prepare)
+    state = model.state_dict()
+    added = sorted(set(state) - set(expected))
+    same = all(torch.equal(tensor.full_tensor() if distributed.is_sharded(tensor) else tensor, expected[name])
+               for name, tensor in state.items() if name in expected)
+    loaded = {"held": sum(distributed.local_rows(p)[0].numel() for p in model.parameters()),
+              "all_sharded": all(distributed.is_sharded(p) for p in model.parameters())}  # before a forward gathers any
+    with torch.no_grad():
+        logits = model(ids).logits
+    print(json.dumps(loaded | {
+        "rank": distributed.rank(), "total": sum(p.numel() for p in whole.parameters()), "same_weights": same,
+        "added": added, "added_zero": all(not state[n].full_tensor().any() for n in added),
+        "fingerprint_equal": fingerprint == models.fingerprint(whole),
+        "max_logit_diff": (logits - expected_logits).abs().max().item(),
+    }))
+    distributed.close()
+
+
+if __name__ == "__main__":
+    main()
