@@ -51,6 +51,23 @@ def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, co
     assert [s["loss"] for s in runs[1]["steps"]] == pytest.approx([s["loss"] for s in runs[0]["steps"]], rel=1e-5)
 
 
+def test_accelerate_launch_shares_the_work_like_torchrun(tiny_dir, corpus_file, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (it starts the processes as torchrun does, on
+    CPUs too; its `--cpu` would force one process) gives the single process's trajectory."""
+    model = tiny_dir("llama-gqa")
+    _prune([sys.executable], model, corpus_file, tmp_path / "one")
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    _prune(accelerate, model, corpus_file, tmp_path / "two")
+    one, two = load_file(tmp_path / "one" / "trajectory.safetensors"), load_file(tmp_path / "two" / "trajectory.safetensors")
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.equal(one[key].nan_to_num(), two[key].nan_to_num()), key
+    for name, processes in (("one", 1), ("two", 2)):  # each step records how many processes scored it
+        steps = json.loads((tmp_path / name / "run.json").read_text())["steps"]
+        assert [s["processes"] for s in steps if s["step"] > 0] == [processes] * 4
+
+
 @pytest.mark.parametrize("family", ["llama-gqa", "phi3"])
 def test_fsdp_loads_each_rank_only_its_rows(tiny_dir, family):
     """--fsdp's loader: each of 2 ranks reads about half of every parameter from the safetensors

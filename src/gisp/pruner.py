@@ -194,4 +194,5 @@ def _step_record(step: int, target: float, masks: Masks, shape: LayerShape, dens
     return StepRecord(
         step=step, target_sparsity=target, sparsity=removed / dense_total, model_sparsity=removed / model_total,
         heads_removed=int((~masks.heads).sum()), channels_removed=int((~masks.channels).sum()),
+        processes=distributed.world_size(),
     )

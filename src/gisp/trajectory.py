@@ -39,7 +39,8 @@ class StepRecord:
     (filled in by the next scoring pass; step 0 is the dense model); ``seconds`` its wall time.
     With ``--normalize search``: the head/channel ``exchange_rate`` chosen and the ``candidates``
     tried: each a look-ahead to the run's final sparsity (its rates, the heads it would have
-    removed by then, and its calibration-subset loss)."""
+    removed by then, and its calibration-subset loss). ``processes``: how many shared its scoring
+    (torchrun / accelerate; a resumed run may use another number)."""
 
     step: int
     target_sparsity: float
@@ -51,6 +52,7 @@ class StepRecord:
     seconds: float | None = None
     exchange_rate: float | None = None
     candidates: list[dict] | None = None
+    processes: int | None = None
 
 
 @dataclass
