@@ -212,21 +212,27 @@ TORCHRUN_ARGS = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batc
                  "--steps", "1"]
 
 
+def _launched(model, prefix: str, variants: tuple) -> list[dict]:
+    """The one-step prune of ``model`` per ``(name, processes, extra flags)``: wall time, the step's
+    time and the largest process's peak resident memory (run directories ``WORK/prefix-name``)."""
+    rows = []
+    for name, nproc, extra in variants:
+        out = WORK / f"{prefix}-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        launcher = ["gisp"] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                  "--nproc-per-node", str(nproc), "-m", "gisp"]
+        # /usr/bin/time reports the largest maximum resident set among the processes it waits for: one rank's
+        _, seconds, peak = _sh([*launcher, "prune", "--model", model, *TORCHRUN_ARGS, *extra, "--out", out], peak=True)
+        step = json.loads((out / "run.json").read_text())["steps"][-1]["seconds"]
+        rows.append({"processes": nproc, "fsdp": "--fsdp" in extra, "wall_seconds": seconds, "step_seconds": step,
+                     "peak_memory_mb": peak})
+    return rows
+
+
 def torchrun() -> dict:
     """The one-step prune in 1 process, 2 data-parallel processes, and 2 with --fsdp: wall time,
     the step's time, the largest process's peak resident memory, and the removal order."""
-    rows = []
-    for name, nproc, extra in (("1", 1, []), ("2", 2, []), ("2-fsdp", 2, ["--fsdp"])):
-        out = WORK / f"torchrun-{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        launcher = ["gisp"] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                  "--nproc-per-node", "2", "-m", "gisp"]
-        # /usr/bin/time reports the largest maximum resident set among the processes it waits for: one rank's
-        _, seconds, peak = _sh([*launcher, "prune", "--model", "smollm2-135m", *TORCHRUN_ARGS, *extra, "--out", out],
-                               peak=True)
-        step = json.loads((out / "run.json").read_text())["steps"][-1]["seconds"]
-        rows.append({"processes": nproc, "fsdp": bool(extra), "wall_seconds": seconds, "step_seconds": step,
-                     "peak_memory_mb": peak})
+    rows = _launched("smollm2-135m", "torchrun", (("1", 1, []), ("2", 2, []), ("2-fsdp", 2, ["--fsdp"])))
     return {"settings": " ".join(TORCHRUN_ARGS), "rows": rows,
             "vs_one_process": {n: agreement(WORK / "torchrun-1", WORK / f"torchrun-{n}") for n in ("2", "2-fsdp")}}
 
@@ -238,18 +244,9 @@ def sharded_load() -> dict:
     source = WORK / "smollm2-135m-hf"
     if not (source / "config.json").is_file():
         _sh(["gisp", "convert", "smollm2-135m", "--out", source])
-    rows = []
-    for name, launcher in (("1", ["gisp"]), ("2-fsdp", [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                          "--nproc-per-node", "2", "-m", "gisp"])):
-        out = WORK / f"sharded-load-{name}"
-        shutil.rmtree(out, ignore_errors=True)
-        extra = ["--fsdp"] if name != "1" else []
-        _, seconds, peak = _sh([*launcher, "prune", "--model", source, *TORCHRUN_ARGS, *extra, "--out", out], peak=True)
-        step = json.loads((out / "run.json").read_text())["steps"][-1]["seconds"]
-        rows.append({"processes": 1 if name == "1" else 2, "fsdp": bool(extra), "wall_seconds": seconds, "step_seconds": step,
-                     "peak_memory_mb": peak})
+    rows = _launched(source, "sharded-load", (("1", 1, []), ("2-fsdp", 2, ["--fsdp"])))
     return {"settings": " ".join(TORCHRUN_ARGS), "source": str(source), "rows": rows,
-            "vs_one_process": agreement(WORK / "sharded-load-1", WORK / "sharded-load-2-fsdp")}
+            "vs_one_process": {"2-fsdp": agreement(WORK / "sharded-load-1", WORK / "sharded-load-2-fsdp")}}
 
 
 COMPACT_RUN = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batch-size", "8", "--sparsity", "0.5",
@@ -337,20 +334,16 @@ def markdown(results: dict) -> str:
                   "| model | measured peak MB | planned MB | planned / measured |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['measured_peak_mb']:.0f} | {r['planned_mb']:.0f} | {r['planned_over_measured']:.2f} |"
                   for r in results["memory"]["rows"]]
-    if "torchrun" in results:
-        lines += [f"\n## 1 vs 2 processes (torchrun, gloo; {results['torchrun']['settings']})\n",
+    for section, title in (("torchrun", "1 vs 2 processes (torchrun, gloo"),
+                           ("sharded-load", "Loading in shards (--fsdp from a safetensors checkpoint")):
+        if section not in results:
+            continue
+        lines += [f"\n## {title}; {results[section]['settings']})\n",
                   "| processes | fsdp | wall s | step s | peak MB (largest process) |", "|---|---|---|---|---|"]
         lines += [f"| {r['processes']} | {'yes' if r.get('fsdp') else 'no'} | {r['wall_seconds']:.0f} | {r['step_seconds']:.0f} | "
-                  f"{r.get('peak_memory_mb') or float('nan'):.0f} |" for r in results["torchrun"]["rows"]]
-        for name, agree in results["torchrun"].get("vs_one_process", {}).items():
+                  f"{r.get('peak_memory_mb') or float('nan'):.0f} |" for r in results[section]["rows"]]
+        for name, agree in results[section].get("vs_one_process", {}).items():
             lines.append(f"\n{name} vs 1 process: {_agreement_text(agree)}")
-    if "sharded-load" in results:
-        r = results["sharded-load"]
-        lines += [f"\n## Loading in shards (--fsdp from a safetensors checkpoint; {r['settings']})\n",
-                  "| processes | fsdp | wall s | step s | peak MB (largest process) |", "|---|---|---|---|---|"]
-        lines += [f"| {x['processes']} | {'yes' if x['fsdp'] else 'no'} | {x['wall_seconds']:.0f} | {x['step_seconds']:.0f} | "
-                  f"{x['peak_memory_mb']:.0f} |" for x in r["rows"]]
-        lines.append(f"\n2 processes with --fsdp vs 1 process: {_agreement_text(r['vs_one_process'])}")
     if "compaction" in results:
         c = results["compaction"]
         lines += [f"\n## Progressive compaction (SmolLM2-135M, {c['settings']})\n",
