@@ -26,7 +26,9 @@ def main() -> None:
     with torch.no_grad():
         expected_logits = whole(ids).logits
     expected = whole.state_dict()
-    model, _, fingerprint = models.load_sharded(sys.argv[1], prepare)
+    files = models.sharded_checkpoint(sys.argv[1])
+    assert files, "a safetensors checkpoint loads in shards"
+    model, _, fingerprint = models.load_sharded(sys.argv[1], files, prepare)
     state = model.state_dict()
     added = sorted(set(state) - set(expected))
     same = all(torch.equal(tensor.full_tensor() if distributed.is_sharded(tensor) else tensor, expected[name])

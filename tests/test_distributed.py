@@ -15,7 +15,7 @@ from gisp import distributed
 from gisp.config import PruneConfig
 from gisp.errors import GispError
 
-from conftest import tiny_config
+from conftest import tiny_model, tiny_tokenizer
 
 
 def _prune(launcher: list[str], model, corpus_file, out, *extra: str) -> None:
@@ -68,21 +68,28 @@ def test_accelerate_launch_shares_the_work_like_torchrun(tiny_dir, corpus_file, 
         assert [s["processes"] for s in steps if s["step"] > 0] == [processes] * 4
 
 
-@pytest.mark.parametrize("family", ["llama-gqa", "phi3"])
-def test_fsdp_loads_each_rank_only_its_rows(tiny_dir, family):
+@pytest.mark.parametrize("family, tied", [("llama-gqa", False), ("phi3", False), ("qwen2", True)],
+                         ids=["llama", "phi3-fused", "qwen2-tied-embeddings"])
+def test_fsdp_loads_each_rank_only_its_rows(tmp_path, family, tied):
     """--fsdp's loader: each of 2 ranks reads about half of every parameter from the safetensors
-    files (never the whole model), the gathered weights equal the whole load's exactly, the
-    compensation biases it adds are zero, the fingerprint is the whole model's (so runs resume and
-    export across both loaders), and the sharded forward gives the same logits."""
+    files (never the whole model), the gathered weights equal the whole load's exactly (tied
+    lm_head included), the compensation biases it adds are zero, the fingerprint is the whole
+    model's (so runs resume and export across both loaders; a sampled -0.0 stays -0.0), and the
+    sharded forward gives the same logits."""
+    model = tiny_model(family, tie_word_embeddings=tied)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = -0.0  # the first sampled value, in rank 0's rows
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
     script = Path(__file__).with_name("sharded_load_check.py")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             str(script), str(tiny_dir(family))], capture_output=True, text=True)
+                             str(script), str(tmp_path / "model")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     total = ranks[0]["total"]
-    added = 2 * tiny_config(family).num_hidden_layers  # o_proj and down_proj of every layer
-    assert sum(r["held"] for r in ranks) == total + added * tiny_config(family).hidden_size
+    added = 2 * model.config.num_hidden_layers  # o_proj and down_proj of every layer
+    assert sum(r["held"] for r in ranks) == total + added * model.config.hidden_size
     for r in ranks:
         assert r["held"] < 0.6 * total, r
         assert r["same_weights"] and r["all_sharded"] and r["fingerprint_equal"], r
@@ -114,7 +121,7 @@ def test_fsdp_settings_that_cannot_shard_are_refused():
         PruneConfig(model="m", data="text:x", fsdp=True, taylor_weights="all")
     with pytest.raises(GispError, match="llm-pruner with --taylor-weights all is not supported sharded"):
         PruneConfig(model="m", data="text:x", fsdp=True, method="llm-pruner")
-    with pytest.raises(GispError, match="flap with --taylor-weights None is not supported sharded"):
+    with pytest.raises(GispError, match="flap, which scores forward statistics, is not supported sharded"):
         PruneConfig(model="m", data="text:x", fsdp=True, method="flap")
     PruneConfig(model="m", data="text:x", fsdp=True, saliency="first-order")  # weight gradients, sharded
     with pytest.raises(GispError, match="--fsdp and --compact-every cannot be combined"):
@@ -137,3 +144,26 @@ def test_fsdp_refuses_micro_batches_that_do_not_split_evenly(tiny_dir, corpus_fi
     assert result.returncode != 0
     assert "gisp: error: --fsdp needs the calibration micro-batches" in result.stderr and "multiple of 8" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_which_checkpoints_load_in_shards(tmp_path):
+    """Safetensors (one file, or the files an index maps; stray files ignored) load in shards; a
+    .bin-only checkpoint, a GGUF file and a quantised config load whole (None)."""
+    from gisp import models
+
+    model = tiny_model("llama-gqa")
+    model.save_pretrained(tmp_path / "one")
+    assert models.sharded_checkpoint(str(tmp_path / "one")) == [tmp_path / "one" / "model.safetensors"]
+    model.save_pretrained(tmp_path / "split", max_shard_size="50KB")
+    (tmp_path / "split" / "consolidated.safetensors").write_bytes(b"not part of the checkpoint")
+    files = models.sharded_checkpoint(str(tmp_path / "split"))
+    mapped = json.loads((tmp_path / "split" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(files) > 1 and set(files) == {tmp_path / "split" / f for f in mapped.values()}
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "bin").mkdir()
+    model.config.save_pretrained(tmp_path / "bin")
+    (tmp_path / "pytorch_model.bin").rename(tmp_path / "bin" / "pytorch_model.bin")
+    assert models.sharded_checkpoint(str(tmp_path / "bin")) is None
+    model.config.quantization_config = {"quant_method": "fp8"}
+    model.save_pretrained(tmp_path / "quantised")
+    assert models.sharded_checkpoint(str(tmp_path / "quantised")) is None

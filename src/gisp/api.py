@@ -109,18 +109,22 @@ def _load(config: PruneConfig, model: nn.Module | None, tokenizer) -> tuple[nn.M
     """The model to prune (loaded, or the one passed in) and its tokenizer. Under ``torchrun
     --fsdp`` a safetensors checkpoint is loaded in shards, each rank reading only its rows (the
     model is then never whole anywhere); it then also returns the dense counts and fingerprint,
-    which the sharded model cannot give (else ``None``). A GGUF file is dequantised whole by every
-    rank, then sharded."""
+    which the sharded model cannot give (else ``None``). A source that cannot be read in shards (a
+    GGUF file, a quantised or ``.bin``-only checkpoint) is loaded whole by every rank, then sharded."""
     if model is not None:
         check_family(model.config, config)
         return model, tokenizer, None
     check_family(models.load_config(config.model), config)  # fail fast, before loading weights
-    if not (config.fsdp and distributed.world_size() > 1 and not models.is_gguf(config.model)):
+    files = models.sharded_checkpoint(config.model) if config.fsdp and distributed.world_size() > 1 else None
+    if files is None:
+        if config.fsdp and distributed.world_size() > 1:
+            logger.warning("%s has no plain safetensors checkpoint: every process loads it whole, then shards it",
+                           config.model)
         return (*models.load(config.model, config.dtype), None)
     logger.info("loading %s in shards: each of %d processes reads only its rows", config.model, distributed.world_size())
     dense: dict = {}
     model, tokenizer, fingerprint = models.load_sharded(
-        config.model, lambda m: dense.update(_prepare_shards(m, config)), config.dtype)
+        config.model, files, lambda m: dense.update(_prepare_shards(m, config)), config.dtype)
     return model, tokenizer, dense | {"fingerprint": fingerprint}
 
 

@@ -98,16 +98,28 @@ def sum_float(value: float) -> float:
     return float(t.item())
 
 
+def gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable; gisp's own values, never user input), in rank order."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def shard_parameters(model: torch.nn.Module, layers: Sequence[torch.nn.Module]) -> None:
     """FSDP2 over all ranks: each of ``layers`` its own unit (gathered for its forward and
-    backward, then freed), the rest (embeddings, final norm, lm_head) the root's. In place."""
+    backward, then freed), the rest (embeddings, final norm, lm_head) the root's. In place.
+    Parameters keep their dtype (e.g. bfloat16); weight gradients are reduce-scattered in float32
+    (then stored in the parameters' dtype, once per backward, and summed in float32 by the caller)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(_device().type, (world_size(),))
+    policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)  # weights stay in the run's dtype; gradients reduce in fp32
     for layer in layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 def local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -149,10 +149,10 @@ class TaylorImportance:
         device = next(model.parameters()).device
         total = sum(batch_size(b) for b in self.batches)
         sharded = any(distributed.is_sharded(w) for w in weights)
-        if sharded:  # FSDP: its reduce-scatter adds each backward's gradients into the rows each rank holds
-            for w in weights:
-                w.grad = None
-        grads = [] if sharded else [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+        # FSDP: each backward's gradient is reduce-scattered into .grad of the rows each rank holds
+        grads = [torch.zeros_like(distributed.local_rows(w)[0] if sharded else w, dtype=torch.float32) for w in weights]
+        for w in weights if sharded else ():
+            w.grad = None
         loss_sum = 0.0
         mine = distributed.shard(self.batches)  # every batch when alone; else every N-th, summed below
         for batch in progress_bar(mine, desc=self.description, enabled=self.progress, leave=False):
@@ -168,11 +168,13 @@ class TaylorImportance:
                         acc.add_(g.float(), alpha=share)
                 else:  # hooks only (Fisher), or FSDP, whose gradients exist only as .grad of the shards
                     (loss * share if sharded else loss).backward()
+                    for acc, w in zip(grads, weights if sharded else ()):  # summed in float32, not the weights' dtype
+                        acc.add_(distributed.local_rows(w.grad)[0].float())
+                        w.grad = None
             loss_sum += float(loss.detach()) * share
-        if sharded:  # this rank's rows of the mean gradient (float32): FSDP averaged the ranks' sums
-            grads = [distributed.local_rows(w.grad)[0].float() * distributed.world_size() for w in weights]
-            for w in weights:
-                w.grad = None
+        if sharded:  # this rank's rows of the mean gradient: FSDP averaged the ranks' gradients
+            for acc in grads:
+                acc.mul_(distributed.world_size())
         else:
             distributed.all_reduce_sum(grads)  # float32, as accumulated
         if comp is not None:

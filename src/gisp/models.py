@@ -104,11 +104,6 @@ def resolve(spec: str) -> ModelSource:
     return ModelSource(spec)
 
 
-def is_gguf(spec: str) -> bool:
-    """Whether ``spec`` names a GGUF file (which loads only whole: it is dequantised)."""
-    return resolve(spec).gguf_file is not None
-
-
 def load_config(spec: str):
     """The model's config without loading weights (cheap; used to fail fast on unknown types)."""
     from transformers import AutoConfig
@@ -147,78 +142,84 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Mod
     return model.to(device).eval(), tokenizer
 
 
-def load_sharded(spec: str, prepare: Callable[[nn.Module], None],
-                 dtype: str = "float32") -> tuple[nn.Module, object, str]:
-    """Load ``(model, tokenizer, fingerprint)`` with each rank reading only the rows of every parameter it holds
-    (FSDP, ``--fsdp``): no rank ever holds the whole model, which is how a model larger than one
-    rank's memory loads.
-
-    The model is built on the meta device (buffers such as rotary frequencies computed for real),
-    ``prepare`` edits and shards it (FSDP2 ``fully_shard``, which splits dim 0), and each rank then
-    reads its rows of every tensor from the checkpoint's safetensors files. Parameters the
-    checkpoint does not hold are the zero biases ``prepare`` added; the fingerprint is the one
-    :func:`fingerprint` gives the model loaded whole (those biases left out). Safetensors sources
-    only: a GGUF file must be dequantised whole, so it is refused here.
-    """
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def sharded_checkpoint(spec: str) -> list[Path] | None:
+    """The safetensors files a model can be loaded from in shards (:func:`load_sharded`), or
+    ``None`` when it cannot: a GGUF file (dequantised whole), a quantised checkpoint (its weights
+    need their scales), or no ``.safetensors`` files (e.g. ``.bin`` only). Files are the ones
+    ``model.safetensors.index.json`` maps, when there is one; a hub id is downloaded (weights
+    and JSON only)."""
     src = resolve(spec)
-    if src.gguf_file is not None:
-        raise GispError(f"{spec} is a GGUF file, which cannot be read in shards")
-    files = _safetensors_files(src.location, spec)
-    config = load_config(spec)
-    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary inv_freq) real
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(src.location, trust_remote_code=True)
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    prepare(model)
-    model.to_empty(device="cpu")  # each rank allocates its shard of every parameter
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
-        added = _read_rows(model, files, spec)
-    return model.eval(), tokenizer, fingerprint(model, skip=added)
-
-
-def _safetensors_files(location: str, spec: str) -> list[Path]:
-    """The checkpoint's ``*.safetensors`` files: a local directory's, or the hub snapshot's."""
-    path = Path(location).expanduser()
+    if src.gguf_file is not None or getattr(load_config(spec), "quantization_config", None):
+        return None
+    path = Path(src.location).expanduser()
     if not path.is_dir():
         from huggingface_hub import snapshot_download
 
         try:
-            path = Path(snapshot_download(location, allow_patterns=["*.safetensors", "*.json"]))
+            path = Path(snapshot_download(src.location, allow_patterns=["*.safetensors", "*.json"]))
         except Exception as exc:
             raise GispError(f"cannot fetch {spec} from the Hugging Face hub: {str(exc).splitlines()[0]}") from exc
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise GispError(f"{spec} has no .safetensors files; --fsdp reads each rank's shard from them")
-    return files
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [path / "model.safetensors"] if (path / "model.safetensors").is_file() else None
 
 
-def _read_rows(model: nn.Module, files: list[Path], spec: str) -> set[str]:
+def load_sharded(spec: str, files: list[Path], prepare: Callable[[nn.Module], None],
+                 dtype: str = "float32") -> tuple[nn.Module, object, str]:
+    """Load ``(model, tokenizer, fingerprint)`` with each rank reading only the rows of every
+    parameter it holds (FSDP, ``--fsdp``): no rank ever holds the whole model, which is how a
+    model larger than one rank's memory loads.
+
+    The model is built on the meta device (buffers such as rotary frequencies computed for real,
+    tied embeddings tied), ``prepare`` edits and shards it (FSDP2 ``fully_shard``, which splits
+    dim 0), and each rank then reads its rows of every tensor from ``files`` (see
+    :func:`sharded_checkpoint`). The parameters ``prepare`` adds (compensation's zero biases) are
+    zero; the fingerprint is the one :func:`fingerprint` gives the model loaded whole.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    try:
+        with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary inv_freq) real
+            model = AutoModelForCausalLM.from_config(load_config(spec), dtype=DTYPES[dtype], trust_remote_code=True)
+        model.tie_weights()  # init_empty_weights registers lm_head and the embeddings apart
+        tokenizer = AutoTokenizer.from_pretrained(resolve(spec).location, trust_remote_code=True)
+    except GispError:
+        raise
+    except Exception as exc:
+        raise GispError(f"cannot load model {spec}: {str(exc).splitlines()[0]}") from exc
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    stock = {name for name, _ in model.named_parameters()}
+    prepare(model)
+    added = {name for name, _ in model.named_parameters()} - stock
+    model.to_empty(device="cpu")  # each rank allocates its shard of every parameter
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+        _read_rows(model, files, added, spec)
+    return model.eval(), tokenizer, fingerprint(model, skip=added)
+
+
+def _read_rows(model: nn.Module, files: list[Path], added: set[str], spec: str) -> None:
     """Fill every parameter's local rows from the checkpoint (memory-mapped: only those rows are
-    read); a tied ``lm_head`` is the embeddings' parameter, filled once. Returns the names of the
-    biases the checkpoint lacks (zeroed)."""
+    read), and zero the ``added`` ones; a tied ``lm_head`` is the embeddings' parameter, filled once."""
     from safetensors import safe_open
 
     from gisp import distributed
 
     handles = [safe_open(str(f), framework="pt") for f in files]
     where = {key: h for h in handles for key in h.keys()}
-    added = set()
     for name, param in model.named_parameters():  # tied parameters appear once
         local, start = distributed.local_rows(param)
-        if name not in where:
-            if not name.endswith(".bias"):
-                raise GispError(f"{spec}'s checkpoint has no tensor {name}; it cannot be loaded sharded")
-            local.zero_()  # an output bias compensation added
-            added.add(name)
-            continue
-        rows = where[name].get_slice(name)[start:start + local.shape[0]]  # [local rows, ...]
-        local.copy_(rows.to(local.dtype))
-    return added
+        if name in added:
+            local.zero_()
+        elif name in where:
+            local.copy_(where[name].get_slice(name)[start:start + local.shape[0]].to(local.dtype))  # [local rows, ...]
+        else:
+            raise GispError(f"{spec}'s checkpoint has no tensor {name}; it cannot be loaded sharded")
 
 
 @contextmanager
@@ -273,7 +274,7 @@ def fingerprint(model: nn.Module, skip: Collection[str] = ()) -> str:
 
 def _sample(tensor: torch.Tensor) -> torch.Tensor:
     """Up to 64 evenly strided values of ``tensor`` (flattened). A tensor FSDP split over the ranks
-    gives the same values: each rank fills those in its rows, and the rest are zeros it adds."""
+    gives the same values, each taken from the rank that holds it (exactly: -0.0 stays -0.0)."""
     from gisp import distributed
 
     local, start = distributed.local_rows(tensor)
@@ -284,7 +285,7 @@ def _sample(tensor: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(0, numel, max(1, numel // 64))[:64]
     row_size = max(1, numel // max(1, tensor.shape[0]))
     mine = (positions >= start * row_size) & (positions < (start + local.shape[0]) * row_size)
-    values = torch.zeros(len(positions), dtype=torch.float64)
-    values[mine] = local.reshape(-1)[positions[mine] - start * row_size].double()
-    distributed.all_reduce_sum([values])
+    held = dict(zip(positions[mine].tolist(), local.reshape(-1)[positions[mine] - start * row_size].double().tolist()))
+    owned = {k: v for part in distributed.gather_objects(held) for k, v in part.items()}  # each value from its owner
+    values = torch.tensor([owned[k] for k in positions.tolist()], dtype=torch.float64)
     return values.to(tensor.dtype)

@@ -169,7 +169,7 @@ def _zscore(scores: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
 
 def output_head_scores(o: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Sum saliency over each head's ``o_proj`` columns only ([d, H*hd] -> [H])."""
-    return o.reshape(o.shape[0], -1, head_dim).sum((0, 2))  # [d, H, hd] -> [H]
+    return o.reshape(o.shape[0], o.shape[1] // head_dim, head_dim).sum((0, 2))  # [d, H, hd] -> [H] (d may be 0: a shard)
 
 
 def output_channel_scores(down: torch.Tensor) -> torch.Tensor:
