@@ -1,10 +1,14 @@
 """Run by tests/test_distributed.py under torchrun: load a model in shards (``--fsdp``'s loader)
-and print, per rank, what it holds and whether it equals the model loaded whole."""
+and write, per rank, what it holds and whether it equals the model loaded whole, to
+``OUT/rank<r>.json`` (files, not stdout: two processes' lines would interleave).
+
+Usage: sharded_load_check.py MODEL_DIR OUT"""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -37,7 +41,8 @@ def main() -> None:
               "all_sharded": all(distributed.is_sharded(p) for p in model.parameters())}  # before a forward gathers any
     with torch.no_grad():
         logits = model(ids).logits
-    print(json.dumps(loaded | {
+    report = Path(sys.argv[2]) / f"rank{distributed.rank()}.json"
+    report.write_text(json.dumps(loaded | {
         "rank": distributed.rank(), "total": sum(p.numel() for p in whole.parameters()), "same_weights": same,
         "added": added, "added_zero": all(not state[n].full_tensor().any() for n in added),
         "fingerprint_equal": fingerprint == models.fingerprint(whole),

@@ -83,9 +83,9 @@ def test_fsdp_loads_each_rank_only_its_rows(tmp_path, family, tied):
     tiny_tokenizer().save_pretrained(tmp_path / "model")
     script = Path(__file__).with_name("sharded_load_check.py")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             str(script), str(tmp_path / "model")], capture_output=True, text=True)
+                             str(script), str(tmp_path / "model"), str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert sorted(r["rank"] for r in ranks) == [0, 1]
     total = ranks[0]["total"]
     added = 2 * model.config.num_hidden_layers  # o_proj and down_proj of every layer
