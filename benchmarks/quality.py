@@ -231,7 +231,9 @@ class Results:
 def _provenance() -> dict:
     """Commit and time of one cell (the code can move on during a long benchmark)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip())
+    # results files are rewritten by the benchmarks themselves: only code changes make a cell "dirty"
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+                                capture_output=True, text=True).stdout.strip())
     return {"git_commit": commit + ("+dirty" if dirty else ""), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
