@@ -86,8 +86,8 @@ def test_budget_walk_is_safe_and_nested(problem, scope):
 
 
 @EXAMPLES
-@given(problems(), st.integers(2, 4))
-def test_rounding_keeps_multiples_stays_nested_and_spares_protected_layers(problem, multiple):
+@given(problems(), st.integers(2, 4), st.integers(1, 3))
+def test_rounding_keeps_multiples_stays_nested_and_spares_protected_layers(problem, multiple, heads_by):
     shape, protected, seed, _, final = problem
     g = shape.geometry
     gen = torch.Generator().manual_seed(seed)
@@ -97,13 +97,13 @@ def test_rounding_keeps_multiples_stays_nested_and_spares_protected_layers(probl
     dense = dense_layer_params(shape) * g.num_layers
     select_under_budget(global_ranking(heads, channels, masks, protected), masks, shape, 0, final * dense)
     walked = masks.clone()
-    back, extra = round_blocks(masks, before, heads, channels, multiple, protected)
+    back, extra = round_blocks(masks, before, heads, channels, multiple, protected, head_multiple=heads_by)
     assert masks.is_subset_of(before)
     for layer in range(g.num_layers):
         if layer in protected:
             assert masks.heads[layer].all() and masks.channels[layer].all()
         else:
-            assert int(masks.heads[layer].sum()) % multiple == 0 and int(masks.channels[layer].sum()) % multiple == 0
+            assert int(masks.heads[layer].sum()) % heads_by == 0 and int(masks.channels[layer].sum()) % multiple == 0
     assert all(walked.is_kept(s) is False and masks.is_kept(s) for s in back)  # restored: removed this step
     assert all(walked.is_kept(s) and not masks.is_kept(s) for s in extra)
 

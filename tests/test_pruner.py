@@ -168,8 +168,9 @@ def test_public_api_takes_a_user_loss(tmp_path):
 
 
 def test_round_to_keeps_whole_multiples_at_every_step_and_exports_whole_steps(tmp_path):
-    """--round-to 4: every pruned layer keeps 0/4/8... heads and channels after every step; the
-    steps stay nested; a level between steps exports the last whole step."""
+    """--round-to 16 with head_dim 8: every pruned layer keeps 0/16/32 channels and an even number
+    of heads (attention widths of 0/16/32/48) after every step; the steps stay nested; a level
+    between steps exports the last whole step."""
     import gisp
     from gisp.adapters import adapter_for
     from gisp.structures import layer_shape
@@ -179,18 +180,27 @@ def test_round_to_keeps_whole_multiples_at_every_step_and_exports_whole_steps(tm
     ids = torch.randint(0, 320, (6, 16), generator=torch.Generator().manual_seed(0))
     model = tiny_model("llama-gqa", layers=4)
     traj = gisp.prune(model=model, batches=[{"input_ids": c} for c in ids.split(3)], data="unused", sparsity=0.35,
-                      steps=3, round_to=4, protect_first=0.25, protect_last=1, progress=False, out=tmp_path / "run")
-    assert traj.config["round_to"] == 4
+                      steps=3, round_to=16, protect_first=0.25, protect_last=1, progress=False, out=tmp_path / "run")
+    assert traj.config["round_to"] == 16
     previous = None
     for record in traj.steps[1:]:
         masks = traj.masks_at_step(record.step)
         for layer in (1, 2):  # the unprotected layers
-            assert int(masks.heads[layer].sum()) % 4 == 0 and int(masks.channels[layer].sum()) % 4 == 0, record.step
+            assert int(masks.heads[layer].sum()) % 2 == 0 and int(masks.channels[layer].sum()) % 16 == 0, record.step
         assert masks.heads[[0, 3]].all() and masks.channels[[0, 3]].all()
         assert previous is None or masks.is_subset_of(previous)
         previous = masks
     assert abs(traj.steps[-1].sparsity - 0.35) < 0.08
+    assert traj.steps[1].heads_removed < 12  # heads round by width (pairs); by count (16) all 12 would go at once
     shape = layer_shape(model, adapter_for(model.config))
     middle = (traj.steps[1].sparsity + traj.steps[2].sparsity) / 2
     masks, step = traj.masks_at_sparsity(middle, shape)
     assert step == 1 and torch.equal(masks.channels, traj.masks_at_step(1).channels)
+
+
+def test_heads_round_by_attention_width():
+    from gisp.selection import head_multiple
+
+    # 9 heads of 64 (SmolLM2) under --round-to 32: any count is 32-wide already; counting heads by 32 would remove all 9
+    assert head_multiple(32, 64) == 1 and head_multiple(128, 64) == 2 and head_multiple(16, 8) == 2
+    assert head_multiple(32, 8) == 4 and head_multiple(8, 96) == 1 and head_multiple(64, 80) == 4

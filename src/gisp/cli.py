@@ -33,7 +33,8 @@ _HELP = {
                 "(per-token squared first-order effects, summed); default: the method's",
     "scope": "ranking scope: global (one ranking over all layers), layer (same fraction per layer), "
              "depth (whole layers); default: the method's",
-    "round_to": "keep every pruned layer's heads and channels at multiples of N (selection, not padding); "
+    "round_to": "keep every pruned layer's MLP channels and attention width (heads x head_dim) at multiples of N "
+                "(selection, not padding); "
                 "levels then export at whole steps",
     "gradient_checkpointing": "recompute each layer's activations in the backward pass instead of keeping them "
                               "(less memory, ~1 more forward; same scores)",

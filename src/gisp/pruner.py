@@ -28,7 +28,7 @@ from gisp.runtime import progress_bar
 from gisp.methods import method_for
 from gisp.methods.base import normalized, rank
 from gisp.schedule import target_sparsity
-from gisp.selection import round_blocks, select_under_budget
+from gisp.selection import head_multiple, round_blocks, select_under_budget
 from gisp.structures import (
     LayerShape,
     Masks,
@@ -156,7 +156,7 @@ def run_schedule(
             chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
         if config.round_to > 1:  # hardware-friendly sizes: whole multiples kept in every pruned layer
             back, extra = round_blocks(masks, before, scores.heads, scores.channels, config.round_to, protected,
-                                       shape.head_pruning)
+                                       shape.head_pruning, head_multiple(config.round_to, geo.head_dim))
             chosen = [s for s in chosen if s not in set(back)] + extra
         traj.record(step, chosen, scores.input_means, geo.head_dim)
         if config.compensate:

@@ -16,6 +16,8 @@ stays within the step's target.
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 import torch
@@ -146,10 +148,20 @@ def select_under_budget(
     return chosen
 
 
+def head_multiple(round_to: int, head_dim: int) -> int:
+    """How many heads make an attention width (heads x ``head_dim``) a multiple of ``round_to``:
+    matrix kernels and llama.cpp's 32-value quantisation blocks care about widths, so with
+    ``head_dim`` 64 any head count is already a multiple of 32 wide (1), while ``head_dim`` 8 needs
+    heads in fours. Rounding the head *count* to 32 would remove every head of a 9-head layer."""
+    return round_to // math.gcd(round_to, head_dim)
+
+
 def round_blocks(masks: Masks, before: Masks, heads: torch.Tensor, channels: torch.Tensor, multiple: int,
-                 protected: list[int], head_pruning: bool = True) -> tuple[list[Structure], list[Structure]]:
-    """Make every unprotected layer keep a multiple of ``multiple`` heads and channels
-    (hardware-friendly sizes by selection, not padding), changing ``masks`` in place.
+                 protected: list[int], head_pruning: bool = True,
+                 head_multiple: int | None = None) -> tuple[list[Structure], list[Structure]]:
+    """Make every unprotected layer keep a multiple of ``multiple`` channels and of
+    ``head_multiple`` heads (default ``multiple``; see :func:`head_multiple`), hardware-friendly
+    sizes by selection, not padding, changing ``masks`` in place.
 
     For a block keeping ``k`` with ``r = k % multiple``, either the ``r`` weakest kept structures
     are removed too, or the ``multiple - r`` strongest removed *this step* (kept in ``before``)
@@ -161,11 +173,11 @@ def round_blocks(masks: Masks, before: Masks, heads: torch.Tensor, channels: tor
     restored: list[Structure] = []
     removed: list[Structure] = []
     allowed = _allowed(masks.heads.shape[0], protected)
-    blocks = [("channel", masks.channels, before.channels, channels)]
+    blocks = [("channel", masks.channels, before.channels, channels, multiple)]
     if head_pruning:
-        blocks.insert(0, ("head", masks.heads, before.heads, heads))
+        blocks.insert(0, ("head", masks.heads, before.heads, heads, head_multiple or multiple))
     for layer in allowed.nonzero()[:, 0].tolist():
-        for kind, now, then, scores in blocks:
+        for kind, now, then, scores, multiple in blocks:
             kept = int(now[layer].sum())
             r = kept % multiple
             if r == 0:
