@@ -167,3 +167,23 @@ def test_which_checkpoints_load_in_shards(tmp_path):
     model.config.quantization_config = {"quant_method": "fp8"}
     model.save_pretrained(tmp_path / "quantised")
     assert models.sharded_checkpoint(str(tmp_path / "quantised")) is None
+
+
+def test_fsdp_from_a_checkpoint_that_loads_whole_matches_one_process(tmp_path, corpus_file):
+    """A .bin-only checkpoint cannot be read in shards: every rank loads it whole (with a warning),
+    then shards it, and the trajectory is still the single process's."""
+    model = tiny_model("llama-gqa")
+    model.config.save_pretrained(tmp_path / "bin")
+    tiny_tokenizer().save_pretrained(tmp_path / "bin")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    _prune([sys.executable], tmp_path / "bin", corpus_file, tmp_path / "one")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = torchrun + ["-m", "gisp", "prune", "--model", str(tmp_path / "bin"), "--data", f"text:{corpus_file}",
+                      "--sparsity", "0.4", "--steps", "4", "--samples", "16", "--seq-len", "32", "--batch-size", "2",
+                      "--fsdp", "--out", str(tmp_path / "two")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "has no plain safetensors checkpoint: every process loads it whole" in result.stderr
+    one, two = load_file(tmp_path / "one" / "trajectory.safetensors"), load_file(tmp_path / "two" / "trajectory.safetensors")
+    for key in one:
+        assert torch.equal(one[key].nan_to_num(), two[key].nan_to_num()), key

@@ -123,8 +123,11 @@ def _load(config: PruneConfig, model: nn.Module | None, tokenizer) -> tuple[nn.M
         return (*models.load(config.model, config.dtype), None)
     logger.info("loading %s in shards: each of %d processes reads only its rows", config.model, distributed.world_size())
     dense: dict = {}
-    model, tokenizer, fingerprint = models.load_sharded(
-        config.model, files, lambda m: dense.update(_prepare_shards(m, config)), config.dtype)
+
+    def prepare(meta_model: nn.Module) -> None:  # the dense counts first: sharding adds biases and splits
+        dense.update(_dense_counts(meta_model, config))
+        _prepare_shards(meta_model, config)
+    model, tokenizer, fingerprint = models.load_sharded(config.model, files, prepare, config.dtype)
     return model, tokenizer, dense | {"fingerprint": fingerprint}
 
 
@@ -137,9 +140,9 @@ def _check_shards(config: PruneConfig, batches: list[dict]) -> None:
     """``--fsdp``: every forward of a sharded layer is a collective, so every rank must run as many
     micro-batches as the others, in the gradient pass and in the search's subset: uneven splits are
     refused. Alone (no launcher) it only warns."""
-    size = distributed.world_size()
     if not config.fsdp:
         return
+    size = distributed.world_size()
     if size == 1:
         logger.warning("--fsdp shards over the processes of torchrun / accelerate; alone, the model stays whole")
         return
@@ -150,17 +153,14 @@ def _check_shards(config: PruneConfig, batches: list[dict]) -> None:
                         f"multiple of {4 * size if len(parts) > 1 else size}")
 
 
-def _prepare_shards(model: nn.Module, config: PruneConfig) -> dict:
-    """``--fsdp``: every parameter split over the ranks, in place; returns the dense counts
-    (``shape``, ``parameters``), read first. Compensation's output biases are made before
-    sharding: none can be added to a sharded model. ``model`` may still be on the meta device
-    (:func:`gisp.models.load_sharded` fills it after)."""
+def _prepare_shards(model: nn.Module, config: PruneConfig) -> None:
+    """``--fsdp``: every parameter split over the ranks, in place. Compensation's output biases
+    are made before sharding: none can be added to a sharded model. ``model`` may still be on the
+    meta device (:func:`gisp.models.load_sharded` fills it after)."""
     adapter = adapter_for(model.config)
-    dense = _dense_counts(model, config)
     if config.compensate:
         give_output_biases(model, adapter)
     distributed.shard_parameters(model, adapter.layers(model))
-    return dense
 
 
 def check_family(model_config, config: PruneConfig) -> None:

@@ -13,8 +13,8 @@ gradient); expanded scores put zero there too, and the input means of removed fe
 ever multiply zero columns) are zero. So the ranking sees the same numbers up to the float rounding
 of matmuls of another size: the trajectory is the masked path's unless two structures tie to the
 last bits (identical in ``tests/test_compaction.py``). The copy costs memory: while it is built,
-the working model's state, the sliced tensors and the new model coexist (``gisp plan`` does not
-count it).
+the working model's state, the sliced tensors and the new model coexist (``gisp plan
+--compact-every`` counts the copy at the dense size).
 
 Between rebuilds the copy is kept current before every pass: structures removed since it was built
 are zeroed in it and its ``o``/``down`` biases are copied from the working model.
