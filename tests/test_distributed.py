@@ -28,13 +28,19 @@ def _prune(launcher: list[str], model, corpus_file, out, *extra: str) -> None:
 
 @pytest.mark.parametrize("family, both, extra", [("llama-gqa", [], []), ("llama-gqa", ["--method", "llm-pruner"], []),
                                                  ("llama-gqa", [], ["--fsdp"]), ("phi3", [], ["--fsdp"]),
-                                                 ("phi3", ["--saliency", "first-order"], ["--fsdp"])],
-                         ids=["gisp", "llm-pruner", "gisp-fsdp", "gisp-fsdp-fused", "gisp-fsdp-first-order"])
+                                                 ("phi3", ["--saliency", "first-order"], ["--fsdp"]),
+                                                 ("phi3", ["--method", "llm-pruner"], ["--fsdp"]),
+                                                 ("llama-mha", ["--saliency", "first-order", "--taylor-weights", "all"],
+                                                  ["--fsdp"])],
+                         ids=["gisp", "llm-pruner", "gisp-fsdp", "gisp-fsdp-fused", "gisp-fsdp-first-order",
+                              "llm-pruner-fsdp-fused", "gisp-fsdp-all-weights-mha"])
 def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, corpus_file, tmp_path, family, both, extra):
     """Fisher + compensation (gisp) and weight gradients (llm-pruner) sharded over 2 gloo ranks,
     and gisp with the parameters themselves split over them (FSDP2; fused projections too; Fisher
     from activation gradients, or first-order from the weight gradients FSDP reduce-scatters): the
-    trajectory (orders, steps, input means) is identical to the single-process run's."""
+    trajectory (orders, steps, input means) is identical to the single-process run's. LLM-Pruner's
+    scores sum q/k/v/gate/up rows too (--taylor-weights all): each rank sums the rows it holds,
+    fused qkv_proj / gate_up_proj cut where a role's rows cross the ranks' split."""
     model = tiny_dir(family)
     _prune([sys.executable], model, corpus_file, tmp_path / "one", *both)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -117,13 +123,11 @@ def test_fewer_batches_than_ranks_is_refused(monkeypatch):
 
 
 def test_fsdp_settings_that_cannot_shard_are_refused():
-    with pytest.raises(GispError, match="--fsdp shards gradient scoring of o_proj/down_proj columns"):
-        PruneConfig(model="m", data="text:x", fsdp=True, taylor_weights="all")
-    with pytest.raises(GispError, match="llm-pruner with --taylor-weights all is not supported sharded"):
-        PruneConfig(model="m", data="text:x", fsdp=True, method="llm-pruner")
-    with pytest.raises(GispError, match="flap, which scores forward statistics, is not supported sharded"):
+    with pytest.raises(GispError, match="--fsdp shards gradient scoring .*flap, which scores forward statistics, is "
+                                        "not supported sharded"):
         PruneConfig(model="m", data="text:x", fsdp=True, method="flap")
     PruneConfig(model="m", data="text:x", fsdp=True, saliency="first-order")  # weight gradients, sharded
+    PruneConfig(model="m", data="text:x", fsdp=True, method="llm-pruner")  # q/k/v/gate/up rows too (--taylor-weights all)
     with pytest.raises(GispError, match="--fsdp and --compact-every cannot be combined"):
         PruneConfig(model="m", data="text:x", fsdp=True, compact_every=1)
 

@@ -125,11 +125,9 @@ class PruneConfig:
         if self.compact_every and not (method.uses_gradients and self.taylor_weights == "output" and method.head_unit == "head"):
             raise GispError(f"--compact-every applies to gradient scoring of o/down columns per head (gisp with its "
                             f"default --taylor-weights output), not {self.method} with --taylor-weights {self.taylor_weights}")
-        if self.fsdp and not (method.uses_gradients and self.taylor_weights == "output"):
-            what = (f"{self.method} with --taylor-weights {self.taylor_weights}" if method.uses_gradients
-                    else f"{self.method}, which scores forward statistics,")
-            raise GispError(f"--fsdp shards gradient scoring of o_proj/down_proj columns (gisp, or --taylor-weights output); "
-                            f"{what} is not supported sharded")
+        if self.fsdp and not method.uses_gradients:
+            raise GispError(f"--fsdp shards gradient scoring (gisp, llm-pruner); {self.method}, which scores forward "
+                            f"statistics, is not supported sharded")
         if self.fsdp and self.compact_every:
             raise GispError("--fsdp and --compact-every cannot be combined yet: the compact copy would be unsharded")
         if self.loss_chunk < 0:

@@ -218,13 +218,15 @@ class TaylorImportance:
         n = len(roles)
         with torch.no_grad():  # scores hold no autograd graph
             by_param = {id(p): g for p, g in zip(weights, full)}
-            # [rows of role, in]; under FSDP the rows this rank holds of o / down (roles are then o, down)
+            # under FSDP the rows this rank holds (and their gradient), else the whole parameter
             held = [distributed.local_rows(p) for p, _ in places]
-            weights = [local[rows] for (local, _), (_, rows) in zip(held, places)]
-            grads = [by_param[id(p)][rows] for p, rows in places]
+            # [rows of role, in] alone; under FSDP the parameter's held rows, cut per role below
+            weights = [local if distributed.is_sharded(p) else local[rows] for (local, _), (p, rows) in zip(held, places)]
+            grads = [by_param[id(p)] if distributed.is_sharded(p) else by_param[id(p)][rows] for p, rows in places]
             for i in range(len(layers)):
                 if comp is None:
-                    sal = {r: saliency.weight_saliency(weights[n * i + j], grads[n * i + j]) for j, r in enumerate(roles)}
+                    sal = {r: self._role_saliency(r, places[n * i + j], held[n * i + j], weights[n * i + j], grads[n * i + j])
+                           for j, r in enumerate(roles)}
                 else:  # o / down columns scored as removals that keep their mean (roles are o, down)
                     o_grad, down_grad = (_held_rows(g, held[n * i + j]) for j, g in enumerate((comp.o_grad[i], comp.down_grad[i])))
                     sal = {"o": saliency.compensated_saliency(weights[n * i], grads[n * i], o_grad, means[0][i]),
@@ -235,6 +237,30 @@ class TaylorImportance:
             if any(distributed.is_sharded(p) for p, _ in places):  # each rank summed its rows of every column
                 distributed.all_reduce_sum(heads + channels)
         return LayerScores(heads, channels, loss, *(means or (None, None)))
+
+    @staticmethod
+    def _role_saliency(role: str, place: tuple[nn.Parameter, slice], held: tuple[torch.Tensor, int],
+                       weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """``|W * g|`` of one role's weights, in the role's own rows.
+
+        Alone, the role's whole matrix. Under FSDP a rank holds rows ``[start, start + n)`` of the
+        parameter: o / down (whose *columns* are heads and channels) keep those rows, and every
+        column sum is this rank's part; a row role (q k v gate up, maybe a slice of a fused
+        parameter) becomes its held rows' sums placed at their rows ([rows of role, 1], zero where
+        another rank holds the row), so that the same head and channel sums, all-reduced, are the
+        whole model's.
+        """
+        if role in ("o", "down") or not distributed.is_sharded(place[0]):
+            return saliency.weight_saliency(weight, grad)
+        param, rows = place
+        start = held[1]  # weight and grad are the rows this rank holds, from parameter row ``start``
+        first, stop, _ = rows.indices(param.shape[0])  # the role's rows of the (fused) parameter
+        lo, hi = max(first, start), min(stop, start + weight.shape[0])  # the part this rank holds
+        out = torch.zeros(stop - first, 1, device=weight.device)
+        if hi > lo:
+            sal = saliency.weight_saliency(weight[lo - start:hi - start], grad[lo - start:hi - start])
+            out[lo - first:hi - first, 0] = sal.sum(1)  # [held rows, in] -> [held rows]
+        return out
 
     def _fisher(self, comp: CompensationStats, means: tuple[list, list] | None, geo, loss: float) -> LayerScores:
         """Fisher scores of every head and channel from the hooks' moments (zero-mean removal
