@@ -263,6 +263,15 @@ def _compaction_plan(every: int) -> float:
     return report["bytes"]["total"] / 2**20
 
 
+def _launched_plan(row: dict) -> float:
+    """``gisp plan``'s figure (MiB) for a row of the torchrun / sharded-load sections (per rank)."""
+    from gisp import models
+    from gisp.plan import plan_report
+
+    report = plan_report(models.load_config("smollm2-135m"), 32, 128, 4, nproc=row["processes"], fsdp=row["fsdp"])
+    return report["bytes"]["total"] / 2**20
+
+
 def compaction() -> dict:
     """A 5-step prune to 50% with the masked model and with --compact-every 1: wall time, each
     step's time, and whether the removal order is the same."""
@@ -340,9 +349,11 @@ def markdown(results: dict) -> str:
         if section not in results:
             continue
         lines += [f"\n## {title}; {results[section]['settings']})\n",
-                  "| processes | fsdp | wall s | step s | peak MB (largest process) |", "|---|---|---|---|---|"]
+                  "| processes | fsdp | wall s | step s | peak MB (largest process) | `gisp plan` MB per rank |",
+                  "|---|---|---|---|---|---|"]
         lines += [f"| {r['processes']} | {'yes' if r.get('fsdp') else 'no'} | {r['wall_seconds']:.0f} | {r['step_seconds']:.0f} | "
-                  f"{r.get('peak_memory_mb') or float('nan'):.0f} |" for r in results[section]["rows"]]
+                  f"{r.get('peak_memory_mb') or float('nan'):.0f} | {r.get('planned_mb', float('nan')):.0f} |"
+                  for r in results[section]["rows"]]
         for name, agree in results[section].get("vs_one_process", {}).items():
             lines.append(f"\n{name} vs 1 process: {_agreement_text(agree)}")
     if "compaction" in results:
@@ -378,6 +389,9 @@ def main() -> None:
         if name == "compaction":
             for row in results[name]["rows"]:
                 row["planned_mb"] = _compaction_plan(row["compact_every"])
+        if name in ("torchrun", "sharded-load"):
+            for row in results[name]["rows"]:
+                row["planned_mb"] = _launched_plan(row)
         results[name]["command"] = f"python benchmarks/speed.py --sections {name}"
     results["environment"] = environment()
     write_results("speed-smollm2.json", results)

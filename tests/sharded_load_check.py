@@ -39,8 +39,19 @@ def main() -> None:
                for name, tensor in state.items() if name in expected)
     loaded = {"held": sum(distributed.local_rows(p)[0].numel() for p in model.parameters()),
               "all_sharded": all(distributed.is_sharded(p) for p in model.parameters())}  # before a forward gathers any
+    layers = adapter_for(model.config).layers(model)
+    gathered = []  # per layer forward: how many layers, and whether the root, hold whole (gathered) weights
+
+    def count(module, args):
+        whole_layers = sum(not any(distributed.is_sharded(p) for p in layer.parameters()) for layer in layers)
+        gathered.append((whole_layers, not distributed.is_sharded(model.get_input_embeddings().weight)))
+
+    handles = [layer.register_forward_pre_hook(count) for layer in layers]  # after FSDP's own (it gathers first)
     with torch.no_grad():
         logits = model(ids).logits
+    for handle in handles:
+        handle.remove()
+    loaded |= {"gathered_layers_max": max(n for n, _ in gathered), "root_gathered": all(r for _, r in gathered)}
     report = Path(sys.argv[2]) / f"rank{distributed.rank()}.json"
     report.write_text(json.dumps(loaded | {
         "rank": distributed.rank(), "total": sum(p.numel() for p in whole.parameters()), "same_weights": same,

@@ -98,6 +98,8 @@ def test_fsdp_loads_each_rank_only_its_rows(tmp_path, family, tied):
     assert sum(r["held"] for r in ranks) == total + added * model.config.hidden_size
     for r in ranks:
         assert r["held"] < 0.6 * total, r
+        # what gisp plan --fsdp charges a rank: its shard, the root gathered, at most two layers gathered
+        assert r["root_gathered"] and 1 <= r["gathered_layers_max"] <= 2, r
         assert r["same_weights"] and r["all_sharded"] and r["fingerprint_equal"], r
         assert len(r["added"]) == added and r["added_zero"], r
         assert r["max_logit_diff"] < 1e-5, r

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from gisp.cli import main
+from gisp.errors import GispError
 from gisp.plan import memory_plan, recommend_batch
 
 from conftest import tiny_config, tiny_model
@@ -20,9 +21,12 @@ def test_parts_follow_the_config():
     per_token_layer = 2 * 48 + 3 * 48 + 2 * 16 + 4 * 40  # norm inputs, q/attention/o input, k/v, gate/up/act/down input
     assert fisher.activations == 4 * per_token_layer * 32 * 4
     assert fisher.logits == 32 * 320 * 12
-    first = memory_plan(config, 2, 16, saliency="first-order")
+    first = memory_plan(config, 2, 16, saliency="first-order")  # gisp's default: o_proj / down_proj gradients
+    assert first.gradients == 4 * (48 * 48 + 40 * 48) * 8 and first.activations == fisher.activations
+    every = memory_plan(config, 2, 16, saliency="first-order", taylor_weights="all")  # llm-pruner: all seven
     projections = 4 * (48 * 48 + 2 * 16 * 48 + 48 * 48 + 3 * 40 * 48)
-    assert first.gradients == projections * 8
+    assert every.gradients == projections * 8
+    assert every.activations == 4 * (per_token_layer + 2 * 48) * 32 * 4  # the two norm outputs kept too
     assert memory_plan(config, 4, 16).activations == 2 * fisher.activations
     assert memory_plan(config, 2, 16, dtype="bfloat16").weights == 2 * params
 
@@ -136,3 +140,39 @@ def test_plan_of_llama_3_shaped_configs_from_the_config_alone(shape, billions, t
     assert report["parameters"] / 1e9 == pytest.approx(billions, abs=0.01)
     assert report["bytes"]["weights"] == report["parameters"] * 4 and report["bytes"]["gradients"] == 0
     assert report["bytes"]["total"] > report["bytes"]["weights"]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_fsdp_splits_weights_and_gradients_not_activations(tied):
+    """--fsdp over N ranks: a 1/N shard of every parameter, the root (embeddings, final norm,
+    lm_head) gathered besides, two decoder layers gathered at a time (tests/test_distributed.py
+    checks that a sharded forward never gathers more); first-order gradients 1/N plus one layer's."""
+    config = tiny_config("llama-gqa", tie_word_embeddings=tied)
+    model = tiny_model("llama-gqa", tie_word_embeddings=tied)
+    params = sum(p.numel() for p in model.parameters())
+    layer = sum(p.numel() for p in model.model.layers[0].parameters())
+    root = params - 4 * layer
+    assert root == 320 * 48 * (1 if tied else 2) + 48
+    whole = memory_plan(config, 2, 16, saliency="first-order")
+    for n in (2, 4):
+        split = memory_plan(config, 2, 16, saliency="first-order", shards=n)
+        assert split.weights == (-(-params // n) + root + 2 * layer) * 4
+        o_down = 48 * 48 + 40 * 48  # one layer's scored weights
+        assert split.gradients == (-(-4 * o_down // n) + o_down) * 8
+        assert (split.activations, split.logits, split.scores) == (whole.activations, whole.logits, whole.scores)
+    with pytest.raises(GispError, match="--fsdp and --compact-every cannot be combined"):
+        memory_plan(config, 2, 16, shards=2, compact_every=1)
+
+
+def test_cli_plan_fsdp(tmp_path, capsys):
+    tiny_config("qwen2", layers=16).save_pretrained(tmp_path / "m")  # deep enough for a shard to be smaller
+    args = ["plan", "--model", str(tmp_path / "m"), "--nproc", "2", "--batch-size", "2", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*args, "--fsdp"]) == 0
+    split = json.loads(capsys.readouterr().out)
+    assert split["fsdp"] and not plain["fsdp"]
+    assert split["bytes"]["weights"] < plain["bytes"]["weights"]
+    assert split["bytes"]["activations"] == plain["bytes"]["activations"]
+    assert main([*args[:-1], "--fsdp"]) == 0
+    assert "parameters split over them (--fsdp)" in capsys.readouterr().out

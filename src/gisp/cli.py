@@ -109,14 +109,15 @@ def cmd_plan(args: argparse.Namespace) -> None:
     budget = int(args.memory * 2**30) if args.memory else None
     report = plan_report(models.load_config(args.model), args.samples, args.seq_len, args.batch_size, args.nproc,
                          args.dtype, args.saliency, budget, args.gradient_checkpointing, args.loss_chunk,
-                         args.compact_every)
+                         args.compact_every, args.taylor_weights, args.fsdp)
     if args.json:
         print(json.dumps(report))
         return
     gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     parts = report["bytes"]
     print(f"{args.model}: {report['model_type']}, {report['parameters']:,} parameters, {args.dtype}, {args.saliency} scores")
-    print(f"per rank ({args.nproc} rank{'s' if args.nproc > 1 else ''}): {report['samples_per_rank']} sequences in "
+    sharded = f", parameters split over them (--fsdp)" if report["fsdp"] else ""
+    print(f"per rank ({args.nproc} rank{'s' if args.nproc > 1 else ''}{sharded}): {report['samples_per_rank']} sequences in "
           f"{report['micro_batches_per_rank']} micro-batches of {args.batch_size} x {args.seq_len} tokens")
     for key in ("weights", "gradients", "activations", "logits", "scores", "runtime", "compact_copy", "total"):
         if key == "compact_copy" and not parts[key]:
@@ -125,7 +126,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     fits = "fits" if report["fits"] else "does NOT fit"
     best = report["recommended_batch_size"]
     print(f"budget {gib(report['budget'])}: {fits}; recommended --batch-size "
-          f"{best if best else 'none (one sequence does not fit: shorten --seq-len or use a smaller dtype)'}")
+          f"{best if best else 'none (one sequence does not fit: shorten --seq-len, use a smaller dtype or split the parameters with --fsdp)'}")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -302,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true", help="as prune's: keep only each layer's input")
     p.add_argument("--loss-chunk", type=int, default=0, help="as prune's: logits of this many positions at a time")
     p.add_argument("--compact-every", type=int, default=0, help="as prune's: count the compact copy of the model")
+    p.add_argument("--taylor-weights", default="output",
+                   help="first-order: output (o/down gradients, gisp's default) or all (seven projections, llm-pruner's)")
+    p.add_argument("--fsdp", action="store_true", help="as prune's: parameters split over the --nproc ranks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
