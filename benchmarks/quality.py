@@ -194,8 +194,8 @@ def _last_json(text: str) -> dict:
 class Results:
     """The results file: environment, protocol and one record per cell, rewritten after each."""
 
-    def __init__(self, plan: Plan) -> None:
-        self.path = RESULTS / f"quality-{plan.name}.json"
+    def __init__(self, plan: Plan, name: str | None = None) -> None:
+        self.path = RESULTS / f"{name or f'quality-{plan.name}'}.json"
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.records: list[dict] = old.get("records", [])
         self.dense: dict = old.get("dense", {})
@@ -338,6 +338,34 @@ def execute(plan: Plan, sections: set[str], work: Path) -> Results:
         (run_outside if run.section == "outside" else run_gisp_cli)(plan, run, results, runner)
         report(plan, results, work)
     return results
+
+
+def recheck(plan: Plan, work: Path) -> Path:
+    """Re-run ``plan``'s runs from nothing (their own run directories under ``work``) and set each
+    cell beside the table's: ``quality-MODEL-recheck.json`` / ``.md`` (issue #7: a re-run of any
+    cell reproduces its perplexity within 1%)."""
+    table_cells = Results(plan)
+    check, runner = Results(plan, f"quality-{plan.name}-recheck"), Runner(work)
+    for run in plan.runs:
+        if run.section == "outside":
+            raise SystemExit("--recheck re-runs gisp cells; the outside (Torch-Pruning) row has its own script")
+        if not all(check.has(run.key, l) for l in run.levels):
+            run_gisp_cli(plan, run, check, runner)
+    lines = [f"# Re-run cells of quality-{plan.name} (`python benchmarks/quality.py --model {plan.model} --recheck --runs ...`)",
+             "", "| run | level | metric | table | re-run | relative difference | table commit | re-run commit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for record in check.records:
+        old = next((r for r in table_cells.records if r["run"] == record["run"] and r["requested"] == record["requested"]), None)
+        metric = "ppl" if "ppl" in record else "acc"
+        if old is None or metric not in old:
+            continue
+        record["table"] = {"value": old[metric], "git_commit": old.get("git_commit"), "date": old.get("date")}
+        record["relative_difference"] = record[metric] / old[metric] - 1
+        lines.append(f"| {record['run']} | {record['requested']:.0%} | {metric} | {old[metric]:.4f} | {record[metric]:.4f} | "
+                     f"{record['relative_difference']:+.3%} | {old.get('git_commit')} | {record['git_commit']} |")
+    check.save()
+    (RESULTS / f"quality-{plan.name}-recheck.md").write_text("\n".join(lines) + "\n")
+    return check.path
 
 
 # --- presenting ---------------------------------------------------------------------------------
@@ -486,6 +514,9 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="run directories (default: runs/quality-MODEL)")
     ap.add_argument("--report", action="store_true", help="only rewrite the table and plots")
     ap.add_argument("--list", action="store_true", help="print the runs and their commands")
+    ap.add_argument("--recheck", action="store_true",
+                    help="re-run the --runs cells from nothing (runs/quality-MODEL-recheck) and compare them with the "
+                         "table: quality-MODEL-recheck.{json,md}")
     args = ap.parse_args()
     plan = PLANS[args.model]()
     if args.runs:
@@ -498,6 +529,12 @@ def main() -> None:
     if args.list:
         for run in plan.runs:
             print(run.section, run.key, shlex.join(map(str, prune_command(plan, run, work / run.key))))
+        return
+    if args.recheck:
+        if not args.runs:
+            ap.error("--recheck needs --runs KEYS (each re-run costs what the cell cost)")
+        path = recheck(plan, Path(args.work or f"runs/quality-{plan.name}-recheck"))
+        print(f"wrote {path} and {path.with_suffix('.md')}")
         return
     results = Results(plan) if args.report else execute(plan, set(args.sections.split(",")), work)
     report(PLANS[args.model](), results, work)  # the whole plan's order, whatever --runs ran
