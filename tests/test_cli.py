@@ -401,6 +401,27 @@ def test_quiet_prints_only_results(tiny_dir, corpus_file, tmp_path, capsys, rest
                   "was never reached")
 
 
+def test_quiet_ends_with_its_command(tiny_dir, tmp_path, capsys, restore_output):
+    """A --quiet command then a plain one in the same process (the API, a notebook): the second
+    shows bars and warnings again (filters, transformers' bars and the hub's env var restored)."""
+    import os
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from gisp.runtime import bars_enabled
+
+    filters = list(warnings.filters)
+    tiny_config_dir = tiny_dir("llama-gqa")
+    assert main(["plan", "--model", str(tiny_config_dir), "--json", "--quiet"]) == 0
+    assert warnings.filters == filters  # --quiet's "ignore" went with its command
+    assert not bars_enabled() and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
+    assert main(["plan", "--model", str(tiny_config_dir), "--json"]) == 0
+    assert bars_enabled() and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+    assert hf_logging.is_progress_bar_enabled()
+    capsys.readouterr()
+
+
 def test_log_level_info_adds_a_line_per_step(tiny_dir, corpus_file, tmp_path, capsys, restore_output):
     model = tiny_dir("llama-gqa")
     code, out, err = _run(capsys, *_prune_args(model, f"text:{corpus_file}", tmp_path / "run"), "--log-level", "info")

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from dataclasses import MISSING, asdict, fields
 
 from gisp.config import PruneConfig
@@ -382,10 +383,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 shows bars and notes
-    configure_output(args.log_level, args.quiet or launched_rank != 0)
     return_freed_memory()  # resident memory follows live memory in long gradient passes
     try:
-        args.func(args)
+        with warnings.catch_warnings():  # --quiet's warning filter ends with the command (main() may be called again)
+            configure_output(args.log_level, args.quiet or launched_rank != 0)
+            args.func(args)
     except GispError as exc:
         print(f"gisp: error: {exc}", file=sys.stderr)
         return 2

@@ -87,12 +87,17 @@ def configure_output(log_level: str = "warning", quiet: bool = False) -> None:
     _bars["enabled"] = not quiet
     if quiet:
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        _bars["hub_silenced"] = True
+    elif _bars.pop("hub_silenced", False):  # a later command in the same process (the API, tests) is not quiet
+        os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity(hf_level)
         if quiet:
             hf_logging.disable_progress_bar()
+        else:
+            hf_logging.enable_progress_bar()
 
 
 def bars_enabled() -> bool:
