@@ -208,6 +208,24 @@ def memory() -> dict:
     return {"settings": " ".join(PRUNE_ONE_STEP), "rows": rows}
 
 
+def memory_first_order() -> dict:
+    """The same one-step prune of SmolLM2-135M with weight gradients: first-order GISP (o_proj /
+    down_proj gradients) and LLM-Pruner (all seven projections), against ``gisp plan
+    --saliency first-order --taylor-weights output|all``."""
+    rows = []
+    for name, flags, weights in (("gisp --saliency first-order", ["--saliency", "first-order"], "output"),
+                                 ("llm-pruner", ["--method", "llm-pruner"], "all")):
+        out = WORK / f"memory-first-order-{weights}"
+        shutil.rmtree(out, ignore_errors=True)
+        _, seconds, peak = _sh(["gisp", "prune", "--model", "smollm2-135m", *PRUNE_ONE_STEP, *flags, "--out", out], peak=True)
+        plan = json.loads(_sh(["gisp", "plan", "--model", "smollm2-135m", "--samples", "32", "--seq-len", "128",
+                               "--batch-size", "8", "--saliency", "first-order", "--taylor-weights", weights, "--json"])[0])
+        planned = plan["bytes"]["total"] / 2**20
+        rows.append({"model": f"smollm2-135m, {name}", "measured_peak_mb": peak, "planned_mb": planned,
+                     "planned_over_measured": planned / peak, "plan": plan["bytes"], "seconds": seconds})
+    return {"settings": " ".join(PRUNE_ONE_STEP), "rows": rows}
+
+
 # micro-batches of 4: 8 of them, and 2 in --normalize search's subset, split evenly over 2 processes (--fsdp needs it)
 TORCHRUN_ARGS = ["--data", CALIB, "--samples", "32", "--seq-len", "128", "--batch-size", "4", "--sparsity", "0.1",
                  "--steps", "1"]
@@ -306,6 +324,7 @@ def torch_equal(a, b) -> bool:
 
 
 SECTIONS = {"throughput": throughput, "inference": inference, "inference-round32": inference_round32, "memory": memory,
+            "memory-first-order": memory_first_order,
             "torchrun": torchrun, "sharded-load": sharded_load, "compaction": compaction}
 
 
@@ -339,11 +358,13 @@ def markdown(results: dict) -> str:
                 total = sum(parts.values())
                 lines.append(f"\nprofile, {prof['level']:.0%} at {prof['batch']}x{prof['seq_len']} ({logits}): {total:.0f} ms; "
                              + ", ".join(f"{k} {v:.0f} ms ({v / total:.0%})" for k, v in parts.items()))
-    if "memory" in results:
-        lines += [f"\n## Pruning peak memory vs `gisp plan` ({results['memory']['settings']})\n",
+    for section, title in (("memory", "Fisher scores"), ("memory-first-order", "weight gradients")):
+        if section not in results:
+            continue
+        lines += [f"\n## Pruning peak memory vs `gisp plan`, {title} ({results[section]['settings']})\n",
                   "| model | measured peak MB | planned MB | planned / measured |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['measured_peak_mb']:.0f} | {r['planned_mb']:.0f} | {r['planned_over_measured']:.2f} |"
-                  for r in results["memory"]["rows"]]
+                  for r in results[section]["rows"]]
     for section, title in (("torchrun", "1 vs 2 processes (torchrun, gloo"),
                            ("sharded-load", "Loading in shards (--fsdp from a safetensors checkpoint")):
         if section not in results:
