@@ -340,7 +340,7 @@ def execute(plan: Plan, sections: set[str], work: Path) -> Results:
     return results
 
 
-def recheck(plan: Plan, work: Path) -> Path:
+def recheck(plan: Plan, work: Path, key: str) -> Path:
     """Re-run ``plan``'s runs from nothing (their own run directories under ``work``) and set each
     cell beside the table's: ``quality-MODEL-recheck.json`` / ``.md`` (issue #7: a re-run of any
     cell reproduces its perplexity within 1%)."""
@@ -351,7 +351,8 @@ def recheck(plan: Plan, work: Path) -> Path:
             raise SystemExit("--recheck re-runs gisp cells; the outside (Torch-Pruning) row has its own script")
         if not all(check.has(run.key, l) for l in run.levels):
             run_gisp_cli(plan, run, check, runner)
-    lines = [f"# Re-run cells of quality-{plan.name} (`python benchmarks/quality.py --model {plan.model} --recheck --runs ...`)",
+    runs = ",".join(r.key for r in plan.runs)
+    lines = [f"# Re-run cells of quality-{plan.name} (`python benchmarks/quality.py --model {key} --recheck --runs {runs}`)",
              "", "| run | level | metric | table | re-run | relative difference | table commit | re-run commit |",
              "|---|---|---|---|---|---|---|---|"]
     for record in check.records:
@@ -533,7 +534,7 @@ def main() -> None:
     if args.recheck:
         if not args.runs:
             ap.error("--recheck needs --runs KEYS (each re-run costs what the cell cost)")
-        path = recheck(plan, Path(args.work or f"runs/quality-{plan.name}-recheck"))
+        path = recheck(plan, Path(args.work or f"runs/quality-{plan.name}-recheck"), args.model)
         print(f"wrote {path} and {path.with_suffix('.md')}")
         return
     results = Results(plan) if args.report else execute(plan, set(args.sections.split(",")), work)
