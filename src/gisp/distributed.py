@@ -13,9 +13,9 @@ With ``--fsdp`` the ranks also split the model: :func:`shard_parameters` applies
 ``fully_shard`` to every decoder layer and the root, so each rank keeps 1/N of every parameter
 (dim 0) and gathers a layer's weights only while that layer runs. Weight edits (masks,
 compensation biases) go through :func:`local_rows`: each rank edits the rows it holds. Weight
-gradients (first-order scores of ``o_proj`` / ``down_proj`` columns) are FSDP's own: reduce-scattered,
-so each rank holds the gradient of its rows only, scores its rows' part of every column, and the
-per-structure partial sums are all-reduced.
+gradients (first-order scores) are FSDP's own: reduce-scattered, so each rank holds the gradient of
+its rows only, scores its rows' part of every ``o_proj`` / ``down_proj`` column and the q/k/v/gate/up
+rows it holds (``--taylor-weights all``), and the per-structure partial sums are all-reduced.
 """
 
 from __future__ import annotations
