@@ -384,10 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 shows bars and notes
     return_freed_memory()  # resident memory follows live memory in long gradient passes
+    filters = list(warnings.filters)
     try:
-        with warnings.catch_warnings():  # --quiet's warning filter ends with the command (main() may be called again)
-            configure_output(args.log_level, args.quiet or launched_rank != 0)
-            args.func(args)
+        configure_output(args.log_level, args.quiet or launched_rank != 0)
+        args.func(args)
     except GispError as exc:
         print(f"gisp: error: {exc}", file=sys.stderr)
         return 2
@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gisp: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.filters[:] = filters  # --quiet's "ignore" ends with its command (main() may be called again)
     return 0
 
 
