@@ -160,6 +160,11 @@ def test_fsdp_splits_weights_and_gradients_not_activations(tied):
         o_down = 48 * 48 + 40 * 48  # one layer's scored weights
         assert split.gradients == (-(-4 * o_down // n) + o_down) * 8
         assert (split.activations, split.logits, split.scores) == (whole.activations, whole.logits, whole.scores)
+        every = memory_plan(config, 2, 16, saliency="first-order", taylor_weights="all", shards=n)
+        seven = 48 * 48 + 2 * 16 * 48 + 48 * 48 + 3 * 40 * 48  # one layer's q, k, v, o, gate, up, down
+        assert every.gradients == (-(-4 * seven // n) + seven) * 8
+    with pytest.raises(GispError, match="--saliency fisher scores o_proj/down_proj columns"):
+        memory_plan(config, 2, 16, taylor_weights="all")
     with pytest.raises(GispError, match="--fsdp and --compact-every cannot be combined"):
         memory_plan(config, 2, 16, shards=2, compact_every=1)
 

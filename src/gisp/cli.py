@@ -45,7 +45,7 @@ _HELP = {
                      "steps (0: never): later steps run faster, the same removals up to float rounding of "
                      "near-ties, memory for the copy",
     "fsdp": "under torchrun: shard every parameter over the processes (FSDP2), each holding 1/N of the model; "
-            "gradient scoring of o_proj/down_proj columns (Fisher or first-order)",
+            "gradient methods only (gisp, llm-pruner)",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
 }
 
@@ -117,7 +117,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     parts = report["bytes"]
     print(f"{args.model}: {report['model_type']}, {report['parameters']:,} parameters, {args.dtype}, {args.saliency} scores")
-    sharded = f", parameters split over them (--fsdp)" if report["fsdp"] else ""
+    sharded = ", parameters split over them (--fsdp)" if report["fsdp"] else ""
     print(f"per rank ({args.nproc} rank{'s' if args.nproc > 1 else ''}{sharded}): {report['samples_per_rank']} sequences in "
           f"{report['micro_batches_per_rank']} micro-batches of {args.batch_size} x {args.seq_len} tokens")
     for key in ("weights", "gradients", "activations", "logits", "scores", "runtime", "compact_copy", "total"):

@@ -32,8 +32,8 @@ gathered through the whole pass besides, and at most two decoder layers gathered
 one running and the one FSDP2 prefetches); first-order gradients are 1/N of the scored projections
 plus one layer's unsharded gradient before its reduce-scatter. Activations, logits and scores are
 per micro-batch, as without FSDP. A checkpoint that cannot load in shards (GGUF, ``.bin``) is
-first loaded whole by every rank: add the dense weights to that rank's figure.
-
+first loaded whole by every rank: its peak is then the larger of that load (the dense weights and
+the runtime) and the figure here.
 
 The figures are estimates of resident memory; ``benchmarks/`` measures real peaks. The
 recommendation is the largest micro-batch whose estimate fits the memory budget.
@@ -84,14 +84,15 @@ def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", s
         raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
     if taylor_weights not in ("output", "all"):
         raise GispError(f"unknown taylor-weights {taylor_weights!r}; choose from output, all")
+    if saliency == "fisher" and taylor_weights == "all":
+        raise GispError("--saliency fisher scores o_proj/down_proj columns; use it with --taylor-weights output")
     if shards > 1 and compact_every:
         raise GispError("--fsdp and --compact-every cannot be combined yet: the compact copy would be unsharded")
     adapter = adapter_for(config)
     g = adapter.geometry()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
-    unique = {id(p): p for p in model.parameters()}  # tied embeddings counted once
-    params = sum(p.numel() for p in unique.values())
+    params = sum(p.numel() for p in model.parameters())  # a tied lm_head is the embeddings' parameter: once
     layers = adapter.layers(model)
     layer_params = max(sum(p.numel() for p in layer.parameters()) for layer in layers)
     decoder = sum(p.numel() for layer in layers for p in layer.parameters())

@@ -94,9 +94,10 @@ def configure_output(log_level: str = "warning", quiet: bool = False) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity(hf_level)
-        if quiet:
+        if quiet and hf_logging.is_progress_bar_enabled():
             hf_logging.disable_progress_bar()
-        else:
+            _bars["hf_silenced"] = True
+        elif not quiet and _bars.pop("hf_silenced", False):  # only what --quiet turned off (not the user's choice)
             hf_logging.enable_progress_bar()
 
 
