@@ -28,6 +28,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -344,14 +345,16 @@ def recheck(plan: Plan, work: Path, key: str) -> Path:
     """Re-run ``plan``'s runs from nothing (their own run directories under ``work``) and set each
     cell beside the table's: ``quality-MODEL-recheck.json`` / ``.md`` (issue #7: a re-run of any
     cell reproduces its perplexity within 1%)."""
+    if any(run.section == "outside" for run in plan.runs):
+        raise SystemExit("--recheck re-runs gisp cells; the outside (Torch-Pruning) row has its own script")
     table_cells = Results(plan)
     check, runner = Results(plan, f"quality-{plan.name}-recheck"), Runner(work)
+    keys = {run.key for run in plan.runs}
+    check.records = [r for r in check.records if r["run"] not in keys]  # an earlier re-run of these is not this one
     for run in plan.runs:
-        if run.section == "outside":
-            raise SystemExit("--recheck re-runs gisp cells; the outside (Torch-Pruning) row has its own script")
-        if not all(check.has(run.key, l) for l in run.levels):
-            run_gisp_cli(plan, run, check, runner)
-    runs = ",".join(r.key for r in plan.runs)
+        shutil.rmtree(work / run.key, ignore_errors=True)  # from nothing: no run directory to resume
+        run_gisp_cli(plan, run, check, runner)
+    runs = ",".join(dict.fromkeys(r["run"] for r in check.records))  # this re-run's and earlier ones' cells
     lines = [f"# Re-run cells of quality-{plan.name} (`python benchmarks/quality.py --model {key} --recheck --runs {runs}`)",
              "", "| run | level | metric | table | re-run | relative difference | table commit | re-run commit |",
              "|---|---|---|---|---|---|---|---|"]
