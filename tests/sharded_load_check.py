@@ -49,6 +49,9 @@ def main() -> None:
     handles = [layer.register_forward_pre_hook(count) for layer in layers]  # after FSDP's own (it gathers first)
     with torch.no_grad():
         logits = model(ids).logits
+    # and a backward, where FSDP2 prefetches the next layer's weights while one runs
+    handles += [layer.register_full_backward_pre_hook(lambda m, g: count(m, g)) for layer in layers]
+    model(ids).logits.float().pow(2).mean().backward()
     for handle in handles:
         handle.remove()
     loaded |= {"gathered_layers_max": max(n for n, _ in gathered), "root_gathered": all(r for _, r in gathered)}
