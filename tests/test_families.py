@@ -265,3 +265,83 @@ def test_uniform_level_is_a_stock_checkpoint(family, tmp_path):
     with torch.no_grad():
         expected = masked(IDS).logits
     assert reload_without_gisp(tmp_path / "out", expected, tmp_path, IDS) == type(model).__name__
+
+
+# --- the command line reaches adapters registered outside gisp (plugins) -----------------------
+
+PLUGIN = textwrap.dedent('''
+    import gisp
+
+    @gisp.register_adapter
+    class Starcoder2Adapter(gisp.ModelAdapter):
+        model_types = ("starcoder2",)
+        gated_mlp = False
+
+        def layer_modules(self, layer):
+            a, m = layer.self_attn, layer.mlp
+            return gisp.LayerModules(q=a.q_proj, k=a.k_proj, v=a.v_proj, o=a.o_proj, up=m.c_fc, down=m.c_proj)
+''')
+
+
+def test_cli_prunes_and_exports_a_family_from_a_plugin_file(registry, tiny_dir, corpus_file, tmp_path):
+    """GISP_PLUGINS names a .py file that registers an adapter: `gisp prune` and `gisp export`
+    (separate processes, as a user runs them) serve the family; without it, prune refuses it
+    before loading weights, naming the variable. The CLI export equals the API's."""
+    import os
+
+    from safetensors.torch import load_file
+
+    model = tiny_dir("starcoder2")
+    (tmp_path / "sc2_adapter.py").write_text(PLUGIN)
+    prune = [sys.executable, "-m", "gisp", "prune", "--model", str(model), "--data", f"text:{corpus_file}",
+             "--sparsity", "0.4", "--steps", "2", "--samples", "6", "--seq-len", "24", "--batch-size", "3",
+             "--protect-first", "0", "--out", str(tmp_path / "run")]
+    bare = {k: v for k, v in os.environ.items() if k != base.PLUGIN_ENV}
+    proc = subprocess.run(prune, capture_output=True, text=True, env=bare, cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unsupported model type 'starcoder2'" in proc.stderr and base.PLUGIN_ENV in proc.stderr
+    env = bare | {base.PLUGIN_ENV: str(tmp_path / "sc2_adapter.py")}
+    for argv in (prune, [sys.executable, "-m", "gisp", "export", str(tmp_path / "run"), "--sparsity", "0.4",
+                         "--out", str(tmp_path / "cli-out")]):
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    gisp.register_adapter(Starcoder2Adapter)
+    gisp.export(tmp_path / "run", 0.4, tmp_path / "api-out")
+    cli, api = load_file(tmp_path / "cli-out" / "model.safetensors"), load_file(tmp_path / "api-out" / "model.safetensors")
+    assert sorted(cli) == sorted(api) and all(torch.equal(cli[k], api[k]) for k in api)
+    assert json.loads((tmp_path / "cli-out" / "config.json").read_text())["model_type"] == "starcoder2"
+
+
+def test_plugins_load_once_and_a_broken_one_is_one_clear_error(registry, monkeypatch, tmp_path, capsys):
+    from gisp import cli
+
+    monkeypatch.setattr(base, "_plugins_scanned", {"env": None})
+    (tmp_path / "sc2_adapter.py").write_text(PLUGIN)
+    monkeypatch.setenv(base.PLUGIN_ENV, f" {tmp_path / 'sc2_adapter.py'} ,")
+    assert "starcoder2" in gisp.supported_model_types()
+    assert base.load_plugins() == []  # loaded once per process
+    assert type(adapter_for(tiny_config("starcoder2"))).__name__ == "Starcoder2Adapter"
+    monkeypatch.setenv(base.PLUGIN_ENV, "no_such_gisp_plugin_module")
+    with pytest.raises(GispError, match=r"gisp plugin 'no_such_gisp_plugin_module' failed to load: "
+                                        r"ModuleNotFoundError: No module named 'no_such_gisp_plugin_module'"):
+        base.load_plugins()
+    monkeypatch.setenv(base.PLUGIN_ENV, str(tmp_path / "missing.py"))
+    tiny_config("llama-gqa").save_pretrained(tmp_path / "model")
+    code = cli.main(["plan", "--model", str(tmp_path / "model"), "--samples", "4", "--seq-len", "16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"gisp: error: gisp plugin '{tmp_path / 'missing.py'}' failed to load: "
+                                 f"FileNotFoundError: no such file {tmp_path / 'missing.py'}"]
+
+
+def test_plugins_from_installed_entry_points(registry, monkeypatch, tmp_path):
+    """A package advertising ``[project.entry-points."gisp.adapters"]`` is loaded without any variable."""
+    from importlib.metadata import EntryPoint
+
+    (tmp_path / "sc2_entry_point.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(base, "_plugins_scanned", {"env": None})
+    monkeypatch.delenv(base.PLUGIN_ENV, raising=False)
+    point = EntryPoint(name="starcoder2", value="sc2_entry_point", group=base.PLUGIN_GROUP)
+    monkeypatch.setattr(base, "entry_points", lambda group: [point] if group == base.PLUGIN_GROUP else [])
+    assert type(adapter_for(tiny_config("starcoder2"))).__name__ == "Starcoder2Adapter"

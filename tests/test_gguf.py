@@ -96,6 +96,30 @@ def test_gguf_export_refuses_families_without_a_llamacpp_mapping(tmp_path):
     assert not (tmp_path / "q.gguf").exists()
 
 
+def test_gguf_family_check_and_writer_agree_on_unmapped_architectures(monkeypatch, tmp_path):
+    """An adapter naming a llama.cpp architecture the writer has no mapping for is refused by the
+    early check (before weights load), not only by the writer after loading."""
+    from gisp.adapters import base
+    from gisp.export import check_gguf_family
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+
+    @gisp.register_adapter
+    class Qwen3Gguf(type(adapter_for(tiny_model("qwen3").config))):
+        model_types = ("qwen3",)
+
+        def gguf_architecture(self):
+            return "qwen3"
+
+    config = tiny_model("qwen3").config
+    for check in (lambda: check_gguf_family(config),
+                  lambda: write_gguf(tiny_model("qwen3"), adapter_for(config), tmp_path / "q.gguf")):
+        with pytest.raises(gisp.GispError, match="the qwen3 adapter names 'qwen3', which gisp's GGUF writer does not map"):
+            check()
+    check_gguf_family(tiny_model("llama-gqa").config)  # the mapped one passes
+    assert not (tmp_path / "q.gguf").exists()
+
+
 # --- llama.cpp itself (the `llamacpp` extra) ---------------------------------------------------
 
 def _llama(path: Path):

@@ -395,9 +395,9 @@ def check_out_file(out: str | Path, force: bool = False) -> Path:
 
 def check_gguf_family(config) -> None:
     """Refuse, before loading weights, a family with no llama.cpp mapping."""
-    adapter = adapter_for(config)
-    if adapter.gguf_architecture() is None:
-        raise GispError(f"GGUF export supports llama-style models (llama.cpp's llama/deci); {adapter.name} is not one")
+    from gisp.export_gguf import check_gguf_architecture
+
+    check_gguf_architecture(adapter_for(config))
 
 
 def write_gguf_with_tokenizer(model: nn.Module, adapter: ModelAdapter, out: Path, outtype: str, spec: str | None,

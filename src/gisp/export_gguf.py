@@ -65,28 +65,38 @@ def layer_plans(state: dict[str, torch.Tensor], names: list[dict[str, str]], hea
     return plans
 
 
+GGUF_ARCHITECTURES = ("llama",)  # what ModelAdapter.gguf_architecture() may name: this writer's mappings
+
+
+def check_gguf_architecture(adapter: ModelAdapter) -> None:
+    """Refuse a family whose adapter names no llama.cpp mapping this writer has (before any
+    weights load, and again before writing)."""
+    arch = adapter.gguf_architecture()
+    if arch not in GGUF_ARCHITECTURES:
+        why = "names no llama.cpp mapping" if arch is None else f"names {arch!r}, which gisp's GGUF writer does not map"
+        raise GispError(f"GGUF export supports llama-style models (llama.cpp's llama/deci); the {adapter.name} "
+                        f"adapter {why}")
+
+
 def gguf_tensors(model: nn.Module, adapter: ModelAdapter) -> tuple[dict[str, np.ndarray], list[LayerPlan], int]:
     """The model's tensors under llama.cpp names (float32 numpy), each layer's plan, head_dim."""
     import gguf
 
-    if adapter.gguf_architecture() != "llama":
-        raise GispError(f"GGUF export supports llama-style models (llama.cpp's llama/deci); {adapter.name} is not one")
+    check_gguf_architecture(adapter)
     head_dim = adapter.geometry().head_dim
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
-    if "lm_head.weight" in state and getattr(model.config, "tie_word_embeddings", False):
-        del state["lm_head.weight"]  # tied: llama.cpp reuses token_embd
     names = {id(m): n for n, m in model.named_modules()}
+    output = model.get_output_embeddings()
+    if output is not None and getattr(model.config, "tie_word_embeddings", False):
+        state.pop(names[id(output)] + ".weight", None)  # tied: llama.cpp reuses token_embd
     layer_names = [{role: names[id(p)] + ".weight" for role, p in adapter.layer_modules(layer).linears().items()}
                    for layer in adapter.layers(model)]
     plans = layer_plans(state, layer_names, head_dim)
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.DECI, len(plans))
     out: dict[str, np.ndarray] = {}
-    skip: set[str] = set()
-    for i, (plan, roles) in enumerate(zip(plans, layer_names)):
-        if plan.n_head == 0:  # attention-free layer: no attention tensors, no attention norm
-            prefix = roles["q"].rsplit(".", 2)[0]  # e.g. model.layers.3.self_attn
-            skip |= {k for k in state if k.startswith(prefix + ".")}
-            skip |= {k for k in state if k.startswith(roles["q"].split(".self_attn")[0] + ".input_layernorm")}
+    # attention-free layers carry no attention tensors and no attention norm (llama.cpp's names)
+    skip = tuple(f"blk.{i}.attn_" for i, plan in enumerate(plans) if plan.n_head == 0)
+    for plan, roles in zip(plans, layer_names):
         if plan.zero_mlp:
             d = state[roles["down"]].shape[0]
             state[roles["up"]] = torch.zeros(1, d)
@@ -94,11 +104,11 @@ def gguf_tensors(model: nn.Module, adapter: ModelAdapter) -> tuple[dict[str, np.
             if "gate" in roles:
                 state[roles["gate"]] = torch.zeros(1, d)
     for key, tensor in state.items():
-        if key in skip:
-            continue
         name = tmap.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise GispError(f"no llama.cpp tensor name for {key}")
+        if skip and name.startswith(skip):
+            continue
         if name.endswith(("attn_q.weight", "attn_k.weight", "attn_q.bias", "attn_k.bias")):
             tensor = _rope_permute(tensor, head_dim)
         out[name] = tensor.numpy()

@@ -15,11 +15,22 @@ Adding a family is one subclass registered with :func:`register_adapter` (also `
             a, m = layer.self_attn, layer.mlp
             return gisp.LayerModules(q=a.q_proj, k=a.k_proj, v=a.v_proj, o=a.o_proj,
                                      gate=m.gate_proj, up=m.up_proj, down=m.down_proj)
+
+For the command line (and every ``torchrun`` rank), a module that registers adapters is loaded as a
+*plugin*: named in the ``GISP_PLUGINS`` environment variable (module names or ``.py`` paths,
+comma-separated), or advertised by an installed package under the ``gisp.adapters`` entry-point
+group. Plugins load once per process, the first time the registry is asked.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
 from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable, Union
 
 import torch
@@ -214,6 +225,52 @@ class ModelAdapter:
 
 _REGISTRY: dict[str, Callable[[object], ModelAdapter]] = {}
 
+PLUGIN_ENV = "GISP_PLUGINS"
+PLUGIN_GROUP = "gisp.adapters"
+_plugins_loaded: set[str] = set()
+_plugins_scanned: dict[str, str | None] = {"env": None}
+
+
+def _import_plugin(name: str) -> None:
+    """Import one plugin: a ``.py`` file (by path) or a module name."""
+    if name.endswith(".py"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file {path}")
+        module_name = f"gisp_plugin_{path.stem}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    else:
+        importlib.import_module(name)
+
+
+def load_plugins() -> list[str]:
+    """Import the adapter plugins of this process (the ``gisp.adapters`` entry points of
+    installed packages, then the ``GISP_PLUGINS`` variable), each once, so that adapters
+    registered outside gisp serve the command line as well as the API. Returns what loaded
+    now; a plugin that fails to import is a :class:`GispError` naming it."""
+    env = os.environ.get(PLUGIN_ENV, "")
+    if _plugins_scanned["env"] == env:  # nothing new since the last call (entry points are scanned once)
+        return []
+    first = _plugins_scanned["env"] is None
+    _plugins_scanned["env"] = env
+    loaded = []
+    plugins = [(f"entry point {ep.name}", ep.load) for ep in entry_points(group=PLUGIN_GROUP)] if first else []
+    for name in filter(None, (n.strip() for n in env.split(","))):
+        plugins.append((name, lambda name=name: _import_plugin(name)))
+    for name, load in plugins:
+        if name in _plugins_loaded:
+            continue
+        _plugins_loaded.add(name)
+        try:
+            load()
+        except Exception as e:
+            raise GispError(f"gisp plugin {name!r} failed to load: {type(e).__name__}: {e}") from e
+        loaded.append(name)
+    return loaded
+
 
 def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
     """Class decorator: registers ``cls`` for each of its ``model_types`` (a later registration
@@ -228,7 +285,8 @@ def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
 
 
 def supported_model_types() -> list[str]:
-    """Model types with a registered adapter, sorted."""
+    """Model types with a registered adapter (plugins loaded first), sorted."""
+    load_plugins()
     return sorted(_REGISTRY)
 
 
@@ -236,17 +294,19 @@ def adapter_for(config, pruned_ok: bool = False) -> ModelAdapter:
     """The adapter for ``config.model_type``; a clear error for unknown families, and for a pruned
     export with per-layer sizes unless ``pruned_ok`` (reading it, e.g. its logits, is fine; pruning
     it again is not)."""
+    load_plugins()
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
         raise GispError(
             f"unsupported model type {model_type!r}; gisp supports: {', '.join(supported_model_types())} "
-            "(add a family with gisp.register_adapter, see the README)"
+            f"(add a family with gisp.register_adapter; for the command line, name its module in {PLUGIN_ENV}; "
+            "see the README)"
         )
     if not pruned_ok and getattr(config, "per_layer_config", None) is not None and getattr(config, "is_heterogeneous", False):
         raise GispError("the model already has per-layer sizes (a pruned export); prune the dense base model instead")
     return _REGISTRY[model_type](config)
 
 
-__all__ = ["ROLES", "AttentionGeometry", "ExportClasses", "FusedRows", "LayerModules", "ModelAdapter", "Projection",
-           "adapter_for", "base_linear", "import_path", "parameter_rows", "register_adapter",
-           "supported_model_types"]
+__all__ = ["PLUGIN_ENV", "PLUGIN_GROUP", "ROLES", "AttentionGeometry", "ExportClasses", "FusedRows", "LayerModules",
+           "ModelAdapter", "Projection", "adapter_for", "base_linear", "import_path", "load_plugins", "parameter_rows",
+           "register_adapter", "supported_model_types"]
