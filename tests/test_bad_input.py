@@ -64,6 +64,45 @@ def _locked(env: Env) -> list:
     return env.prune(out=env.run.name)
 
 
+def _pickled(env: Env) -> list:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    model = env.root / "pickled-model"
+    shutil.copytree(env.model, model)
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    return env.prune(model=model)
+
+
+CUSTOM_CODE = "from pathlib import Path\nPath(__file__).with_name('code-ran').write_text('it ran')\n"
+
+
+def _own_code(env: Env) -> list:
+    import json
+    import shutil
+    model = env.root / "own-code-model"
+    shutil.copytree(env.model, model)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "custom.MyConfig", "AutoModelForCausalLM": "custom.MyModel"}
+    config["model_type"] = "my-own"  # no stock class to fall back on: only its code could load it
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "custom.py").write_text(CUSTOM_CODE)  # would leave a file behind if it ever ran
+    return env.prune(model=model)
+
+
+def _export_on_other_code(env: Env) -> list:
+    import json
+    assert main(["export", str(env.run), "--sparsity", "0.4", "--out", str(env.root / "export")]) == 0
+    config = json.loads((env.root / "export" / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "modeling_gisp.GispConfig", "AutoModelForCausalLM": "modeling_gisp.GispForCausalLM"}
+    config["gisp_remote"] = dict(config.get("gisp_remote") or {}, config="custom.MyConfig", model="custom.MyModel",
+                                 layers="model.layers")
+    (env.root / "export" / "config.json").write_text(json.dumps(config))
+    return ["eval", env.root / "export", "--task", "ppl", "--data", f"text:{env.corpus}", "--seq-len", "24", "--no-dense"]
+
+
 CASES = {
     "missing-model": lambda e: e.prune(model=e.root / "no-such-model"),
     "unreadable-model": lambda e: e.prune(model=e.file("broken/config.json", "{not json").parent),
@@ -89,6 +128,9 @@ CASES = {
     "corrupted-trajectory": _corrupt,
     "run-of-another-model": _other_model,
     "run-locked-by-another-process": _locked,
+    "pickled-weights": _pickled,
+    "model-code-not-trusted": _own_code,
+    "export-built-on-other-code": _export_on_other_code,
 }
 
 MESSAGES = {
@@ -113,6 +155,12 @@ MESSAGES = {
     # ... the files are truncated or corrupted: restore them or start a new --out
     "run-of-another-model": "run directory {root}/run belongs to another model",
     "run-locked-by-another-process": "{root}/run is in use by gisp prune (pid",
+    "pickled-weights": "{root}/pickled-model has only pickled .bin weights; gisp unpickles nothing unless you pass "
+                       "--allow-pickle (GISP_ALLOW_PICKLE=1), or convert it to safetensors",
+    "model-code-not-trusted": "{root}/own-code-model ships its own model code (auto_map); gisp runs none unless you pass "
+                              "--trust-remote-code (GISP_TRUST_REMOTE_CODE=1)",
+    "export-built-on-other-code": "{root}/export is a gisp export built on 'custom.MyConfig', not a transformers class; "
+                                  "loading it would import that code: pass --trust-remote-code if you trust it",
 }
 
 

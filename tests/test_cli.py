@@ -252,9 +252,49 @@ def test_a_second_writer_is_refused_and_a_dead_holders_lock_taken_over(tmp_path,
     assert not (tmp_path / ".run.lock").exists() and not run.exists()
 
 
-def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tiny_dir, corpus_file, tmp_path):
-    """SIGKILL after a step is saved (mid-run), the same command again: the final trajectory is
-    identical to an uninterrupted run's."""
+def test_the_lock_follows_symlinks_and_never_locks_an_orphaned_file(tmp_path, monkeypatch):
+    """A symlink to a locked run directory is the same directory; a lock file its holder deleted
+    while another process had it open is not a lock (that process tries again on the new file)."""
+    import os
+    import subprocess
+    import sys
+
+    from gisp import runlock
+    from gisp.errors import GispError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "alias").symlink_to(run)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(GispError, match=f"alias is in use by gisp prune \\(pid {holder.pid}\\)"):
+            with runlock.locked(tmp_path / "alias", "prune"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    path = runlock.lock_path(run)
+    orphan = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # opened just before its holder deleted it
+    path.unlink()
+    opened = []
+    real_open = os.open
+
+    def open_first_the_orphan(*args, **kwargs):
+        opened.append(args[0])
+        return orphan if len(opened) == 1 else real_open(*args, **kwargs)
+
+    monkeypatch.setattr(runlock.os, "open", open_first_the_orphan)
+    with runlock.locked(run, "export"):
+        assert len(opened) == 2 and path.read_text() == f"gisp export (pid {os.getpid()})"
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(sig, tiny_dir, corpus_file, tmp_path):
+    """SIGKILL (or Ctrl-C: SIGINT) after a step is saved (mid-run), the same command again: the
+    final trajectory is identical to an uninterrupted run's. Ctrl-C ends with exit 130 and one
+    line saying how to resume, no traceback, and the lock released."""
     import json
     import signal
     import subprocess
@@ -271,7 +311,7 @@ def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tiny_dir, 
 
     subprocess.run(cmd(tmp_path / "straight"), check=True, capture_output=True)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -280,9 +320,15 @@ def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(tiny_dir, 
         except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate()
     assert json.loads((run / "run.json").read_text())["completed_steps"] < 8, "killed too late to test a resume"
+    if sig == "SIGINT":
+        assert proc.returncode == 130 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == "gisp: interrupted; run the same command again to resume"
+        assert not (tmp_path / ".killed.lock").exists()
+    else:
+        assert proc.returncode == -signal.SIGKILL
     subprocess.run(cmd(run), check=True, capture_output=True)
     ours, theirs = load_file(run / "trajectory.safetensors"), load_file(tmp_path / "straight" / "trajectory.safetensors")
     assert ours.keys() == theirs.keys()

@@ -182,11 +182,11 @@ def test_fsdp_from_a_checkpoint_that_loads_whole_matches_one_process(tmp_path, c
     model.config.save_pretrained(tmp_path / "bin")
     tiny_tokenizer().save_pretrained(tmp_path / "bin")
     torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
-    _prune([sys.executable], tmp_path / "bin", corpus_file, tmp_path / "one")
+    _prune([sys.executable], tmp_path / "bin", corpus_file, tmp_path / "one", "--allow-pickle")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd = torchrun + ["-m", "gisp", "prune", "--model", str(tmp_path / "bin"), "--data", f"text:{corpus_file}",
                       "--sparsity", "0.4", "--steps", "4", "--samples", "16", "--seq-len", "32", "--batch-size", "2",
-                      "--fsdp", "--out", str(tmp_path / "two")]
+                      "--fsdp", "--allow-pickle", "--out", str(tmp_path / "two")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "has no plain safetensors checkpoint: every process loads it whole" in result.stderr

@@ -345,3 +345,43 @@ def test_plugins_from_installed_entry_points(registry, monkeypatch, tmp_path):
     point = EntryPoint(name="starcoder2", value="sc2_entry_point", group=base.PLUGIN_GROUP)
     monkeypatch.setattr(base, "entry_points", lambda group: [point] if group == base.PLUGIN_GROUP else [])
     assert type(adapter_for(tiny_config("starcoder2"))).__name__ == "Starcoder2Adapter"
+
+
+# --- loading runs no code a checkpoint ships unless trusted ------------------------------------
+
+def test_gisp_loads_its_exports_with_its_own_code_not_the_directorys(tmp_path, monkeypatch):
+    """A non-uniform export's modeling_gisp.py is never executed by gisp (the installed package's
+    copy is used): a trapped copy changes nothing and runs nothing."""
+    from gisp import models
+    from gisp.runtime import TRUST_REMOTE_CODE_ENV
+
+    monkeypatch.delenv(TRUST_REMOTE_CODE_ENV, raising=False)
+    dense = tiny_model("llama-gqa")
+    work = copy.deepcopy(dense)
+    gisp.prune(model=work, batches=BATCHES, data="unused", sparsity=0.4, steps=2, progress=False, out=tmp_path / "run")
+    gisp.export(tmp_path / "run", 0.4, tmp_path / "out", model=dense, tokenizer=tiny_tokenizer())
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]
+    trap = "from pathlib import Path\nPath(__file__).with_name('code-ran').write_text('it ran')\nraise SystemExit(3)\n"
+    (tmp_path / "out" / "modeling_gisp.py").write_text(trap)
+    model, _ = models.load(str(tmp_path / "out"))
+    assert type(model).__module__ == "gisp.remote.modeling_gisp" and not (tmp_path / "out" / "code-ran").exists()
+    with torch.no_grad():
+        assert torch.allclose(model(IDS).logits, work(IDS).logits, atol=1e-4)
+
+
+def test_trust_remote_code_lets_a_models_own_code_run(tmp_path, monkeypatch):
+    from gisp import models
+    from gisp.runtime import TRUST_REMOTE_CODE_ENV
+
+    config = tiny_config("llama-gqa").to_dict() | {"model_type": "my-own-trusted",
+                                                   "auto_map": {"AutoConfig": "custom_trusted.MyConfig"}}
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "m" / "custom_trusted.py").write_text(
+        "from transformers import LlamaConfig\n"
+        "class MyConfig(LlamaConfig):\n    model_type = 'my-own-trusted'\n")
+    monkeypatch.delenv(TRUST_REMOTE_CODE_ENV, raising=False)
+    with pytest.raises(GispError, match="ships its own model code .* --trust-remote-code"):
+        models.load_config(str(tmp_path / "m"))
+    monkeypatch.setenv(TRUST_REMOTE_CODE_ENV, "1")
+    assert type(models.load_config(str(tmp_path / "m"))).__name__ == "MyConfig"

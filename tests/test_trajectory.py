@@ -68,11 +68,15 @@ def test_steps_after_completed_steps_are_ignored(pruned, tmp_path):
     partial.save(tmp_path)
     # tensors still hold steps 3 and 4; run.json says 2 steps
     from safetensors.torch import save_file
-    save_file({k: getattr(traj, k).contiguous() for k in ("head_step", "head_order", "channel_step", "channel_order")},
-              str(tmp_path / "trajectory.safetensors"))
+    tensors = {k: getattr(traj, k).contiguous() for k in ("head_step", "head_order", "channel_step", "channel_order")}
+    tensors |= {"attention_input_mean": traj.input_means.attention, "mlp_input_mean": traj.input_means.mlp}
+    save_file(tensors, str(tmp_path / "trajectory.safetensors"))
     loaded = Trajectory.load(tmp_path)
     assert loaded.completed_steps == 2
     assert int(loaded.channel_step.max()) <= 2 and not loaded.is_complete
+    # the means of structures removed after step 2 are dropped with them (resume records them again)
+    late = (traj.channel_step > 2) | (traj.channel_step < 0)
+    assert loaded.input_means.mlp[late].isnan().all() and not loaded.input_means.mlp[~late].isnan().any()
 
 
 def test_not_a_run_directory(tmp_path):
@@ -89,8 +93,11 @@ def test_corrupted_run_files_are_refused_not_resumed(pruned, tmp_path):
     from safetensors.torch import load_file, save_file
 
     _, traj, run_dir = pruned
+    assert traj.compensated  # the input means are part of what is checked
     for damage, message in (("edit", "run.json does not match its checksum"),
                             ("order", "does not match the checksum in run.json"),
+                            ("means", "input means do not match the checksum in run.json"),
+                            ("unchecked", "run.json has no sha256, order_sha256, means_sha256"),
                             ("truncate", "truncated or corrupted")):
         copy_dir = tmp_path / damage
         shutil.copytree(run_dir, copy_dir)
@@ -104,6 +111,16 @@ def test_corrupted_run_files_are_refused_not_resumed(pruned, tmp_path):
             first, second = (order == 0).nonzero()[0].tolist(), (order == 1).nonzero()[0].tolist()
             order[first[0], first[1]], order[second[0], second[1]] = 1, 0  # two removals swapped
             save_file(tensors, str(copy_dir / "trajectory.safetensors"))
+        elif damage == "means":
+            tensors = load_file(str(copy_dir / "trajectory.safetensors"))
+            recorded = ~tensors["mlp_input_mean"].isnan()
+            tensors["mlp_input_mean"][recorded.nonzero()[0].tolist()[0], recorded.nonzero()[0].tolist()[1]] += 1e-3
+            save_file(tensors, str(copy_dir / "trajectory.safetensors"))
+        elif damage == "unchecked":  # checksums deleted: not a way around them
+            meta = json.loads((copy_dir / "run.json").read_text())
+            for key in ("sha256", "order_sha256", "means_sha256"):
+                del meta[key]
+            (copy_dir / "run.json").write_text(json.dumps(meta))
         else:
             data = (copy_dir / "trajectory.safetensors").read_bytes()
             (copy_dir / "trajectory.safetensors").write_bytes(data[: len(data) // 2])

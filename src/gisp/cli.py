@@ -279,6 +279,11 @@ def _output_flags() -> argparse.ArgumentParser:
                        help="no progress bars, notes or warnings (errors only); stdout carries only the result")
     group.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
                        help="stderr messages at this level and above; info adds a line per pruning step (default: warning)")
+    trust = common.add_argument_group("what a checkpoint may run (both off by default)")
+    trust.add_argument("--trust-remote-code", action="store_true",
+                       help="let a model's own Python code (auto_map) run when it loads; gisp exports never need it")
+    trust.add_argument("--allow-pickle", action="store_true",
+                       help="let weights stored only as pickles (pytorch_model.bin) load, restricted to tensors")
     return common
 
 
@@ -379,13 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gisp.runtime import configure_output, return_freed_memory
+    from gisp.runtime import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, configure_output, return_freed_memory
 
     args = build_parser().parse_args(argv)
     launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 shows bars and notes
     return_freed_memory()  # resident memory follows live memory in long gradient passes
     filters = list(warnings.filters)
+    permissions = {name: os.environ.get(name) for name in (TRUST_REMOTE_CODE_ENV, ALLOW_PICKLE_ENV)}
     try:
+        for name, allowed in ((TRUST_REMOTE_CODE_ENV, args.trust_remote_code), (ALLOW_PICKLE_ENV, args.allow_pickle)):
+            if allowed:  # for this command only (and the loads it makes, in any rank)
+                os.environ[name] = "1"
         configure_output(args.log_level, args.quiet or launched_rank != 0)
         args.func(args)
     except GispError as exc:
@@ -399,6 +408,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.filters[:] = filters  # --quiet's "ignore" ends with its command (main() may be called again)
+        for name, value in permissions.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return 0
 
 

