@@ -3,6 +3,7 @@ Torch-Pruning library, same model, same calibration tokens, same evaluation (iss
 
     python benchmarks/quality.py --model smollm2            # every section, resumable
     python benchmarks/quality.py --model smollm2 --sections lm,task
+    python benchmarks/quality.py --model smollm2 --sections recovered   # recovered rows (gisp recover, issue #9)
     python benchmarks/quality.py --model qwen
     python benchmarks/quality.py --model smollm2 --runs abl-calib4096   # chosen runs only (--list names them)
     python benchmarks/quality.py --model smollm2 --report   # rewrite table and plots from the results
@@ -46,6 +47,10 @@ LM_ARGS = ["--data", LM_CALIB, "--samples", str(TOKENS // 128), "--seq-len", "12
 TASK_ARGS = ["--data", PIQA_CALIB, "--objective", "margin", "--max-tokens", str(TOKENS), "--seq-len", "256"]
 BASELINES = ["wanda-sp", "flap", "llm-pruner", "shortgpt", "magnitude", "random"]
 REFERENCE_SCORING = ["--taylor-weights", "all", "--normalize", "reference"]  # GISP as its reference code scores
+# Recovery (issue #9) starts from the 4-step GISP run (198.58 at 50%, the 10-step main row 199.80):
+# its directory is kept, and it is the cheapest finished GISP run that passes 30% and 50%.
+RECOVERY_BASE, RECOVERY_TOKENS = "abl-steps4", 50000
+RECOVER_ARGS = ["--data", LM_CALIB, "--max-tokens", str(RECOVERY_TOKENS), "--seq-len", "128", "--batch-size", "8"]
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Plan:
     name: str
     runs: list[Run] = field(default_factory=list)
     eval_limit: int | None = None  # ppl windows (None: the whole held-out half)
+    catalogue: list[Run] = field(default_factory=list)  # every run of the plan, whatever --runs chose
 
 
 def _per_level(section: str, label: str, method_args: list[str], levels: list[float], task_args: list[str],
@@ -128,6 +134,13 @@ def smollm2_plan() -> Plan:
         lm.append(Run(f"abl-flap-calib{tokens}", "ablation", f"flap calibration={tokens // 1024}K",
                       ["--method", "flap", *args], [0.4, 0.5]))
     lm.append(Run("outside-torch-pruning", "outside", "torch-pruning 1.6.1 (Taylor)", [], levels))
+    # recovered rows (issue #9): exports of a finished GISP run healed by `gisp recover`, same evaluation
+    for method, label in (("lora", "LoRA"), ("distill", "distillation")):
+        for level in (0.5, 0.3):
+            lm.append(Run(f"recovered-{method}-{int(level * 100)}", "recovered",
+                          f"gisp + {label} ({RECOVERY_TOKENS // 1000}K tokens)", ["--method", method], [level],
+                          note=f"the {RECOVERY_BASE} run's export at this level, then gisp recover on "
+                               f"{RECOVERY_TOKENS:,} tokens of the calibration half"))
     return plan
 
 
@@ -324,6 +337,47 @@ def run_outside(plan: Plan, run: Run, results: Results, runner: Runner) -> None:
                      "peak_memory_mb": peak} | record)
 
 
+def run_recovered(plan: Plan, run: Run, results: Results, runner: Runner) -> None:
+    """Export the base run at the level, evaluate it, ``gisp recover`` it, evaluate the result:
+    the cell's ``ppl`` is after recovery, ``ppl_before`` the same export before."""
+    base = next(r for r in plan.catalogue or plan.runs if r.key == RECOVERY_BASE)
+    if not _complete(runner.work / base.key):
+        run_gisp_cli(plan, base, results, runner)
+    level = run.levels[0]
+    if results.has(run.key, level):
+        return
+    export = runner.work / f"{base.key}-export-{int(level * 100)}"
+    export_cmd = ["gisp", "export", runner.work / base.key, "--sparsity", f"{level:g}", "--out", export]
+    if not (export / "gisp_export.json").is_file():
+        runner.run(export_cmd)
+    before_file = export / "eval-ppl.json"
+    if not before_file.is_file():
+        text, seconds, _ = runner.run(["gisp", "eval", export, *_eval_args(plan, "ppl"), "--no-dense", "--json"])
+        before_file.write_text(json.dumps(_last_json(text) | {"seconds": seconds}))
+    before = json.loads(before_file.read_text())
+    out = runner.work / run.key
+    recover_cmd = ["gisp", "recover", export, *run.args, *RECOVER_ARGS, "--out", out]
+    stats_file = runner.work / f"{run.key}.recover-process.json"
+    if not (stats_file.is_file() and (out / "config.json").is_file()):
+        _, seconds, peak = runner.run(recover_cmd)  # gisp recover resumes from its checkpoint by itself
+        stats_file.write_text(json.dumps({"seconds": seconds, "peak_memory_mb": peak}))
+    process = json.loads(stats_file.read_text())
+    eval_cmd = ["gisp", "eval", out, *_eval_args(plan, "ppl"), "--no-dense", "--json"]
+    text, eval_seconds, _ = runner.run(eval_cmd)
+    after = _last_json(text)
+    row = lambda r: r.get("rows", [r])[-1]  # noqa: E731  (an export's eval: one row, or the flat record)
+    info = json.loads((export / "gisp_export.json").read_text())
+    results.add({
+        "section": run.section, "method": run.label, "run": run.key, "note": run.note, "requested": level,
+        "sparsity": info["sparsity"], "parameters": info["decoder_parameters"], "calibration_tokens": TOKENS,
+        "recovery_tokens": RECOVERY_TOKENS, "ppl": row(after)["ppl"], "nll": row(after).get("nll"),
+        "ppl_before": row(before)["ppl"], "recover_seconds": process["seconds"],
+        "peak_memory_mb": process["peak_memory_mb"], "prune_command": shlex.join(map(str, prune_command(plan, base, runner.work / base.key))),
+        "export_command": shlex.join(map(str, export_cmd)), "recover_command": shlex.join(map(str, recover_cmd)),
+        "eval_command": shlex.join(map(str, eval_cmd)), "eval_seconds": eval_seconds,
+    })
+
+
 def execute(plan: Plan, sections: set[str], work: Path) -> Results:
     from tqdm import tqdm
 
@@ -336,7 +390,7 @@ def execute(plan: Plan, sections: set[str], work: Path) -> Results:
         if all(results.has(run.key, l) for l in run.levels):
             continue
         tqdm.write(f"{time.strftime('%H:%M:%S')} {run.key}: {run.label} at {', '.join(f'{l:.0%}' for l in run.levels)}", file=sys.stdout)
-        (run_outside if run.section == "outside" else run_gisp_cli)(plan, run, results, runner)
+        {"outside": run_outside, "recovered": run_recovered}.get(run.section, run_gisp_cli)(plan, run, results, runner)
         report(plan, results, work)
     return results
 
@@ -417,7 +471,7 @@ def report(plan: Plan, results: Results, work: Path) -> None:
     """Markdown tables and plots from the results file (methods in the plan's order)."""
     order = list(dict.fromkeys(r.label for r in plan.runs))
     recs = sorted(results.records, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order), r["requested"]))
-    lm = [r for r in recs if r["section"] in ("lm", "outside")]
+    lm = [r for r in recs if r["section"] in ("lm", "outside", "recovered")]
     task = [r for r in recs if r["section"] == "task"]
     main_rows = ("gisp", "gisp one-shot", "gisp (first-order)", "gisp (reference scoring)", "flap")  # beside the ablations, at 40/50%
     abl = [r for r in lm if r["method"] in main_rows and r["requested"] in (0.4, 0.5)] + [r for r in recs if r["section"] == "ablation"]
@@ -513,7 +567,7 @@ def plot_layers(plan: Plan, work: Path, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(PLANS), default="smollm2")
-    ap.add_argument("--sections", default="lm,task,ablation,outside")
+    ap.add_argument("--sections", default="lm,task,ablation,outside,recovered")
     ap.add_argument("--runs", default=None, help="only these run keys, comma-separated (see --list)")
     ap.add_argument("--work", default=None, help="run directories (default: runs/quality-MODEL)")
     ap.add_argument("--report", action="store_true", help="only rewrite the table and plots")
@@ -523,6 +577,7 @@ def main() -> None:
                          "table: quality-MODEL-recheck.{json,md}")
     args = ap.parse_args()
     plan = PLANS[args.model]()
+    plan.catalogue = list(plan.runs)
     if args.runs:
         keys = set(args.runs.split(","))
         unknown = keys - {r.key for r in plan.runs}
@@ -532,7 +587,9 @@ def main() -> None:
     work = Path(args.work or f"runs/quality-{plan.name}")
     if args.list:
         for run in plan.runs:
-            print(run.section, run.key, shlex.join(map(str, prune_command(plan, run, work / run.key))))
+            cmd = (["gisp", "recover", work / f"{RECOVERY_BASE}-export-{int(run.levels[0] * 100)}", *run.args, *RECOVER_ARGS,
+                    "--out", work / run.key] if run.section == "recovered" else prune_command(plan, run, work / run.key))
+            print(run.section, run.key, shlex.join(map(str, cmd)))
         return
     if args.recheck:
         if not args.runs:
