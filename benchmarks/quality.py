@@ -350,7 +350,9 @@ def run_recovered(plan: Plan, run: Run, results: Results, runner: Runner) -> Non
     export_cmd = ["gisp", "export", runner.work / base.key, "--sparsity", f"{level:g}", "--out", export]
     if not (export / "gisp_export.json").is_file():
         runner.run(export_cmd)
-    before_file = export / "eval-ppl.json"
+    before_file = runner.work / f"{export.name}.eval-ppl.json"  # beside the export: recover copies its files
+    if (export / "eval-ppl.json").is_file():  # where the first version kept it
+        (export / "eval-ppl.json").replace(before_file)
     if not before_file.is_file():
         text, seconds, _ = runner.run(["gisp", "eval", export, *_eval_args(plan, "ppl"), "--no-dense", "--json"])
         before_file.write_text(json.dumps(_last_json(text) | {"seconds": seconds}))
@@ -358,9 +360,11 @@ def run_recovered(plan: Plan, run: Run, results: Results, runner: Runner) -> Non
     out = runner.work / run.key
     recover_cmd = ["gisp", "recover", export, *run.args, *RECOVER_ARGS, "--out", out]
     stats_file = runner.work / f"{run.key}.recover-process.json"
-    if not (stats_file.is_file() and (out / "config.json").is_file()):
-        _, seconds, peak = runner.run(recover_cmd)  # gisp recover resumes from its checkpoint by itself
+    if not (out / "config.json").is_file():  # finished outputs are kept; gisp recover resumes a checkpoint itself
+        _, seconds, peak = runner.run(recover_cmd)
         stats_file.write_text(json.dumps({"seconds": seconds, "peak_memory_mb": peak}))
+    elif not stats_file.is_file():  # finished, but its time was not recorded
+        stats_file.write_text(json.dumps({"seconds": None, "peak_memory_mb": None}))
     process = json.loads(stats_file.read_text())
     eval_cmd = ["gisp", "eval", out, *_eval_args(plan, "ppl"), "--no-dense", "--json"]
     text, eval_seconds, _ = runner.run(eval_cmd)
@@ -490,6 +494,13 @@ def report(plan: Plan, results: Results, work: Path) -> None:
                       f"Dense acc {dense_mc.get('acc', float('nan')):.3f} / acc_norm {dense_mc.get('acc_norm', float('nan')):.3f}.", "",
                   "acc:", "", table(task, sorted({r["requested"] for r in task}), "acc", lower=False, fmt="{:.3f}"), "",
                   "acc_norm:", "", table(task, sorted({r["requested"] for r in task}), "acc_norm", lower=False, fmt="{:.3f}")]
+    recovered = [r for r in recs if r["section"] == "recovered"]
+    if recovered:
+        parts += ["", f"Recovered rows: the `{RECOVERY_BASE}` GISP run's export at each level, `gisp recover` on "
+                      f"{RECOVERY_TOKENS:,} tokens of the calibration half, the same evaluation:", "",
+                  "| method | level | ppl before | ppl after | after / before | recover s |", "|---|---|---|---|---|---|"]
+        parts += [f"| {r['method']} | {r['requested']:.0%} | {r['ppl_before']:.2f} | {r['ppl']:.2f} | "
+                  f"{r['ppl'] / r['ppl_before']:.2f} | {r['recover_seconds'] or float('nan'):.0f} |" for r in recovered]
     if abl:
         parts += ["", "Ablations (perplexity; the main rows repeated for reference):", "",
                   table(abl, sorted({r["requested"] for r in abl}), "ppl", lower=True)]

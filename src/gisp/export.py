@@ -29,7 +29,6 @@ from gisp import models
 from gisp.adapters import ExportClasses, FusedRows, ModelAdapter, adapter_for, base_linear
 from gisp.compensation import InputMeans, output_bias
 from gisp.errors import GispError
-from gisp.runtime import trust_remote_code
 from gisp.remote import modeling_gisp
 from gisp.structures import (
     AttentionPlan,
@@ -442,13 +441,12 @@ def check_exportable(config) -> None:
     every tensor's name and shape with the sliced state dict. Raises :class:`GispError` with one
     line naming the family and the first problem.
     """
-    from transformers import AutoModelForCausalLM
 
     adapter = adapter_for(config)
     what = f"gisp cannot prune and export {adapter.name!r} models (adapter {type(adapter).__name__})"
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code())
+            model = models.model_from_config(config)
         _check_projections(model, adapter)
         masks = _probe_masks(adapter.geometry(), adapter.prunable_heads)
         sliced = sliced_state_dict(model, adapter, masks)

@@ -111,17 +111,18 @@ def resolve(spec: str) -> ModelSource:
 
 
 def _gisp_export(spec: str, src: ModelSource) -> bool:
-    """Whether ``src`` is a local gisp export with generic remote code (``modeling_gisp``); such
-    an export is refused, unless remote code is trusted, when it builds on other classes than
-    ``transformers``' own (loading it would import them)."""
+    """Whether ``src`` (a directory or a hub repository) is a gisp export with generic remote code
+    (``modeling_gisp``); such an export is refused, unless remote code is trusted, when it builds
+    on other classes than ``transformers``' own (loading it would import them)."""
+    from transformers import PretrainedConfig
+
     from gisp.remote import modeling_gisp
 
-    path = Path(src.location).expanduser() / "config.json"
-    if src.gguf_file is not None or not path.is_file():
+    if src.gguf_file is not None:
         return False
     try:
-        values = json.loads(path.read_text())
-    except ValueError:
+        values, _ = PretrainedConfig.get_config_dict(src.location)
+    except Exception:
         return False  # AutoConfig says what is wrong with it
     if (values.get("auto_map") or {}).get("AutoModelForCausalLM") != "modeling_gisp.GispForCausalLM":
         return False
@@ -182,13 +183,16 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Mod
     if src.gguf_file is None and not allow_pickle():
         options["use_safetensors"] = True
     try:
-        model_class = AutoModelForCausalLM
-        if _gisp_export(spec, src):  # gisp's generic code from this package, not the directory's copy
+        model_class, export = AutoModelForCausalLM, _gisp_export(spec, src)
+        if export:  # gisp's generic code from this package, not the directory's copy
             from gisp.remote.modeling_gisp import GispForCausalLM as model_class
         with quiet_gguf_bars() if src.gguf_file is not None else nullcontext():
             tokenizer = AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file,
                                                       trust_remote_code=trust_remote_code())
             model = model_class.from_pretrained(src.location, gguf_file=src.gguf_file, dtype=DTYPES[dtype], **options)
+        if export:  # save_pretrained then writes modeling_gisp.py beside the auto_map naming it
+            model.config.register_for_auto_class("AutoConfig")
+            model.register_for_auto_class("AutoModelForCausalLM")
     except GispError:
         raise
     except Exception as exc:
@@ -196,6 +200,18 @@ def load(spec: str, dtype: str = "float32", device: str = "cpu") -> tuple[nn.Mod
     if src.gguf_file is not None:
         model = _without_quantization_config(model, DTYPES[dtype])
     return model.to(device).eval(), tokenizer
+
+
+def model_from_config(config, **kwargs) -> nn.Module:
+    """``AutoModelForCausalLM.from_config``, also for the config of a gisp export (gisp's own
+    generic class, which the auto classes do not know without remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    from gisp.remote.modeling_gisp import GispConfig, GispForCausalLM
+
+    if isinstance(config, GispConfig):
+        return GispForCausalLM._from_config(config, **kwargs)
+    return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code(), **kwargs)
 
 
 def _refuse_pickles_only(spec: str, src: ModelSource) -> None:
@@ -250,8 +266,7 @@ def load_sharded(spec: str, files: list[Path], prepare: Callable[[nn.Module], No
         raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     try:
         with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary inv_freq) real
-            model = AutoModelForCausalLM.from_config(load_config(spec), dtype=DTYPES[dtype],
-                                                     trust_remote_code=trust_remote_code())
+            model = model_from_config(load_config(spec), dtype=DTYPES[dtype])
         model.tie_weights()  # init_empty_weights registers lm_head and the embeddings apart
         tokenizer = AutoTokenizer.from_pretrained(resolve(spec).location, trust_remote_code=trust_remote_code())
     except GispError:

@@ -46,7 +46,6 @@ from dataclasses import asdict, dataclass
 
 from gisp.adapters import adapter_for
 from gisp.errors import GispError
-from gisp.runtime import trust_remote_code
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_BYTES = 600 * 2**20  # interpreter, torch, tokenizer, data
@@ -79,7 +78,7 @@ def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", s
     """The estimate for ``config``'s model (see the module docstring); ``shards``: the ranks
     ``--fsdp`` splits the parameters over (1: each rank holds the whole model)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from gisp import models
 
     if dtype not in DTYPE_BYTES:
         raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
@@ -92,7 +91,7 @@ def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", s
     adapter = adapter_for(config)
     g = adapter.geometry()
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code())
+        model = models.model_from_config(config)
     params = sum(p.numel() for p in model.parameters())  # a tied lm_head is the embeddings' parameter: once
     layers = adapter.layers(model)
     layer_params = max(sum(p.numel() for p in layer.parameters()) for layer in layers)

@@ -250,25 +250,25 @@ def load_plugins() -> list[str]:
     """Import the adapter plugins of this process (the ``gisp.adapters`` entry points of
     installed packages, then the ``GISP_PLUGINS`` variable), each once, so that adapters
     registered outside gisp serve the command line as well as the API. Returns what loaded
-    now; a plugin that fails to import is a :class:`GispError` naming it."""
+    now; a plugin that fails to import is a :class:`GispError` naming it, and is tried again on
+    the next call (nothing is marked loaded until it has)."""
     env = os.environ.get(PLUGIN_ENV, "")
-    if _plugins_scanned["env"] == env:  # nothing new since the last call (entry points are scanned once)
+    if _plugins_scanned["env"] == env:  # nothing new since the last complete scan
         return []
-    first = _plugins_scanned["env"] is None
-    _plugins_scanned["env"] = env
-    loaded = []
-    plugins = [(f"entry point {ep.name}", ep.load) for ep in entry_points(group=PLUGIN_GROUP)] if first else []
+    plugins = [(f"entry point {ep.name}", ep.load) for ep in entry_points(group=PLUGIN_GROUP)]
     for name in filter(None, (n.strip() for n in env.split(","))):
         plugins.append((name, lambda name=name: _import_plugin(name)))
+    loaded = []
     for name, load in plugins:
         if name in _plugins_loaded:
             continue
-        _plugins_loaded.add(name)
         try:
             load()
         except Exception as e:
             raise GispError(f"gisp plugin {name!r} failed to load: {type(e).__name__}: {e}") from e
+        _plugins_loaded.add(name)
         loaded.append(name)
+    _plugins_scanned["env"] = env
     return loaded
 
 
