@@ -400,3 +400,24 @@ def test_trust_remote_code_lets_a_models_own_code_run(tmp_path, monkeypatch):
         models.load_config(str(tmp_path / "m"))
     monkeypatch.setenv(TRUST_REMOTE_CODE_ENV, "1")
     assert type(models.load_config(str(tmp_path / "m"))).__name__ == "MyConfig"
+
+
+def test_an_adapter_whose_logits_miss_the_familys_scaling_is_refused_with_loss_chunk(registry):
+    """Granite divides its logits by logits_scaling: an adapter without that override would make
+    --loss-chunk's losses silently wrong, so prune refuses it; the shipped adapter passes."""
+    from gisp.adapters.llama import LlamaAdapter
+
+    model = tiny_model("granite")
+    kwargs = dict(batches=BATCHES, data="unused", sparsity=0.2, steps=1, progress=False, loss_chunk=4)
+    gisp.prune(model=copy.deepcopy(model), **kwargs)
+
+    @gisp.register_adapter
+    class PlainGranite(LlamaAdapter):
+        model_types = ("granite",)
+
+        def logits(self, model, hidden):
+            return model.get_output_embeddings()(hidden)
+
+    with pytest.raises(GispError, match=r"PlainGranite.logits\(\) does not give the model's logits .*override "
+                                        r"logits\(model, hidden\)"):
+        gisp.prune(model=copy.deepcopy(model), **kwargs)

@@ -19,7 +19,7 @@ from gisp.export import check_exportable
 from gisp.export import export as _export
 from gisp.importance import mean_objective
 from gisp.methods import MethodInputs, method_for
-from gisp.objectives import OBJECTIVES, Objective, chunked_loss
+from gisp.objectives import OBJECTIVES, Objective, check_adapter_logits, chunked_loss
 from gisp.pruner import run_schedule
 from gisp.recovery import RecoveryResult
 from gisp.report import progress_line, write_run_report
@@ -98,6 +98,8 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
         logger.info("step %d: decoder sparsity %.4f (%d heads, %d channels removed), calibration loss before it %s; %s",
                     last.step, last.sparsity, last.heads_removed, last.channels_removed,
                     "-" if before is None else f"{before:.4f}", progress_line(traj))
+    if config.loss_chunk:  # chunked losses read logits through the adapter: it must give the model's own
+        check_adapter_logits(model, adapter_for(model.config))
     with chunked_loss(config.loss_chunk):
         return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                             loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),

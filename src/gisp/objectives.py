@@ -13,6 +13,7 @@ with batches it understands.
 from __future__ import annotations
 
 import random
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -50,6 +51,31 @@ def _chunk_ce(adapter, model: nn.Module, hidden: torch.Tensor, targets: torch.Te
     """Cross-entropy of one chunk: hidden [B, c, d], targets [B, c] -> [B, c] (-100: 0)."""
     logits = adapter.logits(model, hidden).float()  # [B, c, V]
     return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
+
+
+_LOGITS_CHECKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+@torch.no_grad()
+def check_adapter_logits(model: nn.Module, adapter) -> None:
+    """Refuse an adapter whose :meth:`~gisp.adapters.ModelAdapter.logits` does not reproduce the
+    model's own logits (a family that scales or caps them, with no override): chunked losses
+    would be silently wrong. One 8-token forward, once per model (every rank runs it alike), before
+    any scoring hooks are in place."""
+    if model in _LOGITS_CHECKED:
+        return
+    device = next(model.parameters()).device
+    ids = (torch.arange(8, device=device) * 7 % model.config.vocab_size)[None]  # [1, 8]
+    full = model(input_ids=ids, use_cache=False).logits.float()
+    hidden = model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+    ours = adapter.logits(model, hidden).float()
+    tolerance = (1e-3 if full.dtype == torch.float32 and hidden.dtype == torch.float32 else 3e-2) * max(1.0, full.abs().max().item())
+    diff = (ours - full).abs().max().item() if ours.shape == full.shape else float("inf")
+    if not diff <= tolerance:
+        raise GispError(f"{type(adapter).__name__}.logits() does not give the model's logits (max difference {diff:.3g}): "
+                        "the family scales or caps them after the output embedding; override logits(model, hidden) "
+                        "(see the README), or run without --loss-chunk")
+    _LOGITS_CHECKED.add(model)
 
 
 def chunked_ce(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
