@@ -373,7 +373,7 @@ def run_recovered(plan: Plan, run: Run, results: Results, runner: Runner) -> Non
     info = json.loads((export / "gisp_export.json").read_text())
     results.add({
         "section": run.section, "method": run.label, "run": run.key, "note": run.note, "requested": level,
-        "sparsity": info["sparsity"], "parameters": info["decoder_parameters"], "calibration_tokens": TOKENS,
+        "sparsity": info["sparsity"], "parameters": info["parameters"], "calibration_tokens": TOKENS,
         "recovery_tokens": RECOVERY_TOKENS, "ppl": row(after)["ppl"], "nll": row(after).get("nll"),
         "ppl_before": row(before)["ppl"], "recover_seconds": process["seconds"],
         "peak_memory_mb": process["peak_memory_mb"], "prune_command": shlex.join(map(str, prune_command(plan, base, runner.work / base.key))),
