@@ -448,8 +448,10 @@ def test_quiet_prints_only_results(tiny_dir, corpus_file, tmp_path, capsys, rest
 
 
 def test_quiet_ends_with_its_command(tiny_dir, tmp_path, capsys, restore_output):
-    """A --quiet command then a plain one in the same process (the API, a notebook): the second
-    shows bars and warnings again (filters, transformers' bars and the hub's env var restored)."""
+    """A --quiet (or --log-level) command in a process that goes on (the API, a notebook): after
+    it, everything it set is as before: warning filters and capture, gisp's logger, transformers'
+    verbosity and bars, the hub's variable."""
+    import logging
     import os
     import warnings
 
@@ -457,14 +459,17 @@ def test_quiet_ends_with_its_command(tiny_dir, tmp_path, capsys, restore_output)
 
     from gisp.runtime import bars_enabled
 
-    filters = list(warnings.filters)
+    def state():
+        gisp_logger = logging.getLogger("gisp")
+        return (list(warnings.filters), gisp_logger.level, list(gisp_logger.handlers), gisp_logger.propagate,
+                logging._warnings_showwarning is not None, bars_enabled(), os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"),
+                os.environ.get("TRANSFORMERS_VERBOSITY"), hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+
     tiny_config_dir = tiny_dir("llama-gqa")
-    assert main(["plan", "--model", str(tiny_config_dir), "--json", "--quiet"]) == 0
-    assert warnings.filters == filters  # --quiet's "ignore" went with its command
-    assert not bars_enabled() and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
-    assert main(["plan", "--model", str(tiny_config_dir), "--json"]) == 0
-    assert bars_enabled() and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
-    assert hf_logging.is_progress_bar_enabled()
+    before = state()
+    for flags in (["--quiet"], ["--log-level", "debug"], ["--log-level", "error"]):
+        assert main(["plan", "--model", str(tiny_config_dir), "--json", *flags]) == 0
+        assert state() == before, flags
     capsys.readouterr()
 
 

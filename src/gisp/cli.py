@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from dataclasses import MISSING, asdict, fields
 
 from gisp.config import PruneConfig
@@ -384,35 +383,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gisp.runtime import ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, configure_output, return_freed_memory
+    from gisp.runtime import (ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, command_output, configure_output,
+                              return_freed_memory)
 
     args = build_parser().parse_args(argv)
     launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 shows bars and notes
     return_freed_memory()  # resident memory follows live memory in long gradient passes
-    filters = list(warnings.filters)
     permissions = {name: os.environ.get(name) for name in (TRUST_REMOTE_CODE_ENV, ALLOW_PICKLE_ENV)}
-    try:
-        for name, allowed in ((TRUST_REMOTE_CODE_ENV, args.trust_remote_code), (ALLOW_PICKLE_ENV, args.allow_pickle)):
-            if allowed:  # for this command only (and the loads it makes, in any rank)
-                os.environ[name] = "1"
-        configure_output(args.log_level, args.quiet or launched_rank != 0)
-        args.func(args)
-    except GispError as exc:
-        print(f"gisp: error: {exc}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # e.g. `gisp info RUN | head`
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt:
-        print("gisp: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    finally:
-        warnings.filters[:] = filters  # --quiet's "ignore" ends with its command (main() may be called again)
-        for name, value in permissions.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with command_output():  # --quiet / --log-level end with the command (main() may be called again)
+        try:
+            for name, allowed in ((TRUST_REMOTE_CODE_ENV, args.trust_remote_code), (ALLOW_PICKLE_ENV, args.allow_pickle)):
+                if allowed:  # for this command only (and the loads it makes, in any rank)
+                    os.environ[name] = "1"
+            configure_output(args.log_level, args.quiet or launched_rank != 0)
+            args.func(args)
+        except GispError as exc:
+            print(f"gisp: error: {exc}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # e.g. `gisp info RUN | head`
+            sys.stderr.close()
+            return 0
+        except KeyboardInterrupt:
+            print("gisp: interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
+        finally:
+            for name, value in permissions.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return 0
 
 

@@ -20,7 +20,8 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
@@ -99,6 +100,45 @@ def configure_output(log_level: str = "warning", quiet: bool = False) -> None:
             _bars["hf_silenced"] = True
         elif not quiet and _bars.pop("hf_silenced", False):  # only what --quiet turned off (not the user's choice)
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def command_output() -> Iterator[None]:
+    """Within the block, :func:`configure_output` may change what is printed; afterwards
+    everything it touches is as before (gisp's and ``py.warnings``' loggers, warning capture and
+    filters, transformers' verbosity and bars, the hub's variable), so one command's ``--quiet`` or
+    ``--log-level`` does not outlive it in a process that goes on (the API after ``main()``, tests)."""
+    loggers = {name: (logging.getLogger(name), logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+                      logging.getLogger(name).propagate) for name in ("gisp", "py.warnings")}
+    capturing = logging._warnings_showwarning is not None  # noqa: SLF001 - logging keeps no public flag
+    filters, bars = list(warnings.filters), dict(_bars)
+    env = {name: os.environ.get(name) for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    hf = None
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
+    try:
+        yield
+    finally:
+        for logger_, handlers, level, propagate in loggers.values():
+            logger_.handlers[:], logger_.propagate = handlers, propagate
+            logger_.setLevel(level)
+        logging.captureWarnings(capturing)
+        warnings.filters[:] = filters
+        _bars.clear()
+        _bars.update(bars)
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as hf_logging
+
+            verbosity, enabled = hf or (logging.WARNING, True)  # imported by the command: its defaults
+            hf_logging.set_verbosity(verbosity)
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
 
 
 def bars_enabled() -> bool:
