@@ -321,6 +321,20 @@ def backfill_step_facts(results: Results, work: Path) -> None:
         results.save()
 
 
+def backfill_recovered(results: Results, work: Path) -> None:
+    """Recovered cells count the whole model's parameters, like every other cell (the first
+    recovered cell recorded the decoder's)."""
+    changed = False
+    for record in results.records:
+        info_file = work / f"{RECOVERY_BASE}-export-{int(record['requested'] * 100)}" / "gisp_export.json"
+        if record["section"] == "recovered" and info_file.is_file():
+            parameters = json.loads(info_file.read_text())["parameters"]
+            changed |= record.get("parameters") != parameters
+            record["parameters"] = parameters
+    if changed:
+        results.save()
+
+
 def run_outside(plan: Plan, run: Run, results: Results, runner: Runner) -> None:
     """Torch-Pruning, through its own script (it prunes physically; our evaluator scores it)."""
     for level in run.levels:
@@ -387,6 +401,7 @@ def execute(plan: Plan, sections: set[str], work: Path) -> Results:
 
     results, runner = Results(plan), Runner(work)
     backfill_step_facts(results, work)
+    backfill_recovered(results, work)
     runs = [r for r in plan.runs if r.section in sections]
     runs.sort(key=lambda r: -(r.order or max(r.levels)))  # the issue's question (40-50%) first; stable within
     run_dense(plan, results, runner, {r.task for r in runs if r.section != "outside"} | ({"ppl"} if runs else set()))
@@ -608,7 +623,11 @@ def main() -> None:
         path = recheck(plan, Path(args.work or f"runs/quality-{plan.name}-recheck"), args.model)
         print(f"wrote {path} and {path.with_suffix('.md')}")
         return
-    results = Results(plan) if args.report else execute(plan, set(args.sections.split(",")), work)
+    if args.report:
+        results = Results(plan)
+        backfill_recovered(results, work)
+    else:
+        results = execute(plan, set(args.sections.split(",")), work)
     report(PLANS[args.model](), results, work)  # the whole plan's order, whatever --runs ran
     print(f"wrote {results.path} and {RESULTS / f'quality-{plan.name}.md'}")
 
