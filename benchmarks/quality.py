@@ -326,7 +326,7 @@ def backfill_recovered(results: Results, work: Path) -> None:
     recovered cell recorded the decoder's)."""
     changed = False
     for record in results.records:
-        info_file = work / f"{RECOVERY_BASE}-export-{int(record['requested'] * 100)}" / "gisp_export.json"
+        info_file = recovery_export(work, record["requested"]) / "gisp_export.json"
         if record["section"] == "recovered" and info_file.is_file():
             parameters = json.loads(info_file.read_text())["parameters"]
             changed |= record.get("parameters") != parameters
@@ -351,6 +351,15 @@ def run_outside(plan: Plan, run: Run, results: Results, runner: Runner) -> None:
                      "peak_memory_mb": peak} | record)
 
 
+def recovery_export(work: Path, level: float) -> Path:
+    """Where the recovery base run's export at ``level`` is written."""
+    return work / f"{RECOVERY_BASE}-export-{int(level * 100)}"
+
+
+def recover_command(work: Path, run: Run) -> list:
+    return ["gisp", "recover", recovery_export(work, run.levels[0]), *run.args, *RECOVER_ARGS, "--out", work / run.key]
+
+
 def run_recovered(plan: Plan, run: Run, results: Results, runner: Runner) -> None:
     """Export the base run at the level, evaluate it, ``gisp recover`` it, evaluate the result:
     the cell's ``ppl`` is after recovery, ``ppl_before`` the same export before."""
@@ -360,7 +369,7 @@ def run_recovered(plan: Plan, run: Run, results: Results, runner: Runner) -> Non
     level = run.levels[0]
     if results.has(run.key, level):
         return
-    export = runner.work / f"{base.key}-export-{int(level * 100)}"
+    export = recovery_export(runner.work, level)
     export_cmd = ["gisp", "export", runner.work / base.key, "--sparsity", f"{level:g}", "--out", export]
     if not (export / "gisp_export.json").is_file():
         runner.run(export_cmd)
@@ -372,7 +381,7 @@ def run_recovered(plan: Plan, run: Run, results: Results, runner: Runner) -> Non
         before_file.write_text(json.dumps(_last_json(text) | {"seconds": seconds}))
     before = json.loads(before_file.read_text())
     out = runner.work / run.key
-    recover_cmd = ["gisp", "recover", export, *run.args, *RECOVER_ARGS, "--out", out]
+    recover_cmd = recover_command(runner.work, run)
     stats_file = runner.work / f"{run.key}.recover-process.json"
     if not (out / "config.json").is_file():  # finished outputs are kept; gisp recover resumes a checkpoint itself
         _, seconds, peak = runner.run(recover_cmd)
@@ -382,14 +391,13 @@ def run_recovered(plan: Plan, run: Run, results: Results, runner: Runner) -> Non
     process = json.loads(stats_file.read_text())
     eval_cmd = ["gisp", "eval", out, *_eval_args(plan, "ppl"), "--no-dense", "--json"]
     text, eval_seconds, _ = runner.run(eval_cmd)
-    after = _last_json(text)
-    row = lambda r: r.get("rows", [r])[-1]  # noqa: E731  (an export's eval: one row, or the flat record)
+    after = _last_json(text)  # an export's eval: one flat record
     info = json.loads((export / "gisp_export.json").read_text())
     results.add({
         "section": run.section, "method": run.label, "run": run.key, "note": run.note, "requested": level,
         "sparsity": info["sparsity"], "parameters": info["parameters"], "calibration_tokens": TOKENS,
-        "recovery_tokens": RECOVERY_TOKENS, "ppl": row(after)["ppl"], "nll": row(after).get("nll"),
-        "ppl_before": row(before)["ppl"], "recover_seconds": process["seconds"],
+        "recovery_tokens": RECOVERY_TOKENS, "ppl": after["ppl"], "nll": after.get("nll"),
+        "ppl_before": before["ppl"], "recover_seconds": process["seconds"],
         "peak_memory_mb": process["peak_memory_mb"], "prune_command": shlex.join(map(str, prune_command(plan, base, runner.work / base.key))),
         "export_command": shlex.join(map(str, export_cmd)), "recover_command": shlex.join(map(str, recover_cmd)),
         "eval_command": shlex.join(map(str, eval_cmd)), "eval_seconds": eval_seconds,
@@ -613,8 +621,7 @@ def main() -> None:
     work = Path(args.work or f"runs/quality-{plan.name}")
     if args.list:
         for run in plan.runs:
-            cmd = (["gisp", "recover", work / f"{RECOVERY_BASE}-export-{int(run.levels[0] * 100)}", *run.args, *RECOVER_ARGS,
-                    "--out", work / run.key] if run.section == "recovered" else prune_command(plan, run, work / run.key))
+            cmd = recover_command(work, run) if run.section == "recovered" else prune_command(plan, run, work / run.key)
             print(run.section, run.key, shlex.join(map(str, cmd)))
         return
     if args.recheck:

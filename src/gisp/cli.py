@@ -384,13 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from gisp.runtime import (ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, command_output, configure_output,
-                              return_freed_memory)
+                              return_freed_memory, scoped_environ)
 
     args = build_parser().parse_args(argv)
     launched_rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 shows bars and notes
     return_freed_memory()  # resident memory follows live memory in long gradient passes
-    permissions = {name: os.environ.get(name) for name in (TRUST_REMOTE_CODE_ENV, ALLOW_PICKLE_ENV)}
-    with command_output():  # --quiet / --log-level end with the command (main() may be called again)
+    # --quiet / --log-level and the loading permissions end with the command (main() may be called again)
+    with command_output(), scoped_environ(TRUST_REMOTE_CODE_ENV, ALLOW_PICKLE_ENV):
         try:
             for name, allowed in ((TRUST_REMOTE_CODE_ENV, args.trust_remote_code), (ALLOW_PICKLE_ENV, args.allow_pickle)):
                 if allowed:  # for this command only (and the loads it makes, in any rank)
@@ -406,12 +406,6 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("gisp: interrupted; run the same command again to resume", file=sys.stderr)
             return 130
-        finally:
-            for name, value in permissions.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
     return 0
 
 

@@ -135,10 +135,15 @@ def _gisp_export(spec: str, src: ModelSource) -> bool:
     return True
 
 
+def _needs_own_code(exc: Exception) -> bool:
+    """Whether transformers refused to load because the model needs its own code."""
+    return "trust_remote_code" in str(exc) or "contains custom code" in str(exc)
+
+
 def _load_error(spec: str, src: ModelSource, exc: Exception, what: str) -> GispError:
     """One line for a failed load, saying which permission it would have needed, if any."""
     reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-    if "trust_remote_code" in str(exc) or "contains custom code" in str(exc):
+    if _needs_own_code(exc):
         return GispError(f"{spec} ships its own model code (auto_map); gisp runs none unless you pass "
                          "--trust-remote-code (GISP_TRUST_REMOTE_CODE=1)")
     if src.gguf_file is None and not allow_pickle() and "safetensors" in reason and "does not appear to have" in reason:
@@ -162,7 +167,7 @@ def load_config(spec: str):
         raise
     except Exception as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        if "trust_remote_code" in str(exc) or "contains custom code" in str(exc):
+        if _needs_own_code(exc):
             raise _load_error(spec, src, exc, "") from exc
         if src.gguf_file is not None:
             raise GispError(f"{spec} is not a GGUF model file gisp can read: {reason}") from exc

@@ -13,7 +13,6 @@ with batches it understands.
 from __future__ import annotations
 
 import random
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -53,17 +52,12 @@ def _chunk_ce(adapter, model: nn.Module, hidden: torch.Tensor, targets: torch.Te
     return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
 
 
-_LOGITS_CHECKED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-
-
 @torch.no_grad()
 def check_adapter_logits(model: nn.Module, adapter) -> None:
     """Refuse an adapter whose :meth:`~gisp.adapters.ModelAdapter.logits` does not reproduce the
     model's own logits (a family that scales or caps them, with no override): chunked losses
-    would be silently wrong. One 8-token forward, once per model (every rank runs it alike), before
-    any scoring hooks are in place."""
-    if model in _LOGITS_CHECKED:
-        return
+    would be silently wrong. One 8-token forward (every rank runs it alike), before any scoring
+    hooks are in place."""
     device = next(model.parameters()).device
     ids = (torch.arange(8, device=device) * 7 % model.config.vocab_size)[None]  # [1, 8]
     full = model(input_ids=ids, use_cache=False).logits.float()
@@ -75,7 +69,6 @@ def check_adapter_logits(model: nn.Module, adapter) -> None:
         raise GispError(f"{type(adapter).__name__}.logits() does not give the model's logits (max difference {diff:.3g}): "
                         "the family scales or caps them after the output embedding; override logits(model, hidden) "
                         "(see the README), or run without --loss-chunk")
-    _LOGITS_CHECKED.add(model)
 
 
 def chunked_ce(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -103,6 +103,20 @@ def configure_output(log_level: str = "warning", quiet: bool = False) -> None:
 
 
 @contextmanager
+def scoped_environ(*names: str) -> Iterator[None]:
+    """Within the block the variables ``names`` may change; afterwards they are as before."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
 def command_output() -> Iterator[None]:
     """Within the block, :func:`configure_output` may change what is printed; afterwards
     everything it touches is as before (gisp's and ``py.warnings``' loggers, warning capture and
@@ -112,14 +126,14 @@ def command_output() -> Iterator[None]:
                       logging.getLogger(name).propagate) for name in ("gisp", "py.warnings")}
     capturing = logging._warnings_showwarning is not None  # noqa: SLF001 - logging keeps no public flag
     filters, bars = list(warnings.filters), dict(_bars)
-    env = {name: os.environ.get(name) for name in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
     hf = None
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf = (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled())
     try:
-        yield
+        with scoped_environ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+            yield
     finally:
         for logger_, handlers, level, propagate in loggers.values():
             logger_.handlers[:], logger_.propagate = handlers, propagate
@@ -128,11 +142,6 @@ def command_output() -> Iterator[None]:
         warnings.filters[:] = filters
         _bars.clear()
         _bars.update(bars)
-        for name, value in env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         if "transformers" in sys.modules:
             from transformers.utils import logging as hf_logging
 
