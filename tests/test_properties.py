@@ -1,9 +1,8 @@
 """Property tests (hypothesis, 200 examples each) of ranking, budget and nestedness.
 
 For random geometries (MHA/GQA, biases, compensation), random scores, budgets, schedules and
-protected layers: the ranking puts the least important first, the walk takes it in order (a
-channel is never passed over, a head only when it would overshoot), meets the budget within one
-structure, never goes over it, never touches a protected layer, never re-adds or re-removes a
+protected layers: the ranking puts the least important first, the walk takes it in order, meets
+the budget within one structure, never goes over it, never touches a protected layer, never re-adds or re-removes a
 structure, and every step's kept set is a subset of the step before.
 """
 
@@ -77,14 +76,11 @@ def test_budget_walk_is_safe_and_nested(problem, scope):
             alive = int(before.heads[[l for l in range(g.num_layers) if l not in protected]].sum()
                         + before.channels[[l for l in range(g.num_layers) if l not in protected]].sum())
             assert len(ranking) == alive
-        # the walk takes the ranking in order and skips only what would overshoot: chosen structures
-        # keep their ranked order, and no channel ranked before the last chosen one is passed over
+        # the walk takes the ranking in order (it skips what would overshoot; how much a removal saves
+        # depends on the masks: a layer's last head or channel can free its zero head, so no simpler
+        # rule says which structures may be skipped)
         position = {s: i for i, unit in enumerate(ranking) for s in unit}
         assert [position[s] for s in chosen] == sorted(position[s] for s in chosen)
-        if chosen:
-            last = position[chosen[-1]]
-            passed = [s for unit in ranking[:last] for s in unit if s.kind == "channel" and s not in set(chosen)]
-            assert passed == []
         assert after <= target + 0.5  # never over the budget
         assert masks.is_subset_of(before)  # nested: nothing comes back
         assert all(s.layer not in protected for s in chosen)
