@@ -360,6 +360,7 @@ def recovery_export(work: Path, level: float) -> Path:
 
 
 def recover_command(work: Path, run: Run) -> list:
+    """The ``gisp recover`` command of a recovered cell (shared by the run and ``--list``)."""
     return ["gisp", "recover", recovery_export(work, run.levels[0]), *run.args, *RECOVER_ARGS, "--out", work / run.key]
 
 
@@ -517,7 +518,8 @@ def report(plan: Plan, results: Results, work: Path) -> None:
     if task:
         dense_mc = results.dense.get("mc", {})
         scored = sorted({r["calibration_tokens"] for r in task if r.get("calibration_tokens")})
-        tokens = f"{TOKENS:,}-token budget, " + "/".join(f"{t:,}" for t in scored) + " scored (whole sequences)"
+        tokens = f"{TOKENS:,}-token budget" + (", " + "/".join(f"{t:,}" for t in scored) + " scored (whole sequences)"
+                                               if scored else "")
         parts += ["", f"PIQA dev 501-1000, margin calibration on PIQA dev 1-500 ({tokens}). "
                       f"Dense acc {dense_mc.get('acc', float('nan')):.3f} / acc_norm {dense_mc.get('acc_norm', float('nan')):.3f}.", "",
                   "acc:", "", table(task, sorted({r["requested"] for r in task}), "acc", lower=False, fmt="{:.3f}"), "",

@@ -2,8 +2,8 @@
 
 For random geometries (MHA/GQA, biases, compensation), random scores, budgets, schedules and
 protected layers: the ranking puts the least important first, the walk takes it in order, meets
-the budget within one structure, never goes over it, never touches a protected layer, never re-adds or re-removes a
-structure, and every step's kept set is a subset of the step before.
+the budget within one structure, never goes over it, never touches a protected layer, never
+re-adds or re-removes a structure, and every step's kept set is a subset of the step before.
 """
 
 from __future__ import annotations
