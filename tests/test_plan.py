@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +183,111 @@ def test_cli_plan_fsdp(tmp_path, capsys):
     assert split["bytes"]["activations"] == plain["bytes"]["activations"]
     assert main([*args[:-1], "--fsdp"]) == 0
     assert "parameters split over them (--fsdp)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "qwen2"])
+def test_bfloat16_activations_count_the_float32_norm_inputs(name):
+    """In bfloat16 the RMS norms keep their float32 upcast for backward: the plan's bytes per layer
+    and token are what autograd saves in bfloat16 (plus the Fisher hooks' inputs), within the
+    per-token scalars."""
+    import torch
+
+    from gisp.adapters import adapter_for
+
+    config = tiny_config(name)
+    g = adapter_for(config).geometry()
+    q = g.num_heads * g.head_dim
+    planned = memory_plan(config, 1, 1, dtype="bfloat16").activations / g.num_layers  # bytes per layer and token
+    saved = _saved_bytes_per_layer_token(name, torch.bfloat16) + 2 * (q + g.intermediate_size)
+    assert saved == pytest.approx(planned, rel=0.05)
+    assert planned > memory_plan(config, 1, 1).activations / g.num_layers / 2  # not simply half of float32
+
+
+def _saved_bytes_per_layer_token(name: str, dtype, batch: int = 2, seq: int = 16) -> float:
+    """Bytes autograd saves per layer and token in a Fisher pass in ``dtype`` (see
+    :func:`_saved_per_layer_token`, which counts float32 values)."""
+    import torch
+
+    totals = []
+    for layers in (2, 4):
+        model = tiny_model(name, layers=layers).eval().to(dtype)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        owned = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in owned:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        model.get_input_embeddings().register_forward_hook(lambda m, a, out: out.detach().requires_grad_())
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.model(input_ids=torch.randint(0, 320, (batch, seq)))
+        totals.append(sum(seen.values()))
+    return (totals[1] - totals[0]) / 2 / (batch * seq)
+
+
+def test_gpu_plan_counts_the_cuda_context_and_the_allocators_slack():
+    from gisp.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES
+
+    config = tiny_config("llama-gqa")
+    cpu, gpu = memory_plan(config, 4, 64, dtype="bfloat16"), memory_plan(config, 4, 64, dtype="bfloat16", device="cuda")
+    assert gpu.runtime == CUDA_CONTEXT_BYTES and cpu.slack == 0
+    assert gpu.slack == int(ALLOCATOR_SLACK * (gpu.activations + gpu.logits + gpu.workspace))
+    assert gpu.total - gpu.slack - gpu.runtime == cpu.total - cpu.runtime
+    with pytest.raises(GispError, match="unknown plan device"):
+        memory_plan(config, 1, 8, device="tpu")
+
+
+def test_flags_to_fit_are_the_cheapest_that_fit():
+    from gisp.plan import flags_to_fit
+
+    config = tiny_config("llama-gqa")
+    def total(**kw):
+        return memory_plan(config, 8, 2048, dtype="bfloat16", device="cuda", **kw).total
+    assert flags_to_fit(config, 8, 2048, total(), "bfloat16", device="cuda") == []
+    chunked = total(loss_chunk=1024)
+    assert flags_to_fit(config, 8, 2048, chunked, "bfloat16", device="cuda") == ["--loss-chunk 1024"]
+    both = total(checkpointing=True, loss_chunk=1024)
+    assert both < total(checkpointing=True) and both < chunked
+    assert flags_to_fit(config, 8, 2048, both, "bfloat16", device="cuda") == ["--gradient-checkpointing", "--loss-chunk 1024"]
+    assert flags_to_fit(config, 8, 2048, both - 1, "bfloat16", device="cuda") is None
+
+
+def test_step_flops_count_the_gradient_pass_and_the_search():
+    from gisp.balance import EXCHANGE_RATES
+    from gisp.plan import step_flops
+
+    config = tiny_config("llama-gqa")  # tiny_model's parameters: decoder + lm_head (not tied)
+    model = tiny_model("llama-gqa")
+    decoder = sum(p.numel() for p in model.model.layers.parameters())
+    forward = 64 * (2 * (decoder + 320 * 48) + 4 * 2 * 16 * 48)  # 64 tokens, 4 layers, seq 16, q = 48
+    flops = step_flops(config, 64, 16)
+    assert flops == {"gradient_pass": 2 * forward, "rate_search": len(EXCHANGE_RATES) * forward / 4}
+    first = step_flops(config, 64, 16, saliency="first-order", checkpointing=True, search=False)
+    assert first == {"gradient_pass": 3 * forward + 2 * 64 * 4 * (48 * 48 + 48 * 40), "rate_search": 0.0}
+
+
+PAPER_TOKENS = ["--samples", "2000", "--seq-len", "256"]  # the paper's calibration: 2000 x 256 = 512K tokens
+
+
+def test_llama3_8b_plans_to_fit_one_80gb_gpu_and_70b_eight_with_fsdp(capsys):
+    configs = Path(__file__).resolve().parent.parent / "benchmarks" / "configs"
+    assert main(["plan", "--model", str(configs / "llama-3-8b"), "--device", "cuda", "--memory", "80", "--dtype",
+                 "bfloat16", *PAPER_TOKENS, "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "8,030,261,248 parameters" in out and "budget 80.00 GiB: fits" in out
+    assert "--batch-size 8 fits with: no extra flag" in out and "cuda context" in out
+    step = re.search(r"one step: ~(\d+) s gradient pass \+ up to ~(\d+) s rate search", out)
+    assert step and 10 < int(step.group(1)) < 600
+    seventy = ["plan", "--model", str(configs / "llama-3-70b"), "--device", "cuda", "--memory", "80", "--dtype",
+               "bfloat16", *PAPER_TOKENS, "--batch-size", "2", "--nproc", "8"]
+    assert main(seventy + ["--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert not alone["fits"] and alone["flags_to_fit"] == ["--fsdp"]
+    assert main(seventy + ["--fsdp", "--json"]) == 0
+    sharded = json.loads(capsys.readouterr().out)
+    assert sharded["fits"] and sharded["bytes"]["weights"] < alone["bytes"]["weights"] / 4
+    assert main(["plan", "--model", str(configs / "llama-3-8b"), "--memory", "-1"]) == 2
+    assert "--memory must be a positive number of GiB" in capsys.readouterr().err

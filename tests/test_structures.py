@@ -43,6 +43,22 @@ def test_plan_uneven_groups_picks_cheapest_layout():
     assert plan.q_sources == (1, 4) and plan.kv_sources == (0, 2)
 
 
+def test_plan_never_has_more_kv_heads_than_dense():
+    # mistral: 6 heads over 3 KV (groups of 2), groups keep 2, 1 and 1 heads. In units of hd*d:
+    # s=1 -> 4 heads + 4 KV copies = 16 (cheapest, but 4 KV heads: a larger KV cache than dense);
+    # s=2 -> 6 heads (2 zero) + 3 KV = 18: chosen, one KV head per kept group.
+    plan = attention_plan(torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool), _shape("mistral"))
+    assert plan.q_sources == (0, 1, 2, None, 5, None) and plan.kv_sources == (0, 1, 2)
+    # every mask of the 6-head, 2-KV layer: never more than 2 KV heads, never fewer than the kept groups
+    shape = _shape("llama-gqa")
+    for bits in range(1, 64):
+        kept = torch.tensor([bool(bits >> i & 1) for i in range(6)])
+        plan = attention_plan(kept, shape)
+        groups = int(kept[:3].any()) + int(kept[3:].any())
+        assert groups <= plan.num_kv_heads <= 2
+        assert sorted(h for h in plan.q_sources if h is not None) == kept.nonzero()[:, 0].tolist()
+
+
 def test_empty_attention_becomes_one_zero_head():
     shape = _shape("llama-gqa")
     plan = attention_plan(torch.zeros(6, dtype=torch.bool), shape)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from gisp.cli import main
+from gisp.errors import GispError
 from gisp.evaluation.gsm8k import chain_of_thought, extract_answer, fewshot_prefix, gold_number, gsm8k_exact_match
 from gisp.evaluation.speed import measure
 
@@ -18,6 +19,39 @@ def test_gsm8k_answer_extraction():
     assert extract_answer("The answer is $1,250.50") == "1250.50"
     assert extract_answer("First 12, then 15 apples") == "15"
     assert extract_answer("no numbers here") == ""
+    assert extract_answer("so 12 + 3 = 15, and \\boxed{1,215} in all. The answer is 7") == "1215"  # boxed first
+
+
+def test_gsm8k_records_resume_per_problem_and_refuse_other_problems(tmp_path):
+    model, tok = tiny_model("llama-gqa"), tiny_tokenizer()
+    problems = [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"} for i in range(5)]
+    records = tmp_path / "em.jsonl"
+    first = gsm8k_exact_match(model, tok, problems[:3], shots=1, max_new_tokens=4, batch_size=2, progress=False,
+                              records=records)
+    lines = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [r["index"] for r in lines] == [0, 1, 2] and [r["gold"] for r in lines] == ["1", "2", "3"]
+    calls = []
+    generate = model.generate
+    model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or generate(**kw)
+    with records.open("a") as f:
+        f.write('{"index": 3, "gold"')  # a write torn by a crash: that problem runs again
+    full = gsm8k_exact_match(model, tok, problems, shots=1, max_new_tokens=4, batch_size=2, progress=False,
+                             records=records)
+    assert calls == [2] and full.problems == 5  # only problems 3 and 4 were generated
+    assert full.correct >= first.correct and full.stderr >= 0
+    with pytest.raises(GispError, match="predictions for other problems"):
+        gsm8k_exact_match(model, tok, problems[1:], shots=1, max_new_tokens=4, progress=False, records=records)
+
+
+def test_gsm8k_chat_format_uses_the_chat_template():
+    from gisp.evaluation.gsm8k import CHAT_INSTRUCTION, build_prompt
+
+    tok = tiny_tokenizer()
+    with pytest.raises(GispError, match="needs a tokenizer with a chat template"):
+        build_prompt("2 + 2?", tok, "chat")
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    assert build_prompt("2 + 2?", tok, "chat") == f"<user>2 + 2?\n{CHAT_INSTRUCTION}<assistant>"
+    assert build_prompt("2 + 2?", tok, "fewshot", "Q: 1?\nA: 1.\n\n") == "Q: 1?\nA: 1.\n\nQ: 2 + 2?\nA:"
 
 
 def test_chain_of_thought_exemplars():

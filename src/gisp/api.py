@@ -13,11 +13,13 @@ from gisp.adapters import adapter_for
 from gisp.calibration import build_batches, read_source
 from gisp.compensation import give_output_biases
 from gisp.config import PruneConfig, RecoverConfig
+from gisp.device import OUT_OF_MEMORY
+from gisp.device import resolve as resolve_device
 from gisp.errors import GispError
 from gisp.export import ExportInfo
 from gisp.export import check_exportable
 from gisp.export import export as _export
-from gisp.importance import mean_objective
+from gisp.importance import mean_objective, to_device
 from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective, check_adapter_logits, chunked_loss
 from gisp.pruner import run_schedule
@@ -58,21 +60,38 @@ def prune(
     if config is not None and set(settings) - {"model"}:
         raise GispError(f"pass either a PruneConfig or its fields, not both (got {', '.join(sorted(settings))})")
     config = config or PruneConfig.from_dict(settings)
-    distributed.init_from_env()  # under torchrun / accelerate: data-parallel scoring, rank 0 writes
+    device = resolve_device(config.device)  # no CUDA for --device cuda: one line, before anything loads
+    distributed.init_from_env(device)  # under torchrun / accelerate: data-parallel scoring, rank 0 writes
     progress = progress and distributed.is_main()
     writer = out is not None and distributed.is_main()
     with locked(out, "prune") if writer else nullcontext():  # one writer per run directory, from the start
-        return _prune(config, out, model, tokenizer, objective, batches, progress)
+        try:
+            return _prune(config, device, out, model, tokenizer, objective, batches, progress)
+        except OUT_OF_MEMORY as exc:
+            raise GispError(out_of_memory_message(config, device, out, exc)) from None
 
 
-def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progress: bool) -> Trajectory:
+def out_of_memory_message(config: PruneConfig, device, out, exc: Exception) -> str:
+    """What to do when the device ran out of memory: every finished step is in the run directory,
+    and the flags that cut memory without changing the trajectory resume it."""
+    first = str(exc).splitlines()[0] if str(exc) else "out of memory"
+    kept = f"{out} keeps every finished step" if out is not None else "nothing was saved (no run directory)"
+    fsdp = "" if config.fsdp else ", --fsdp under torchrun"
+    return (f"{device} ran out of memory ({first[:120]}); {kept}. See what fits with `gisp plan --model {config.model} "
+            f"--device {device.type} --seq-len {config.seq_len} --batch-size {config.batch_size}`, then run the same "
+            f"command with --gradient-checkpointing, --loss-chunk 1024{fsdp} to resume (a smaller --batch-size "
+            f"starts a new run)")
+
+
+def _prune(config: PruneConfig, device, out, model, tokenizer, objective, batches, progress: bool) -> Trajectory:
     """:func:`prune` once the run directory is locked."""
     source = read_source(config) if batches is None else None  # bad data fails before any model loads
-    model, tokenizer, sharded = _load(config, model, tokenizer)
+    model, tokenizer, sharded = _load(config, device, model, tokenizer)
     if batches is None and tokenizer is None:
         raise GispError("a model passed in needs its tokenizer to build calibration batches (or pass batches=...)")
     if batches is None:
         batches = build_batches(config, source, tokenizer)
+    batches = [to_device(b, device) for b in batches]  # once, not per step: token ids are small
     objective = objective or OBJECTIVES[config.objective]
     importance = method_for(config.method).build(
         MethodInputs(batches, objective, config.seed, progress, config.taylor_weights or "all", bool(config.compensate),
@@ -107,29 +126,30 @@ def _prune(config: PruneConfig, out, model, tokenizer, objective, batches, progr
                             on_step=after_step, shape=shape, model_total=parameters)
 
 
-def _load(config: PruneConfig, model: nn.Module | None, tokenizer) -> tuple[nn.Module, object, dict | None]:
-    """The model to prune (loaded, or the one passed in) and its tokenizer. Under ``torchrun
+def _load(config: PruneConfig, device, model: nn.Module | None, tokenizer) -> tuple[nn.Module, object, dict | None]:
+    """The model to prune (loaded on ``device``, or the one passed in, moved there) and its
+    tokenizer. Under ``torchrun
     --fsdp`` a safetensors checkpoint is loaded in shards, each rank reading only its rows (the
     model is then never whole anywhere); it then also returns the dense counts and fingerprint,
     which the sharded model cannot give (else ``None``). A source that cannot be read in shards (a
     GGUF file, a quantised or ``.bin``-only checkpoint) is loaded whole by every rank, then sharded."""
     if model is not None:
         check_family(model.config, config)
-        return model, tokenizer, None
+        return model.to(device), tokenizer, None
     check_family(models.load_config(config.model), config)  # fail fast, before loading weights
     files = models.sharded_checkpoint(config.model) if config.fsdp and distributed.world_size() > 1 else None
     if files is None:
         if config.fsdp and distributed.world_size() > 1:
             logger.warning("%s has no plain safetensors checkpoint: every process loads it whole, then shards it",
                            config.model)
-        return (*models.load(config.model, config.dtype), None)
+        return (*models.load(config.model, config.dtype, device), None)
     logger.info("loading %s in shards: each of %d processes reads only its rows", config.model, distributed.world_size())
     dense: dict = {}
 
     def prepare(meta_model: nn.Module) -> None:  # the dense counts first: sharding adds biases and splits
         dense.update(_dense_counts(meta_model, config))
         _prepare_shards(meta_model, config)
-    model, tokenizer, fingerprint = models.load_sharded(config.model, files, prepare, config.dtype)
+    model, tokenizer, fingerprint = models.load_sharded(config.model, files, prepare, config.dtype, device)
     return model, tokenizer, dense | {"fingerprint": fingerprint}
 
 

@@ -46,6 +46,8 @@ _HELP = {
     "fsdp": "under torchrun: shard every parameter over the processes (FSDP2), each holding 1/N of the model; "
             "gradient methods only (gisp, llm-pruner)",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
+    "device": "where the model and every per-step tensor live: cpu, cuda, cuda:N or auto (CUDA when available; under "
+              "torchrun each rank's GPU from LOCAL_RANK, NCCL)",
 }
 
 
@@ -106,27 +108,51 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from gisp import models
     from gisp.plan import plan_report
 
+    if args.memory is not None and not args.memory > 0:
+        raise GispError(f"--memory must be a positive number of GiB, got {args.memory:g}")
     budget = int(args.memory * 2**30) if args.memory else None
     report = plan_report(models.load_config(args.model), args.samples, args.seq_len, args.batch_size, args.nproc,
                          args.dtype, args.saliency, budget, args.gradient_checkpointing, args.loss_chunk,
-                         args.compact_every, args.taylor_weights, args.fsdp)
+                         args.compact_every, args.taylor_weights, args.fsdp, device=args.device, tflops=args.tflops)
     if args.json:
         print(json.dumps(report))
         return
+    print("\n".join(plan_lines(args, report)))
+
+
+def plan_lines(args: argparse.Namespace, report: dict) -> list[str]:
+    """``gisp plan``'s text: the parts of the peak, whether it fits, the flags that make it fit, and
+    the estimated time of one step."""
     gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     parts = report["bytes"]
-    print(f"{args.model}: {report['model_type']}, {report['parameters']:,} parameters, {args.dtype}, {args.saliency} scores")
+    where = "one GPU's memory" if report["device"] == "cuda" else "host memory"
+    lines = [f"{args.model}: {report['model_type']}, {report['parameters']:,} parameters, {args.dtype}, "
+             f"{args.saliency} scores, on {report['device']}"]
     sharded = ", parameters split over them (--fsdp)" if report["fsdp"] else ""
-    print(f"per rank ({args.nproc} rank{'s' if args.nproc > 1 else ''}{sharded}): {report['samples_per_rank']} sequences in "
-          f"{report['micro_batches_per_rank']} micro-batches of {args.batch_size} x {args.seq_len} tokens")
-    for key in ("weights", "gradients", "activations", "logits", "scores", "runtime", "compact_copy", "total"):
-        if key == "compact_copy" and not parts[key]:
+    lines.append(f"per rank ({args.nproc} rank{'s' if args.nproc > 1 else ''}{sharded}): {report['samples_per_rank']} "
+                 f"sequences in {report['micro_batches_per_rank']} micro-batches of {args.batch_size} x {args.seq_len} "
+                 f"tokens; peak of {where}:")
+    for key in ("weights", "gradients", "activations", "logits", "workspace", "scores", "runtime", "compact_copy",
+                "slack", "total"):
+        if key in ("compact_copy", "slack", "workspace") and not parts[key]:
             continue
-        print(f"  {key:<12} {gib(parts[key])}")
-    fits = "fits" if report["fits"] else "does NOT fit"
-    best = report["recommended_batch_size"]
-    print(f"budget {gib(report['budget'])}: {fits}; recommended --batch-size "
-          f"{best if best else 'none (one sequence does not fit: shorten --seq-len, use a smaller dtype or split the parameters with --fsdp)'}")
+        label = "cuda context" if key == "runtime" and report["device"] == "cuda" else key
+        lines.append(f"  {label:<12} {gib(parts[key])}")
+    best, flags = report["recommended_batch_size"], report["flags_to_fit"]
+    lines.append(f"budget {gib(report['budget'])}: {'fits' if report['fits'] else 'does NOT fit'}; largest --batch-size "
+                 f"that fits with these flags: {best if best else 'none (one sequence does not fit)'}")
+    if flags is None:
+        hint = " or use more ranks (--nproc)" if args.fsdp else \
+            " or split the parameters with torchrun --nproc-per-node N ... --fsdp (plan it with --nproc N --fsdp)"
+        lines.append(f"no memory flag makes --batch-size {args.batch_size} fit: lower it, shorten --seq-len{hint}")
+    else:
+        lines.append(f"--batch-size {args.batch_size} fits with: {' '.join(flags) if flags else 'no extra flag'}")
+    seconds, rate = report["step_seconds"], report["assumed_tflops"]
+    assumed = "given" if report["tflops_given"] else "assumed; --tflops to change"
+    lines.append(f"one step: ~{seconds['gradient_pass']:.0f} s gradient pass + up to ~{seconds['rate_search']:.0f} s rate search "
+                 f"({report['step_flops']['gradient_pass'] / 1e15:.1f} + {report['step_flops']['rate_search'] / 1e15:.1f} "
+                 f"PFLOP per rank at {rate:g} TFLOP/s, {assumed})")
+    return lines
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -178,7 +204,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     opts = EvalOptions(
         task=args.task, data=args.data, seq_len=args.seq_len, batch_size=args.batch_size,
         limit=args.limit if args.limit is not None else args.limit_windows, shots=args.shots,
-        max_new_tokens=args.max_new_tokens, prompt_field=args.prompt_field, answer_field=args.answer_field,
+        prompt_format=args.prompt_format, records=args.records, max_new_tokens=args.max_new_tokens,
+        prompt_field=args.prompt_field, answer_field=args.answer_field,
         speed_batch=args.speed_batch, new_tokens=args.new_tokens, repeats=args.repeats, dtype=args.dtype,
         device=args.device,
     )
@@ -302,9 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch (default: 8)")
     p.add_argument("--nproc", type=int, default=1, help="ranks the calibration set is split over (default: 1)")
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (default: float32)")
     p.add_argument("--saliency", default="fisher", help="fisher (gisp's default) or first-order")
-    p.add_argument("--memory", type=float, default=None, help="budget in GiB (default: 80%% of this machine's)")
+    p.add_argument("--memory", type=float, default=None,
+                   help="budget in GiB per rank: host memory, or one GPU's with --device cuda (default: 80%% of this "
+                        "machine's, or of its first GPU's)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the run will score: cpu, or cuda (GPU memory: CUDA context and allocator slack counted) "
+                        "(default: cpu)")
+    p.add_argument("--tflops", type=float, default=None,
+                   help="sustained TFLOP/s per rank for the time estimate (default: an assumption per device and dtype)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="as prune's: keep only each layer's input")
     p.add_argument("--loss-chunk", type=int, default=0, help="as prune's: logits of this many positions at a time")
     p.add_argument("--compact-every", type=int, default=0, help="as prune's: count the compact copy of the model")
@@ -339,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N windows / examples / questions / problems")
     p.add_argument("--limit-windows", type=int, default=None, help="ppl: same as --limit")
     p.add_argument("--shots", type=int, default=8, help="gsm8k: chain-of-thought exemplars (default: 8)")
+    p.add_argument("--prompt-format", default="fewshot", choices=["fewshot", "chat"],
+                   help="gsm8k: fewshot (--shots chain-of-thought exemplars) or chat (the tokenizer's chat template, "
+                        "zero-shot, answer in \\boxed{}) (default: fewshot)")
+    p.add_argument("--records", help="gsm8k: JSONL of per-problem predictions, appended as batches finish; "
+                                     "rerun with the same file to resume")
     p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: generation length (default: 256)")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--answer-field", default="answer")

@@ -165,7 +165,7 @@ class CompactedImportance:
             self.built_at = context.step
         else:  # idempotent: zeroing what is gone and copying two biases a layer
             refresh(self.current, model, adapter, context.masks)
-        scores = self.inner.layer_scores(self.current.model, self.current.adapter)
+        scores = self.inner.layer_scores(self.current.model, self.current.adapter).cpu()
         return expand(scores, self.current, context.masks, adapter.geometry().head_dim)
 
     def view(self, model: nn.Module, adapter: ModelAdapter) -> View:

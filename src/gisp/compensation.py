@@ -43,8 +43,8 @@ def output_bias(weight: torch.Tensor, removed: torch.Tensor, means: torch.Tensor
 
     ``weight`` [d, in] (dense values of the removed columns), ``removed`` [in] bool, ``means`` [in].
     """
-    cols = removed.nonzero()[:, 0]
-    return (weight[:, cols].double() @ means[cols].double()).to(weight.dtype)  # [d, n] @ [n] -> [d]
+    cols = removed.nonzero()[:, 0].to(weight.device)
+    return (weight[:, cols].double() @ means.to(weight.device)[cols].double()).to(weight.dtype)  # [d, n] @ [n] -> [d]
 
 
 def removed_features(before: Masks, after: Masks, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

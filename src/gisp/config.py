@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from gisp.device import check_spec
 from gisp.errors import GispError
 from gisp.saliency import NORMALIZATIONS
 from gisp.schedule import SCHEDULES
@@ -38,8 +39,11 @@ class PruneConfig:
     time, 0 = all) trade time for memory in gradient passes without changing what is computed;
     ``compact_every`` (K > 0) scores a copy of the model with the removed structures sliced out,
     rebuilt every K steps (:mod:`gisp.compaction`), trading a copy's memory for time. ``fsdp``
-    (under ``torchrun``) shards every parameter over the ranks (:mod:`gisp.distributed`). These
-    four are the only settings a run may resume with changed.
+    (under ``torchrun``) shards every parameter over the ranks (:mod:`gisp.distributed`).
+    ``device``: where the model, batches and every per-step tensor live (``auto``: CUDA when
+    available; :mod:`gisp.device`); a ``torch.device`` is accepted and kept as its name. These five
+    are the only settings a run may resume with changed (so a run scored on a GPU can go on on a CPU,
+    and one that ran out of memory can go on with checkpointing or a loss chunk).
     """
 
     model: str
@@ -69,9 +73,10 @@ class PruneConfig:
     loss_chunk: int = 0
     compact_every: int = 0
     fsdp: bool = False
+    device: str = "auto"
 
     # How the work is done, not what it computes: a run may resume with other values.
-    EXECUTION = ("gradient_checkpointing", "loss_chunk", "compact_every", "fsdp")
+    EXECUTION = ("gradient_checkpointing", "loss_chunk", "compact_every", "fsdp", "device")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -80,6 +85,7 @@ class PruneConfig:
         """Reject out-of-range values with a one-line message; fill method defaults."""
         from gisp.methods import method_for, method_names  # the registry imports the importances
 
+        self.device = check_spec(str(self.device))  # a torch.device becomes its name: configs are JSON
         method = method_for(self.method)
         if self.steps is None:
             self.steps = method.steps
@@ -219,6 +225,7 @@ class RecoverConfig:
             raise GispError(f"lr must be > 0 and warmup in [0, 1), got {self.lr:g} and {self.warmup:g}")
         if self.temperature <= 0 or self.kd_weight < 0 or self.lm_weight < 0:
             raise GispError("temperature must be > 0 and kd-weight, lm-weight >= 0")
+        self.device = check_spec(str(self.device))
         if self.method == "lora" and self.teacher is not None:
             raise GispError("--teacher is for --method distill")
 

@@ -5,8 +5,8 @@ calibration batches, and sums across processes.
 that each hold the whole model. Each scores its share of the calibration batches (every N-th
 batch), and the per-batch sums (gradients, Fisher moments, input statistics, losses) are
 all-reduced before any score is formed, so every rank ranks the same scores and removes the same
-structures. Only rank 0 writes the run directory. The backend is gloo: ``gisp prune`` runs on the
-CPU for now (no GPU placement, so no NCCL yet). Without a launcher
+structures. Only rank 0 writes the run directory. The backend is NCCL when the run's device is a
+GPU (one per rank, from ``LOCAL_RANK``), gloo on the CPU. Without a launcher
 (no ``WORLD_SIZE`` in the environment) every function here is the single-process identity.
 
 With ``--fsdp`` the ranks also split the model: :func:`shard_parameters` applies FSDP2's
@@ -32,11 +32,12 @@ from gisp.errors import GispError
 T = TypeVar("T")
 
 
-def init_from_env() -> bool:
+def init_from_env(device: torch.device | None = None) -> bool:
     """Join the process group a launcher describes (``WORLD_SIZE`` > 1); True when distributed.
 
-    The backend is gloo, whatever the machine has: pruning runs on the CPU, and NCCL cannot
-    reduce CPU tensors. Idempotent.
+    On a GPU (``device`` of type cuda, one per rank: :func:`gisp.device.resolve`) the backend is
+    NCCL, with this rank's GPU made current so collectives and FSDP place their tensors there;
+    otherwise gloo, which reduces CPU tensors. Idempotent.
     """
     if dist.is_available() and dist.is_initialized():
         return True
@@ -44,7 +45,11 @@ def init_from_env() -> bool:
         return False
     if not dist.is_available():
         raise GispError("WORLD_SIZE is set but this torch build has no torch.distributed")
-    dist.init_process_group("gloo")
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
     return True
 
 

@@ -64,6 +64,13 @@ class Scores:
     layers: torch.Tensor | None = None  # [L]
     input_means: InputMeans | None = None
 
+    def cpu(self) -> Scores:
+        """The same scores on the CPU, where ranking, selection and the trajectory work (they are
+        small; the model and its gradient pass stay on the run's device)."""
+        means = None if self.input_means is None else InputMeans(self.input_means.attention.cpu(), self.input_means.mlp.cpu())
+        return Scores(self.heads.cpu(), self.channels.cpu(), self.loss, None if self.layers is None else self.layers.cpu(),
+                      means)
+
 
 @dataclass
 class LayerScores:
@@ -75,6 +82,11 @@ class LayerScores:
     loss: float | None = None
     attention_means: list[torch.Tensor] | None = None  # [H_l*hd] per layer
     mlp_means: list[torch.Tensor] | None = None  # [F_l] per layer
+
+    def cpu(self) -> LayerScores:
+        """The same per-layer scores on the CPU (see :meth:`Scores.cpu`)."""
+        cpu = lambda ts: None if ts is None else [t.cpu() for t in ts]  # noqa: E731
+        return LayerScores(cpu(self.heads), cpu(self.channels), self.loss, cpu(self.attention_means), cpu(self.mlp_means))
 
     def stacked(self) -> Scores:
         """The [L, H] / [L, F] :class:`Scores` of a model whose layers are all the same size."""

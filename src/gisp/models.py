@@ -253,7 +253,7 @@ def sharded_checkpoint(spec: str) -> list[Path] | None:
 
 
 def load_sharded(spec: str, files: list[Path], prepare: Callable[[nn.Module], None],
-                 dtype: str = "float32") -> tuple[nn.Module, object, str]:
+                 dtype: str = "float32", device: str | torch.device = "cpu") -> tuple[nn.Module, object, str]:
     """Load ``(model, tokenizer, fingerprint)`` with each rank reading only the rows of every
     parameter it holds (FSDP, ``--fsdp``): no rank ever holds the whole model, which is how a
     model larger than one rank's memory loads.
@@ -282,7 +282,7 @@ def load_sharded(spec: str, files: list[Path], prepare: Callable[[nn.Module], No
     stock = {name for name, _ in model.named_parameters()}
     prepare(model)
     added = {name for name, _ in model.named_parameters()} - stock
-    model.to_empty(device="cpu")  # each rank allocates its shard of every parameter
+    model.to_empty(device=device)  # each rank allocates its shard of every parameter, on its device
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
@@ -355,7 +355,7 @@ def fingerprint(model: nn.Module, skip: Collection[str] = ()) -> str:
             continue
         h.update(name.encode())
         # Rounded to bfloat16 so the same model loaded in another dtype keeps its fingerprint.
-        h.update(_sample(tensor.detach()).to(torch.bfloat16).float().numpy().tobytes())
+        h.update(_sample(tensor.detach()).cpu().to(torch.bfloat16).float().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -131,14 +131,17 @@ def run_schedule(
             previous = current
     apply_masks(model, adapter, masks)
     first = traj.completed_steps + 1
+    device = str(next(model.parameters()).device)
     if first > 1 and first <= config.steps:
-        logger.warning("resuming %s from step %d of %d", run_dir, first, config.steps)
+        scored_on = traj.steps[-1].device
+        moved = f" on {device} (scored on {scored_on} until step {first - 1})" if scored_on not in (None, device) else ""
+        logger.warning("resuming %s from step %d of %d%s", run_dir, first, config.steps, moved)
     for step in progress_bar(range(first, config.steps + 1), desc=f"{method.name} steps", initial=first - 1,
                              total=config.steps, enabled=progress):
         start = time.perf_counter()
         target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
         context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
-        scores = importance(model, adapter, context)
+        scores = importance(model, adapter, context).cpu()  # ranking and the record work on CPU copies
         if config.compensate and scores.input_means is None:
             raise GispError(f"--compensate needs input means, and the importance given for {method.name} returned none")
         _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
@@ -162,7 +165,7 @@ def run_schedule(
         if config.compensate:
             compensate(model, adapter, before, masks, scores.input_means)
         apply_masks(model, adapter, masks)
-        traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total))
+        traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total, device))
         traj.steps[-1].seconds = round(time.perf_counter() - start, 3)
         if options is not None:
             traj.steps[-1].exchange_rate = rate
@@ -189,10 +192,11 @@ def _record_loss(traj: Trajectory, step: int, loss: float | None) -> None:
             record.loss = loss
 
 
-def _step_record(step: int, target: float, masks: Masks, shape: LayerShape, dense_total: int, model_total: int) -> StepRecord:
+def _step_record(step: int, target: float, masks: Masks, shape: LayerShape, dense_total: int, model_total: int,
+                 device: str) -> StepRecord:
     removed = dense_total - decoder_params(masks, shape)
     return StepRecord(
         step=step, target_sparsity=target, sparsity=removed / dense_total, model_sparsity=removed / model_total,
         heads_removed=int((~masks.heads).sum()), channels_removed=int((~masks.channels).sum()),
-        processes=distributed.world_size(),
+        processes=distributed.world_size(), device=device,
     )

@@ -38,6 +38,7 @@ from gisp import models
 from gisp.config import RecoverConfig
 from gisp.errors import GispError
 from gisp.export import atomic_dir, check_out_dir
+from gisp.device import resolve as resolve_device
 from gisp.importance import batch_size, to_device, token_mask
 from gisp.objectives import OBJECTIVES
 from gisp.runtime import progress_bar
@@ -219,11 +220,12 @@ def recover(config: RecoverConfig, *, progress: bool = True) -> RecoveryResult:
     teacher_spec = config.teacher
     if config.method == "distill" and teacher_spec is None:
         teacher_spec = _base_model_of(source)
-    model, tokenizer = models.load(str(source), config.dtype, config.device)
+    device = resolve_device(config.device)  # before any loading: no CUDA for --device cuda is one line
+    model, tokenizer = models.load(str(source), config.dtype, device)
     batches = training_batches(config, tokenizer)
     if not batches:
         raise GispError(f"no training data in {config.data}")
-    teacher = models.load(teacher_spec, config.dtype, config.device)[0] if config.method == "distill" else None
+    teacher = models.load(teacher_spec, config.dtype, device)[0] if config.method == "distill" else None
     if teacher is not None and teacher.config.vocab_size != model.config.vocab_size:
         raise GispError(f"teacher {teacher_spec} has another vocabulary ({teacher.config.vocab_size} vs "
                         f"{model.config.vocab_size})")
@@ -249,7 +251,7 @@ def recover(config: RecoverConfig, *, progress: bool = True) -> RecoveryResult:
         weight = sum(batch_size(b) for b in chunk)
         loss_sum = 0.0
         for batch in chunk:
-            loss = _batch_loss(student, teacher, to_device(batch, config.device), config) * batch_size(batch) / weight
+            loss = _batch_loss(student, teacher, to_device(batch, device), config) * batch_size(batch) / weight
             loss.backward()
             loss_sum += float(loss.detach())
             stats["tokens"] += tokens_in(batch)

@@ -123,10 +123,19 @@ def _attention_cost(num_heads: int, num_kv: int, shape: LayerShape) -> int:
 
 
 def _best_group_size(counts: list[int], shape: LayerShape) -> int:
-    """Group size ``s`` minimising exported parameters for per-group kept counts (ties: larger s)."""
-    best_s, best_cost = 1, None
+    """Group size ``s`` minimising exported parameters for per-group kept counts (ties: larger s),
+    among the layouts with no more KV heads than the dense layer.
+
+    A smaller ``s`` lays an uneven group out as several copies of its KV head, which can save
+    parameters (fewer zero query heads) but grows the KV cache, the memory that limits batch size
+    and context when serving; so layouts with more KV heads than the dense layer are never chosen.
+    ``s = max(counts)`` (zero query heads pad the smaller groups) always qualifies: one KV head per
+    group that keeps a head."""
+    best_s, best_cost = max(counts), None
     for s in range(1, max(counts) + 1):
         copies = sum(math.ceil(n / s) for n in counts)
+        if copies > len(counts):  # more KV heads than dense: a larger KV cache than the model pruned
+            continue
         cost = _attention_cost(copies * s, copies, shape)
         if best_cost is None or cost <= best_cost:
             best_s, best_cost = s, cost

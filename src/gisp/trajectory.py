@@ -40,7 +40,7 @@ class StepRecord:
     With ``--normalize search``: the head/channel ``exchange_rate`` chosen and the ``candidates``
     tried: each a look-ahead to the run's final sparsity (its rates, the heads it would have
     removed by then, and its calibration-subset loss). ``processes``: how many shared its scoring
-    (torchrun / accelerate; a resumed run may use another number)."""
+    (torchrun / accelerate; a resumed run may use another number), ``device`` where it ran."""
 
     step: int
     target_sparsity: float
@@ -53,6 +53,7 @@ class StepRecord:
     exchange_rate: float | None = None
     candidates: list[dict] | None = None
     processes: int | None = None
+    device: str | None = None  # where the step was scored (cpu, cuda:0); runs may resume on another
 
 
 @dataclass

