@@ -121,6 +121,8 @@ CASES = {
         e.file("piqa/dev.jsonl", '{"goal": "g", "sol1": "a", "sol2": "b"}\n{"goal": "h", "sol1": "c", "sol2": "d"}\n'))))[1],
     "calibration-larger-than-data": lambda e: e.prune("--samples", "500"),
     "unknown-method": lambda e: e.prune("--method", "obs"),
+    "unknown-device": lambda e: e.prune("--device", "tpu"),
+    "device-not-here": lambda e: e.prune("--device", "cuda:99"),
     "export-level-never-reached": lambda e: ["export", e.run, "--sparsity", "0.6", "--out", e.root / "exported"],
     "export-into-non-empty-directory": lambda e: (e.file("full/notes.txt", "mine"),
                                                   ["export", e.run, "--sparsity", "0.2", "--out", e.root / "full"])[1],
@@ -148,6 +150,8 @@ MESSAGES = {
     "piqa-label-out-of-range": "{root}/piqa/dev.jsonl: question 2 has label 7; PIQA labels are 0 (sol1) or 1 (sol2)",
     "calibration-larger-than-data": "calibration asks for 500 windows of 24 tokens (12,000), more than the",
     "unknown-method": "unknown method 'obs'; choose from",
+    "unknown-device": "unknown device 'tpu'; choose from cpu, cuda, cuda:N or auto",
+    "device-not-here": "--device cuda:99: ",  # no CUDA in this torch / no such GPU on this machine
     "export-level-never-reached": "sparsity 0.6 was never reached by this run (it reaches 0.4000 after 2 steps)",
     "export-into-non-empty-directory": "export directory {root}/full already exists and is not empty",
     "unknown-format": "unknown --format 'onnx'; choose from hf, gguf",

@@ -27,12 +27,14 @@ def _prune(launcher: list[str], model, corpus_file, out, *extra: str) -> None:
 
 
 @pytest.mark.parametrize("family, both, extra", [("llama-gqa", [], []), ("llama-gqa", ["--method", "llm-pruner"], []),
-                                                 ("llama-gqa", [], ["--fsdp"]), ("phi3", [], ["--fsdp"]),
+                                                 ("llama-gqa", [], ["--fsdp"]),
+                                                 ("llama-gqa", [], ["--fsdp", "--loss-chunk", "8", "--gradient-checkpointing"]),
+                                                 ("phi3", [], ["--fsdp"]),
                                                  ("phi3", ["--saliency", "first-order"], ["--fsdp"]),
                                                  ("phi3", ["--method", "llm-pruner"], ["--fsdp"]),
                                                  ("llama-mha", ["--saliency", "first-order", "--taylor-weights", "all"],
                                                   ["--fsdp"])],
-                         ids=["gisp", "llm-pruner", "gisp-fsdp", "gisp-fsdp-fused", "gisp-fsdp-first-order",
+                         ids=["gisp", "llm-pruner", "gisp-fsdp", "gisp-fsdp-memory-flags", "gisp-fsdp-fused", "gisp-fsdp-first-order",
                               "llm-pruner-fsdp-fused", "gisp-fsdp-all-weights-mha"])
 def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, corpus_file, tmp_path, family, both, extra):
     """Fisher + compensation (gisp) and weight gradients (llm-pruner) sharded over 2 gloo ranks,

@@ -149,3 +149,32 @@ def test_export_state_dict_shapes(tmp_path):
     assert state["model.layers.3.self_attn.o_proj.weight"].abs().sum() == 0  # empty block: one zero head
     assert state["model.layers.0.mlp.down_proj.weight"].shape == (48, 33)
     assert state["model.layers.1.mlp.gate_proj.weight"].shape == (5, 48)
+
+
+@pytest.mark.parametrize("name,heads,kv,hd", [("llama-gqa", 9, 3, 8), ("qwen2", 14, 2, 4)])  # SmolLM2's, Qwen2.5-0.5B's groups
+def test_no_level_exports_more_kv_heads_than_dense(name, heads, kv, hd, tmp_path):
+    """Uneven query groups are laid out with zero query heads rather than duplicated KV heads
+    whenever duplicates would grow the KV cache past the dense model's: at every level of a run."""
+    import gisp
+    from gisp.config import PruneConfig
+    from gisp.structures import kv_heads, kv_values_per_token
+
+    from conftest import tiny_tokenizer
+
+    sizes = dict(num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd, hidden_size=heads * hd)
+    model, dense = tiny_model(name, **sizes), tiny_model(name, **sizes)
+    config = PruneConfig(model="tiny", data="gsm8k[:8]", sparsity=0.7, steps=7, samples=8, seq_len=32, batch_size=4,
+                         protect_first=0.0, protect_last=0)
+    traj = gisp.prune(config, model=model, tokenizer=tiny_tokenizer(), progress=False)
+    adapter = adapter_for(dense.config)
+    shape = layer_shape(dense, adapter, compensate=True)
+    uneven = 0
+    for step in range(1, traj.completed_steps + 1):
+        masks = traj.masks_at_step(step)
+        counts = masks.heads.reshape(masks.heads.shape[0], kv, heads // kv).sum(-1)  # [L, H] -> [L, KV] kept per group
+        uneven += int(((counts > 0) & (counts < counts.max(-1, keepdim=True).values)).any(-1).sum())
+        pruned, _ = build_pruned_model(dense, masks, traj.input_means)
+        exported = [layer.self_attn.k_proj.out_features // hd for layer in pruned.model.layers]
+        assert max(exported) <= kv and exported == [k for k in kv_heads(masks, shape) if k]
+        assert kv_values_per_token(masks, shape) <= kv_values_per_token(Masks.dense(shape.geometry), shape)
+    assert uneven > 0  # the run did leave groups of unequal sizes: the layout was tested

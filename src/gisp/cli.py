@@ -190,7 +190,9 @@ def cmd_export(args: argparse.Namespace) -> None:
                   outtype=args.outtype, force=args.force)
     kind = f"GGUF ({args.outtype})" if args.format == "gguf" else f"{'with' if info.remote_code else 'no'} remote code"
     print(f"exported step {info.step} level: decoder sparsity {info.sparsity:.4f} (requested {args.sparsity:g}), "
-          f"{info.parameters:,} parameters ({info.dense_parameters:,} dense), {kind} -> {info.out}")
+          f"{info.parameters:,} parameters ({info.dense_parameters:,} dense), KV cache "
+          f"{2 * info.kv_values_per_token / 1024:.1f} KiB per token at 16 bits ({2 * info.dense_kv_values_per_token / 1024:.1f} "
+          f"dense), {kind} -> {info.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -68,8 +68,10 @@ def added_bias_modules(model: nn.Module) -> list[str]:
 @torch.no_grad()
 def compact(model: nn.Module, adapter: ModelAdapter, masks: Masks) -> CompactModel:
     """A copy of ``model`` (already masked by ``masks``) without its removed structures."""
-    pruned, _, sliced = build_sliced_model(model, masks, added_biases=added_bias_modules(model))
-    pruned.requires_grad_(False).to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    with torch.device(device):  # built where it runs: no host copy of a GPU model
+        pruned, _, sliced = build_sliced_model(model, masks, added_biases=added_bias_modules(model))
+    pruned.requires_grad_(False).to(device)
     channels = [masks.channels[i].nonzero()[:, 0] for i in sliced.kept_layers]
     return CompactModel(pruned, adapter_for(pruned.config, pruned_ok=True), list(sliced.kept_layers),
                         list(sliced.head_sources), channels, masks.clone())

@@ -37,6 +37,7 @@ from gisp.structures import (
     attention_plan,
     decoder_params,
     dense_layer_params,
+    kv_values_per_token,
     layer_shape,
     model_parameters,
 )
@@ -68,6 +69,8 @@ class ExportInfo:
     dense_parameters: int
     remote_code: bool
     base_model: dict
+    kv_values_per_token: int = 0  # K and V values a token adds to the KV cache (x2 bytes at 16 bits)
+    dense_kv_values_per_token: int = 0
 
 
 def _rows(weight: torch.Tensor, sources: tuple[int | None, ...], block: int, dim: int) -> torch.Tensor:
@@ -424,7 +427,8 @@ def _info(out, requested, step, masks, shape: LayerShape, model, pruned, remote,
         out=str(out), requested_sparsity=requested, sparsity=1 - kept / dense, step=step,
         decoder_parameters=kept, dense_decoder_parameters=dense,
         parameters=model_parameters(pruned), dense_parameters=model_parameters(model),
-        remote_code=remote, base_model=base,
+        remote_code=remote, base_model=base, kv_values_per_token=kv_values_per_token(masks, shape),
+        dense_kv_values_per_token=kv_values_per_token(Masks.dense(shape.geometry), shape),
     )
 
 

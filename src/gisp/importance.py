@@ -241,8 +241,10 @@ class TaylorImportance:
                            for j, r in enumerate(roles)}
                 else:  # o / down columns scored as removals that keep their mean (roles are o, down)
                     o_grad, down_grad = (_held_rows(g, held[n * i + j]) for j, g in enumerate((comp.o_grad[i], comp.down_grad[i])))
-                    sal = {"o": saliency.compensated_saliency(weights[n * i], grads[n * i], o_grad, means[0][i]),
-                           "down": saliency.compensated_saliency(weights[n * i + 1], grads[n * i + 1], down_grad, means[1][i])}
+                    on = weights[n * i].device  # means are kept on the CPU (the trajectory's copy)
+                    sal = {"o": saliency.compensated_saliency(weights[n * i], grads[n * i], o_grad, means[0][i].to(on)),
+                           "down": saliency.compensated_saliency(weights[n * i + 1], grads[n * i + 1], down_grad,
+                                                                 means[1][i].to(on))}
                 heads.append(self._heads(sal, geo))
                 channels.append(saliency.output_channel_scores(sal["down"]) if self.weights == "output"
                                 else saliency.channel_scores(sal.get("gate"), sal["up"], sal["down"]))
@@ -279,11 +281,12 @@ class TaylorImportance:
         when not compensating)."""
         heads, channels = [], []
         for i in range(len(comp.o_moments)):
-            head = saliency.fisher_scores(*comp.o_moments[i], None if means is None else means[0][i])
+            on = comp.o_moments[i][0].device  # means are kept on the CPU (the trajectory's copy)
+            head = saliency.fisher_scores(*comp.o_moments[i], None if means is None else means[0][i].to(on))
             if self.aggregate == "kv-group":  # [H] -> [KV] -> [H]: each head carries its group's sum
                 head = head.reshape(geo.num_kv_heads, geo.group_size).sum(1).repeat_interleave(geo.group_size)
             heads.append(head)
-            channels.append(saliency.fisher_scores(*comp.down_moments[i], None if means is None else means[1][i]))
+            channels.append(saliency.fisher_scores(*comp.down_moments[i], None if means is None else means[1][i].to(on)))
         return LayerScores(heads, channels, loss, *(means or (None, None)))
 
     def _heads(self, sal: dict[str, torch.Tensor], geo) -> torch.Tensor:

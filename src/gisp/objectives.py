@@ -76,6 +76,8 @@ def chunked_ce(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.
     """Next-token cross-entropy [B, T-1] of ``targets`` [B, T-1] (-100 ignored), ``positions``
     at a time, each chunk checkpointed so its logits are not kept for the backward pass."""
     adapter = adapter_for(model.config, pruned_ok=True)  # exports are evaluated this way too
+    if callable(getattr(model, "unshard", None)):  # FSDP2's root: the decoder and the head below run its own
+        model.unshard()  # parameters (embeddings, final norm, lm_head), which only its forward would gather
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     hidden = hidden[:, :-1]  # [B, T-1, d]: position t predicts token t+1
     pieces = []

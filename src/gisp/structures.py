@@ -263,6 +263,19 @@ def decoder_params(masks: Masks, shape: LayerShape) -> int:
     return sum(layer_params(masks, layer, shape) for layer in range(masks.heads.shape[0]))
 
 
+def kv_heads(masks: Masks, shape: LayerShape) -> list[int]:
+    """KV heads each layer keeps in the export (its :func:`attention_plan`; 0 for a dropped layer)."""
+    dropped = set(masks.empty_layers()) if shape.droppable else set()
+    return [0 if layer in dropped else attention_plan(masks.heads[layer], shape).num_kv_heads
+            for layer in range(masks.heads.shape[0])]
+
+
+def kv_values_per_token(masks: Masks, shape: LayerShape) -> int:
+    """K and V values one token adds to the export's KV cache, over all layers (times the cache's
+    bytes per value, e.g. 2 at 16 bits, gives its memory per token of context)."""
+    return 2 * shape.geometry.head_dim * sum(kv_heads(masks, shape))
+
+
 def parameter_sparsity(masks: Masks, shape: LayerShape) -> float:
     """Removed / dense parameters of the decoder layers' projections (weights and biases)."""
     dense = dense_layer_params(shape) * masks.heads.shape[0]
