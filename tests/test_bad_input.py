@@ -147,7 +147,7 @@ MESSAGES = {
     "empty-data": "data file is empty: {root}/empty.txt",
     "malformed-jsonl-line": "{root}/qa.jsonl:2: not valid JSON",
     "choice-label-out-of-range": "label 2 does not index 2 choices",
-    "piqa-label-out-of-range": "{root}/piqa/dev.jsonl: question 2 has label 7; PIQA labels are 0 (sol1) or 1 (sol2)",
+    "piqa-label-out-of-range": "{root}/piqa/dev-labels.lst:2: label '7' is not 0 (sol1) or 1 (sol2)",
     "calibration-larger-than-data": "calibration asks for 500 windows of 24 tokens (12,000), more than the",
     "unknown-method": "unknown method 'obs'; choose from",
     "unknown-device": "unknown device 'tpu'; choose from cpu, cuda, cuda:N or auto",

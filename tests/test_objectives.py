@@ -129,8 +129,11 @@ def test_piqa_and_generic_loaders(tmp_path):
     assert qs[0].context == "Question: g1\nAnswer:" and qs[0].continuations() == [" x", " y"]
     (tmp_path / "mc.jsonl").write_text(json.dumps({"context": "c", "choices": ["a", "b", "c"], "label": 2}))
     assert choice_examples(f"mc:{tmp_path / 'mc.jsonl'}")[0].choices == ("a", "b", "c")
-    (tmp_path / "bad.jsonl").write_text(json.dumps({"context": "c", "choices": ["a"], "label": 3}))
-    with pytest.raises(GispError, match="label 3 does not index 1 choices"):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"context": "c", "choices": ["a", "b"], "label": 3}))
+    with pytest.raises(GispError, match="bad.jsonl:1: label 3 does not index 2 choices"):
+        choice_examples(f"mc:{tmp_path / 'bad.jsonl'}")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"context": "c", "choices": ["a"], "label": 0}))
+    with pytest.raises(GispError, match="must be a list of at least two strings"):
         choice_examples(f"mc:{tmp_path / 'bad.jsonl'}")
     (tmp_path / "nolab.jsonl").write_text(json.dumps({"goal": "g", "sol1": "x", "sol2": "y"}))
     with pytest.raises(GispError, match="PIQA labels not found"):

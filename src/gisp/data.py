@@ -48,31 +48,65 @@ def packaged_gsm8k_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "gsm8k" / "test.jsonl"
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSONL file; a clear error for missing, empty or malformed files."""
+def read_text_file(path: str | Path) -> str:
+    """A data file's text, strictly UTF-8: a file in another encoding (or not text at all) is one
+    line naming the file and the first byte that is not UTF-8, rather than text silently altered."""
     path = Path(path)
     if not path.is_file():
         raise GispError(f"data file not found: {path}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GispError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x}); save it as UTF-8") from None
+
+
+def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line number, record)`` of every non-blank line of a JSONL file; a clear error for a
+    missing, empty, non-UTF-8 or malformed file, or a line that is not a JSON object."""
+    path = Path(path)
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text_file(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise GispError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+            raise GispError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise GispError(f"{path}:{n}: not valid JSON (nested too deeply)") from None
+        if not isinstance(record, dict):
+            raise GispError(f"{path}:{n}: a record must be a JSON object, got {type(record).__name__}")
+        records.append((n, record))
     if not records:
         raise GispError(f"data file is empty: {path}")
     return records
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSONL file (see :func:`read_jsonl_lines`)."""
+    return [record for _, record in read_jsonl_lines(path)]
+
+
+def text_field(record: dict, name: str, where: str, numbers: bool = False) -> str:
+    """Field ``name`` of a record read at ``where`` (``path:line``), which must be a string (or,
+    with ``numbers``, a number, taken as its text)."""
+    if name not in record:
+        raise GispError(f"{where}: record has no field {name!r} (fields: {', '.join(record) or 'none'})")
+    value = record[name]
+    if isinstance(value, str):
+        return value
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise GispError(f"{where}: field {name!r} must be {'a string or a number' if numbers else 'a string'}, "
+                    f"got {json.dumps(value)[:40]}")
+
+
 def gsm8k_documents(path: str | Path | None = None) -> list[str]:
     """GSM8K problems rendered as ``Q: ...\\nA: ...`` (the answer includes its ``#### N`` line)."""
-    records = read_jsonl(path or packaged_gsm8k_path())
-    try:
-        return [f"Q: {r['question']}\nA: {r['answer']}" for r in records]
-    except (KeyError, TypeError) as exc:
-        raise GispError(f"GSM8K records need 'question' and 'answer' fields ({exc})") from exc
+    path = path or packaged_gsm8k_path()
+    return [f"Q: {text_field(r, 'question', f'{path}:{n}')}\nA: {text_field(r, 'answer', f'{path}:{n}')}"
+            for n, r in read_jsonl_lines(path)]
 
 
 _ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
@@ -96,12 +130,9 @@ def _local_wikitext(path: str) -> list[str]:
 
 
 def _read_text(path: str) -> str:
-    p = Path(path)
-    if not p.is_file():
-        raise GispError(f"data file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    text = read_text_file(path)
     if not text.strip():
-        raise GispError(f"data file is empty: {p}")
+        raise GispError(f"data file is empty: {path}")
     return text
 
 

@@ -12,11 +12,12 @@ Specs (each takes a trailing slice over examples, e.g. ``piqa:dev.jsonl[:500]``)
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gisp.data import packaged_gsm8k_path, read_jsonl, split_slice
+from gisp.data import packaged_gsm8k_path, read_jsonl_lines, read_text_file, split_slice, text_field
 from gisp.errors import GispError
 
 GSM8K_PROMPT = "Q: {question}\nA: "
@@ -43,12 +44,6 @@ class ChoiceExample:
         return [self.delimiter + c for c in self.choices]
 
 
-def _field(record: dict, name: str, where: str):
-    if name not in record:
-        raise GispError(f"{where}: record has no field {name!r} (fields: {', '.join(record)})")
-    return record[name]
-
-
 def _parse(spec: str) -> tuple[str, str, slice]:
     """``'kind:path[a:b]'`` -> (kind, path, slice)."""
     base, part = split_slice(spec)
@@ -68,43 +63,60 @@ def answer_examples(spec: str, prompt_field: str = "prompt", answer_field: str =
     """Prompt/answer pairs for the answer objective and answer perplexity."""
     kind, path, part = _parse(spec)
     if kind == "gsm8k":
-        records = read_jsonl(path or packaged_gsm8k_path())
-        out = [AnswerExample(GSM8K_PROMPT.format(question=_field(r, "question", spec)), _field(r, "answer", spec)) for r in records]
+        path = path or packaged_gsm8k_path()
+        out = [AnswerExample(GSM8K_PROMPT.format(question=text_field(r, "question", f"{path}:{n}")),
+                             text_field(r, "answer", f"{path}:{n}")) for n, r in read_jsonl_lines(path)]
     elif kind == "jsonl" and path:
-        out = [AnswerExample(str(_field(r, prompt_field, spec)), str(_field(r, answer_field, spec))) for r in read_jsonl(path)]
+        out = [AnswerExample(text_field(r, prompt_field, f"{path}:{n}", numbers=True),
+                             text_field(r, answer_field, f"{path}:{n}", numbers=True)) for n, r in read_jsonl_lines(path)]
     else:
         raise GispError(f"unknown answer data {spec!r}; use gsm8k[:PATH] or jsonl:PATH (with --prompt-field/--answer-field)")
     return _select(out, part, spec, "examples")
 
 
-def _piqa_labels(path: Path) -> list[int]:
+def piqa_labels(path: Path) -> list[int]:
+    """The labels of a PIQA file, from its sibling ``*-labels.lst``: one 0 or 1 a line (blank lines
+    only at the end)."""
     labels_path = path.with_name(re.sub(r"\.jsonl$", "", path.name) + "-labels.lst")
     if not labels_path.is_file():
         raise GispError(f"PIQA labels not found: {labels_path} (expected beside {path.name})")
-    return [int(line) for line in labels_path.read_text().split()]
+    lines = read_text_file(labels_path).rstrip().splitlines()
+    bad = next((n for n, line in enumerate(lines, 1) if line.strip() not in ("0", "1")), None)
+    if bad is not None:
+        raise GispError(f"{labels_path}:{bad}: label {lines[bad - 1].strip()!r} is not 0 (sol1) or 1 (sol2)")
+    return [int(line) for line in lines]
+
+
+def _mc_example(record: dict, where: str) -> ChoiceExample:
+    """One ``mc:`` record: ``context`` a string, ``choices`` a list of at least two strings,
+    ``label`` an integer that indexes them, ``delimiter`` (optional) a string."""
+    context = text_field(record, "context", where)
+    choices = record.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise GispError(f"{where}: field 'choices' must be a list of at least two strings, got "
+                        f"{json.dumps(choices)[:40]}")
+    label = record.get("label")
+    if not isinstance(label, int) or isinstance(label, bool):
+        raise GispError(f"{where}: field 'label' must be an integer, got {json.dumps(label)[:40]}")
+    if not 0 <= label < len(choices):
+        raise GispError(f"{where}: label {label} does not index {len(choices)} choices")
+    delimiter = text_field(record, "delimiter", where) if "delimiter" in record else " "
+    return ChoiceExample(context, tuple(choices), label, delimiter)
 
 
 def choice_examples(spec: str) -> list[ChoiceExample]:
     """Multiple-choice questions for the margin objective and ``mc`` evaluation."""
     kind, path, part = _parse(spec)
     if kind == "piqa" and path:
-        records = read_jsonl(path)
-        labels = _piqa_labels(Path(path))
+        records = read_jsonl_lines(path)
+        labels = piqa_labels(Path(path))
         if len(labels) != len(records):
             raise GispError(f"{path}: {len(records)} questions but {len(labels)} labels")
-        bad = next((i for i, y in enumerate(labels) if y not in (0, 1)), None)
-        if bad is not None:
-            raise GispError(f"{path}: question {bad + 1} has label {labels[bad]}; PIQA labels are 0 (sol1) or 1 (sol2)")
-        out = [ChoiceExample(PIQA_PROMPT.format(goal=_field(r, "goal", spec)), (r["sol1"], r["sol2"]), y)
-               for r, y in zip(records, labels)]
+        out = [ChoiceExample(PIQA_PROMPT.format(goal=text_field(r, "goal", f"{path}:{n}")),
+                             (text_field(r, "sol1", f"{path}:{n}"), text_field(r, "sol2", f"{path}:{n}")), y)
+               for (n, r), y in zip(records, labels)]
     elif kind == "mc" and path:
-        out = []
-        for r in read_jsonl(path):
-            choices = tuple(str(c) for c in _field(r, "choices", spec))
-            label = int(_field(r, "label", spec))
-            if not 0 <= label < len(choices) or len(choices) < 2:
-                raise GispError(f"{spec}: label {label} does not index {len(choices)} choices")
-            out.append(ChoiceExample(str(_field(r, "context", spec)), choices, label, str(r.get("delimiter", " "))))
+        out = [_mc_example(r, f"{path}:{n}") for n, r in read_jsonl_lines(path)]
     else:
         raise GispError(f"unknown multiple-choice data {spec!r}; use piqa:PATH or mc:PATH")
     return _select(out, part, spec, "questions")
@@ -115,8 +127,9 @@ def gsm8k_problems(spec: str) -> list[dict]:
     kind, path, part = _parse(spec)
     if kind != "gsm8k":
         raise GispError(f"the gsm8k task reads gsm8k or gsm8k:PATH data, not {spec!r}")
-    records = _select(read_jsonl(path or packaged_gsm8k_path()), part, spec, "problems")
-    for r in records:
-        _field(r, "question", spec)
-        _field(r, "answer", spec)
-    return records
+    path = path or packaged_gsm8k_path()
+    records = _select(read_jsonl_lines(path), part, spec, "problems")
+    for n, r in records:
+        text_field(r, "question", f"{path}:{n}")
+        text_field(r, "answer", f"{path}:{n}")
+    return [r for _, r in records]

@@ -18,7 +18,7 @@ import yaml
 from gisp.data import read_jsonl
 from gisp.errors import GispError
 from gisp.evaluation.gsm8k import EXEMPLARS, chain_of_thought
-from gisp.examples import _piqa_labels
+from gisp.examples import piqa_labels
 
 
 def _dataset(path: Path) -> dict:
@@ -28,7 +28,7 @@ def _dataset(path: Path) -> dict:
 
 def piqa_task(source: Path, out: Path) -> dict:
     """Merge labels into a JSONL beside the YAML and return lm-eval's PIQA task reading it."""
-    records, labels = read_jsonl(source), _piqa_labels(source)
+    records, labels = read_jsonl(source), piqa_labels(source)
     if len(records) != len(labels):
         raise GispError(f"{source}: {len(records)} questions but {len(labels)} labels")
     data = out / "gisp_piqa.jsonl"
