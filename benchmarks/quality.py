@@ -161,7 +161,31 @@ def qwen_plan() -> Plan:
     return plan
 
 
-PLANS = {"smollm2": smollm2_plan, "qwen": qwen_plan}
+def piqa_plan() -> Plan:
+    """Issue #25: does margin calibration beat LM calibration and FLAP on held-out PIQA (questions
+    501-1000) at 30%, at 4K and 16K calibration tokens; and which of the default's parts (Fisher
+    scores, compensation, the rate search) lost the task alignment that the paper's scoring had.
+    3 steps of 10% for every GISP run; acc's standard error is about 2.2 points on 500 questions."""
+    plan = Plan("smollm2-135m", "smollm2-piqa")
+    for tokens in (4096, 16384):
+        size = f"{tokens // 1024}k"
+        margin = ["--data", PIQA_CALIB, "--objective", "margin", "--max-tokens", str(tokens), "--seq-len", "256"]
+        lm = ["--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"]
+        runs = [("gisp-margin", "gisp, margin (default scoring)", ["--steps", "3", *margin]),
+                ("gisp-margin-reference", "gisp, margin, as the paper scores", ["--steps", "3", *REFERENCE_SCORING, *margin]),
+                ("gisp-lm", "gisp, lm (WikiText-2)", ["--steps", "3", *lm]),
+                ("flap", "flap, PIQA tokens", ["--method", "flap", *margin])]
+        if tokens == 4096:  # which part of the default costs the alignment
+            runs += [("gisp-margin-first-order", "gisp, margin, first-order scores", ["--steps", "3", "--saliency",
+                                                                                     "first-order", *margin]),
+                     ("gisp-margin-nocomp", "gisp, margin, no compensation", ["--steps", "3", "--no-compensate", *margin]),
+                     ("gisp-margin-params", "gisp, margin, --normalize params (no rate search)",
+                      ["--steps", "3", "--normalize", "params", *margin])]
+        plan.runs += [Run(f"{key}-{size}", "task", f"{label} {size}", args, [0.3], "mc") for key, label, args in runs]
+    return plan
+
+
+PLANS = {"smollm2": smollm2_plan, "qwen": qwen_plan, "smollm2-piqa": piqa_plan}
 
 
 # --- running ------------------------------------------------------------------------------------

@@ -17,10 +17,7 @@ import torch
 
 import gisp
 from gisp import models
-from gisp.adapters import adapter_for
 from gisp.data import joined_text
-from gisp.masking import apply_masks
-from gisp.structures import layer_shape
 
 from common import environment, write_results
 
@@ -33,15 +30,12 @@ def main() -> None:
                               batch_size=2)
     traj = gisp.prune(config, model=working, tokenizer=tokenizer, out=work / "run")
     ids = tokenizer(joined_text("gsm8k[1300:]"), return_tensors="pt")["input_ids"][:, :128]
-    shape = layer_shape(model, adapter_for(model.config))
     rows = {}
     for level in (0.1, 0.2):
         out = work / f"export-{level}"
         info = json.loads((out / "gisp_export.json").read_text()) if (out / "gisp_export.json").exists() else \
             vars(gisp.export(traj, level, out, model=model, tokenizer=tokenizer))
-        masks, _ = traj.masks_at_sparsity(level, shape)
-        masked = copy.deepcopy(model)
-        apply_masks(masked, adapter_for(masked.config), masks)
+        masked, _ = gisp.masked_level(traj, level, model=copy.deepcopy(model))  # with the compensation biases
         reloaded, _ = models.load(str(out))
         with torch.no_grad():
             diff = (reloaded(ids).logits - masked(ids).logits).abs().max().item()

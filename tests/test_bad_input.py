@@ -103,6 +103,27 @@ def _export_on_other_code(env: Env) -> list:
     return ["eval", env.root / "export", "--task", "ppl", "--data", f"text:{env.corpus}", "--seq-len", "24", "--no-dense"]
 
 
+def _wrong_shape(env: Env) -> list:
+    import json
+    from gisp.trajectory import _meta_checksum
+    meta = json.loads((env.run / "run.json").read_text())
+    meta["steps"][1]["sparsity"] = None
+    meta["sha256"] = _meta_checksum(meta)
+    (env.run / "run.json").write_text(json.dumps(meta))
+    return ["info", env.run]
+
+
+def _unfinished(env: Env) -> list:
+    from gisp.trajectory import Trajectory
+    traj = Trajectory.load(env.run)  # as if the 2-step run were still at its first step
+    traj.steps = traj.steps[:2]
+    for name in ("head_step", "head_order", "channel_step", "channel_order"):
+        tensor = getattr(traj, name)
+        tensor[tensor > 1] = -1
+    traj.save(env.run)
+    return ["export", env.run, "--sparsity", "0.4", "--out", env.root / "exported"]
+
+
 CASES = {
     "missing-model": lambda e: e.prune(model=e.root / "no-such-model"),
     "unreadable-model": lambda e: e.prune(model=e.file("broken/config.json", "{not json").parent),
@@ -122,6 +143,15 @@ CASES = {
     "calibration-larger-than-data": lambda e: e.prune("--samples", "500"),
     "unknown-method": lambda e: e.prune("--method", "obs"),
     "unknown-device": lambda e: e.prune("--device", "tpu"),
+    "data-not-utf8": lambda e: e.prune(data=f"text:{e.root / 'latin1.txt'}") if (e.root / "latin1.txt").write_bytes(
+        "café au lait\n".encode("latin-1")) else None,
+    "field-of-wrong-type": lambda e: e.prune("--objective", "margin", data="mc:" + str(e.file(
+        "mc2.jsonl", '{"context": "Q", "choices": ["a", "b"], "label": "1"}\n'))),
+    "protect-every-layer": lambda e: e.prune("--protect-first", "0.9"),
+    "eval-batch-size-zero": lambda e: ["eval", e.model, "--task", "ppl", "--data", f"text:{e.corpus}", "--batch-size", "0"],
+    "out-not-creatable": lambda e: e.prune(out="/proc/gisp-no-such/run"),
+    "run-record-of-wrong-shape": _wrong_shape,
+    "export-level-not-saved-yet": _unfinished,
     "device-not-here": lambda e: e.prune("--device", "cuda:99"),
     "export-level-never-reached": lambda e: ["export", e.run, "--sparsity", "0.6", "--out", e.root / "exported"],
     "export-into-non-empty-directory": lambda e: (e.file("full/notes.txt", "mine"),
@@ -151,6 +181,14 @@ MESSAGES = {
     "calibration-larger-than-data": "calibration asks for 500 windows of 24 tokens (12,000), more than the",
     "unknown-method": "unknown method 'obs'; choose from",
     "unknown-device": "unknown device 'tpu'; choose from cpu, cuda, cuda:N or auto",
+    "data-not-utf8": "{root}/latin1.txt: not UTF-8 text (byte 3 is 0xe9); save it as UTF-8",
+    "field-of-wrong-type": "{root}/mc2.jsonl:1: field 'label' must be an integer, got \"1\"",
+    "protect-every-layer": "all 4 layers are protected; lower --protect-first/--protect-last",
+    "eval-batch-size-zero": "--batch-size must be a positive integer, got 0",
+    "out-not-creatable": "cannot create /proc/gisp-no-such for /proc/gisp-no-such/run: No such file or directory",
+    "run-record-of-wrong-shape": "{root}/run/run.json is not a gisp run record (step record 1: 'sparsity' is null); "
+                                 "the files are truncated or corrupted",
+    "export-level-not-saved-yet": "sparsity 0.4 is not saved yet: this run has finished 1 of 2 steps, up to",
     "device-not-here": "--device cuda:99: ",  # no CUDA in this torch / no such GPU on this machine
     "export-level-never-reached": "sparsity 0.6 was never reached by this run (it reaches 0.4000 after 2 steps)",
     "export-into-non-empty-directory": "export directory {root}/full already exists and is not empty",

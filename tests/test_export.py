@@ -178,3 +178,30 @@ def test_no_level_exports_more_kv_heads_than_dense(name, heads, kv, hd, tmp_path
         assert max(exported) <= kv and exported == [k for k in kv_heads(masks, shape) if k]
         assert kv_values_per_token(masks, shape) <= kv_values_per_token(Masks.dense(shape.geometry), shape)
     assert uneven > 0  # the run did leave groups of unequal sizes: the layout was tested
+
+
+def test_masked_level_is_what_the_export_equals(tmp_path):
+    """gisp.masked_level: the base model with a level's removals and compensation biases, the
+    reference a new family's export is checked against (README, Model families)."""
+    import gisp
+    from gisp.config import PruneConfig
+
+    from conftest import tiny_tokenizer
+
+    config = PruneConfig(model="tiny", data="gsm8k[:8]", sparsity=0.4, steps=2, samples=8, seq_len=32, batch_size=4,
+                         protect_first=0.0)
+    traj = gisp.prune(config, model=tiny_model("qwen2"), tokenizer=tiny_tokenizer(), progress=False)
+    assert traj.compensated
+    dense = tiny_model("qwen2")
+    shape = layer_shape(dense, adapter_for(dense.config), compensate=True)  # the dense model's counting
+    for level in (0.2, 0.4):
+        masked, _ = gisp.masked_level(traj, level, model=tiny_model("qwen2"))
+        masks = traj.masks_at_sparsity(level, shape)[0]
+        pruned, _ = build_pruned_model(tiny_model("qwen2"), masks, traj.input_means)
+        with torch.no_grad():
+            reference, exported = masked(IDS).logits, pruned(IDS).logits
+        assert torch.allclose(exported, reference, atol=1e-4), (exported - reference).abs().max()
+        plain = tiny_model("qwen2")  # masks alone (the old recipe) miss the compensation biases
+        apply_masks(plain, adapter_for(plain.config), masks)
+        with torch.no_grad():
+            assert (plain(IDS).logits - reference).abs().max() > 1e-2

@@ -6,11 +6,11 @@ adds a model family (a :class:`ModelAdapter` subclass).
 """
 
 from gisp.adapters import FusedRows, LayerModules, ModelAdapter, register_adapter, supported_model_types
-from gisp.api import export, load, prune, recover
+from gisp.api import export, load, masked_level, prune, recover
 from gisp.config import PruneConfig, RecoverConfig
 from gisp.errors import GispError
 from gisp.trajectory import Trajectory
 
 __all__ = ["FusedRows", "GispError", "LayerModules", "ModelAdapter", "PruneConfig", "RecoverConfig", "Trajectory",
-           "export", "load", "prune", "recover", "register_adapter", "supported_model_types"]
+           "export", "load", "masked_level", "prune", "recover", "register_adapter", "supported_model_types"]
 __version__ = "0.1.0"

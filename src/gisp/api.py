@@ -26,7 +26,7 @@ from gisp.pruner import run_schedule
 from gisp.recovery import RecoveryResult
 from gisp.report import progress_line, write_run_report
 from gisp.runlock import locked
-from gisp.structures import layer_shape, model_parameters
+from gisp.structures import layer_shape, model_parameters, protected_layers
 from gisp.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,9 @@ def check_family(model_config, config: PruneConfig) -> None:
     exactly (:func:`gisp.export.check_exportable`); note when only channels will be pruned."""
     adapter = adapter_for(model_config)
     method = method_for(config.method)
+    layers = adapter.geometry().num_layers
+    if len(protected_layers(layers, config.protect_first, config.protect_last)) >= layers:
+        raise GispError(f"all {layers} layers are protected; lower --protect-first/--protect-last")
     context = adapter.context_length()
     if context is not None and config.seq_len > context:
         raise GispError(f"seq-len {config.seq_len} is longer than the model's context of {context} tokens; lower --seq-len")
@@ -219,6 +222,14 @@ def export(run: str | Path | Trajectory, sparsity: float, out: str | Path, *, mo
     f16 or q8_0). ``force`` replaces an earlier export at ``out`` (nothing else)."""
     with locked(out, "export"):
         return _export(run, sparsity, out, model=model, tokenizer=tokenizer, format=format, outtype=outtype, force=force)
+
+
+def masked_level(run: str | Path | Trajectory, sparsity: float, *, model: nn.Module | None = None, tokenizer=None):
+    """``(model, tokenizer)``: the dense model with the level of ``run`` at ``sparsity`` applied
+    (removed structures zeroed, compensation biases added): what that level's export must equal."""
+    from gisp.export import masked_level as _masked_level
+
+    return _masked_level(run, sparsity, model=model, tokenizer=tokenizer)
 
 
 def load(path: str, dtype: str = "float32", device: str = "cpu"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import MISSING, asdict, fields
 
@@ -171,7 +172,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         return
     if not args.quiet:  # the summary (under torchrun: once, from rank 0)
         print(info_text(traj) + "\n")
-    print(f"run saved to {args.out}; export a level with: gisp export {args.out} --sparsity X --out DIR")
+    print(f"run saved to {args.out}; export a level with: gisp export {shlex.quote(str(args.out))} --sparsity X --out DIR")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -259,7 +260,7 @@ def cmd_lm_eval_tasks(args: argparse.Namespace) -> None:
     for path in write_tasks(args.out_dir, piqa=args.piqa, gsm8k=args.gsm8k):
         print(f"wrote {path}")
     print(f"use: lm_eval --model hf --model_args pretrained=EXPORT_DIR,trust_remote_code=True "
-          f"--include_path {args.out_dir} --tasks {'gisp_piqa' if args.piqa else 'gisp_gsm8k_cot'}")
+          f"--include_path {shlex.quote(str(args.out_dir))} --tasks {'gisp_piqa' if args.piqa else 'gisp_gsm8k_cot'}")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -424,6 +425,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def disk_full(exc: BaseException) -> str | None:
+    """The one line for an output that ran out of disk space (an ``OSError`` ENOSPC / EDQUOT, or
+    safetensors' own error for it), else ``None``. Outputs are written to temporary names and
+    renamed, so nothing half-written is left, and the run directory keeps every finished step."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" ({exc.filename})" if exc.filename else ""
+    elif type(exc).__name__ == "SafetensorError" and ("No space left" in str(exc) or "StorageFull" in str(exc)):
+        where = " (writing a safetensors file)"
+    else:
+        return None
+    return (f"no space left on the device{where}: free some and run the same command again (nothing half-written is "
+            "kept; a run directory keeps its finished steps)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from gisp.runtime import (ALLOW_PICKLE_ENV, TRUST_REMOTE_CODE_ENV, command_output, configure_output,
                               return_freed_memory, scoped_environ)
@@ -445,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # e.g. `gisp info RUN | head`
             sys.stderr.close()
             return 0
+        except Exception as exc:  # a full disk is the machine's fault, not a bug: one line too
+            full = disk_full(exc)
+            if full is None:
+                raise
+            print(f"gisp: error: {full}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print("gisp: interrupted; run the same command again to resume", file=sys.stderr)
             return 130

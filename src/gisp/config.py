@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -223,6 +224,11 @@ class RecoverConfig:
             raise GispError("seq-len must be at least 2 (one predicted token)")
         if not self.lr > 0 or not 0 <= self.warmup < 1:
             raise GispError(f"lr must be > 0 and warmup in [0, 1), got {self.lr:g} and {self.warmup:g}")
+        for name in ("lr", "warmup", "weight_decay", "max_grad_norm", "lora_alpha", "kd_weight", "lm_weight", "temperature"):
+            if not math.isfinite(getattr(self, name)):
+                raise GispError(f"{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
+        if self.lora_alpha <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
+            raise GispError("lora-alpha and max-grad-norm must be > 0 and weight-decay >= 0")
         if self.temperature <= 0 or self.kd_weight < 0 or self.lm_weight < 0:
             raise GispError("temperature must be > 0 and kd-weight, lm-weight >= 0")
         self.device = check_spec(str(self.device))

@@ -27,8 +27,9 @@ from torch import nn
 
 from gisp import models
 from gisp.adapters import ExportClasses, FusedRows, ModelAdapter, adapter_for, base_linear
-from gisp.compensation import InputMeans, output_bias
+from gisp.compensation import InputMeans, compensate, output_bias
 from gisp.errors import GispError
+from gisp.masking import apply_masks
 from gisp.remote import modeling_gisp
 from gisp.structures import (
     AttentionPlan,
@@ -345,6 +346,25 @@ def base_model(traj: Trajectory, model: nn.Module | None = None, tokenizer=None,
     return model, tokenizer
 
 
+@torch.no_grad()
+def masked_level(run: str | Path | Trajectory, sparsity: float, *, model: nn.Module | None = None,
+                 tokenizer=None) -> tuple[nn.Module, object]:
+    """The dense base model with the level of ``run`` at ``sparsity`` applied in place: its removed
+    heads and channels zeroed and, for a compensating run, the compensation biases added, which is
+    the model an export of that level must equal (the check a new family's adapter wants). The
+    base model is loaded from the run's record unless ``model`` is given (it is then edited)."""
+    traj = run if isinstance(run, Trajectory) else Trajectory.load(run)
+    traj.check_reachable(sparsity)
+    model, tokenizer = base_model(traj, model, tokenizer)
+    adapter = adapter_for(model.config)
+    shape = layer_shape(model, adapter, compensate=traj.compensated)
+    masks, _ = traj.masks_at_sparsity(sparsity, shape)
+    if traj.input_means is not None:  # biases from the dense columns, before they are zeroed
+        compensate(model, adapter, Masks.dense(shape.geometry), masks, traj.input_means)
+    apply_masks(model, adapter, masks)
+    return model.eval(), tokenizer
+
+
 def export(
     run: str | Path | Trajectory, sparsity: float, out: str | Path, *,
     model: nn.Module | None = None, tokenizer=None, format: str = "hf", outtype: str = "f32", force: bool = False,
@@ -373,6 +393,9 @@ def export(
     shape = layer_shape(model, adapter, compensate=traj.compensated)
     masks, step = traj.masks_at_sparsity(sparsity, shape)
     pruned, remote = build_pruned_model(model, masks, traj.input_means)
+    if not all(bool(torch.isfinite(p).all()) for p in pruned.parameters()):
+        raise GispError(f"the level's weights hold NaN or Inf (the base model {traj.model.get('spec')} does, or its "
+                        f"compensation means do); nothing was written to {out}")
     info = _info(out, sparsity, step, masks, shape, model, pruned, remote and format == "hf", traj.model)
     if format == "gguf":
         write_gguf_with_tokenizer(pruned, adapter, out, outtype, traj.model.get("spec"), tokenizer)

@@ -18,7 +18,7 @@ import yaml
 from gisp.data import read_jsonl
 from gisp.errors import GispError
 from gisp.evaluation.gsm8k import EXEMPLARS, chain_of_thought
-from gisp.examples import piqa_labels
+from gisp.examples import choice_examples, gsm8k_problems, piqa_labels
 
 
 def _dataset(path: Path) -> dict:
@@ -60,6 +60,10 @@ def write_tasks(out: str | Path, piqa: str | None = None, gsm8k: str | None = No
     """Write the requested task YAMLs (and merged data) into ``out``; returns the YAML paths."""
     if not piqa and not gsm8k:
         raise GispError("name at least one of --piqa PATH / --gsm8k PATH")
+    if piqa:
+        choice_examples(f"piqa:{piqa}")  # every record and label checked before anything is written
+    if gsm8k:
+        gsm8k_problems(f"gsm8k:{gsm8k}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = ([piqa_task(Path(piqa), out)] if piqa else []) + ([gsm8k_task(Path(gsm8k))] if gsm8k else [])

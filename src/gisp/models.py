@@ -142,7 +142,12 @@ def _needs_own_code(exc: Exception) -> bool:
 
 def _load_error(spec: str, src: ModelSource, exc: Exception, what: str) -> GispError:
     """One line for a failed load, saying which permission it would have needed, if any."""
-    reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    reason = " ".join(str(exc).split()) or type(exc).__name__  # transformers' messages span lines: one line, whole
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    if "instantiate the backend tokenizer" in reason:
+        return GispError(f"{what} {spec}: it has no tokenizer files gisp can read (tokenizer.json, tokenizer.model, or "
+                         "vocab + merges); save the model's tokenizer beside it")
     if _needs_own_code(exc):
         return GispError(f"{spec} ships its own model code (auto_map); gisp runs none unless you pass "
                          "--trust-remote-code (GISP_TRUST_REMOTE_CODE=1)")

@@ -9,11 +9,13 @@ methods in :mod:`gisp.methods`, the schedule in :mod:`gisp.schedule`, the record
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from gisp import balance, distributed
@@ -142,6 +144,7 @@ def run_schedule(
         target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
         context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
         scores = importance(model, adapter, context).cpu()  # ranking and the record work on CPU copies
+        _check_finite(scores, step)
         if config.compensate and scores.input_means is None:
             raise GispError(f"--compensate needs input means, and the importance given for {method.name} returned none")
         _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
@@ -181,6 +184,19 @@ def run_schedule(
         if on_step is not None:
             on_step(traj)
     return traj
+
+
+def _check_finite(scores, step: int) -> None:
+    """Stop on NaN / Inf scores or loss (a model or data that overflows, e.g. float16): a ranking of
+    NaNs would remove arbitrary structures. The run directory keeps the steps before."""
+    bad = [name for name, t in (("head", scores.heads), ("channel", scores.channels),
+                                ("layer", scores.layers)) if t is not None and not bool(torch.isfinite(t).all())]
+    if scores.loss is not None and not math.isfinite(scores.loss):
+        bad.insert(0, f"calibration loss ({scores.loss})")
+    if bad:
+        raise GispError(f"step {step}: the {' and '.join(bad)} scores are not finite (NaN or Inf): the model gives a "
+                        "non-finite loss on the calibration data (try --dtype float32, or check the weights); "
+                        "nothing of this step was saved")
 
 
 def _record_loss(traj: Trajectory, step: int, loss: float | None) -> None:

@@ -238,6 +238,7 @@ def recover(config: RecoverConfig, *, progress: bool = True) -> RecoveryResult:
     order = schedule_of(batches, config)
     total = len(order) // config.grad_accum
     ckpt = Path(f"{out}.ckpt")
+    fresh = not ckpt.exists()  # a checkpoint this command makes goes if the run fails on a non-finite loss
     step, stats = 0, {"tokens": 0, "seconds": 0.0, "losses": []}
     if (ckpt / CHECKPOINT).is_file():
         step, stats = _load_checkpoint(ckpt, student, optimizer, config)
@@ -252,6 +253,12 @@ def recover(config: RecoverConfig, *, progress: bool = True) -> RecoveryResult:
         loss_sum = 0.0
         for batch in chunk:
             loss = _batch_loss(student, teacher, to_device(batch, device), config) * batch_size(batch) / weight
+            if not torch.isfinite(loss.detach()):  # NaN / Inf: training would only write garbage from here
+                if fresh:
+                    shutil.rmtree(ckpt, ignore_errors=True)
+                raise GispError(f"the training loss is {float(loss.detach())} at step {step + 1} of {total} (lr "
+                                f"{config.lr:g}, lora-alpha {config.lora_alpha:g}): lower --lr or --lora-alpha; "
+                                f"nothing was written to {out}")
             loss.backward()
             loss_sum += float(loss.detach())
             stats["tokens"] += tokens_in(batch)
@@ -273,6 +280,8 @@ def recover(config: RecoverConfig, *, progress: bool = True) -> RecoveryResult:
                             stats["losses"][-1] if stats["losses"] else None, parameters, asdict(config))
     if sum(p.numel() for p in merged.parameters()) != parameters:
         raise GispError("merged model changed its parameter count; not writing it")  # a bug, never expected
+    if not all(bool(torch.isfinite(p).all()) for p in merged.parameters()):
+        raise GispError(f"the recovered weights hold NaN or Inf (lr {config.lr:g}): lower --lr; nothing was written to {out}")
     _save_like(merged, source, out, result)
     shutil.rmtree(ckpt, ignore_errors=True)
     return result

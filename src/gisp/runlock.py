@@ -31,7 +31,10 @@ def lock_path(target: str | Path) -> Path:
 def _acquire(path: Path, target: str | Path) -> int:
     """An open descriptor of ``path`` holding its exclusive flock (see the module docstring)."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only mount, no permission: before any work
+            raise GispError(f"cannot write {target}: {exc.strerror} ({path.parent})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -50,8 +53,16 @@ def _acquire(path: Path, target: str | Path) -> int:
 def locked(target: str | Path, command: str) -> Iterator[None]:
     """Hold the lock of ``target`` while the block runs (see the module docstring)."""
     path = lock_path(target)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, target)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]  # outermost first
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # under /proc, a read-only mount, a file in the way
+        raise GispError(f"cannot create {path.parent} for {target}: {exc.strerror}") from None
+    try:
+        fd = _acquire(path, target)
+    except GispError:
+        _remove_empty(created)
+        raise
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"gisp {command} (pid {os.getpid()})".encode(), 0)
@@ -59,3 +70,14 @@ def locked(target: str | Path, command: str) -> Iterator[None]:
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)  # releases the flock
+        _remove_empty(created)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the directories the lock created for its target, innermost first, while they are
+    empty: a refused command leaves the tree as it found it; one that wrote its output keeps them."""
+    for directory in reversed(created):
+        try:
+            directory.rmdir()
+        except OSError:
+            return

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ from gisp.structures import LayerShape, Masks, Structure, dense_layer_params, re
 
 TRAJECTORY_FILE = "trajectory.safetensors"
 RUN_FILE = "run.json"
+#: How far a requested level may lie above what a step achieved and still name that step: half the
+#: last digit of the 4-decimal figure runs print (``gisp info``, the export line).
+LEVEL_TOLERANCE = 5e-5
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # 1: before methods and compensation; 3: checksums required, input means covered
 _ORDER_TENSORS = ("head_step", "head_order", "channel_step", "channel_order")
@@ -121,20 +124,26 @@ class Trajectory:
         return self.completed_steps >= int(self.config.get("steps", 0))
 
     def reached_sparsity(self) -> float:
-        """The highest sparsity a user may export: the run's target once complete, else the last
-        step's achieved sparsity."""
+        """The highest sparsity a user may export: the run's target once complete, and any level a
+        step achieved (with ``round_to`` a step may end a little past its target)."""
+        achieved = max((r.sparsity for r in self.steps), default=0.0)
         if self.is_complete and "sparsity" in self.config:
-            return float(self.config["sparsity"])
-        return self.steps[-1].sparsity if self.steps else 0.0
+            return max(float(self.config["sparsity"]), achieved)
+        return achieved
 
     def check_reachable(self, sparsity: float) -> None:
-        """Refuse a sparsity this run never reached (checked before any model is loaded)."""
+        """Refuse a sparsity this run has not reached (checked before any model is loaded), saying
+        whether the run is still short of it or never gets there; a level is matched to the figure
+        the run prints for it (:data:`LEVEL_TOLERANCE`)."""
         reached = self.reached_sparsity()
-        if not 0.0 <= sparsity <= reached + 1e-9:
-            raise GispError(
-                f"sparsity {sparsity:g} was never reached by this run (it reaches {reached:.4f} "
-                f"after {self.completed_steps} steps)"
-            )
+        if 0.0 <= sparsity <= reached + LEVEL_TOLERANCE:
+            return
+        if not self.is_complete and sparsity <= float(self.config.get("sparsity", 1.0)) + LEVEL_TOLERANCE:
+            raise GispError(f"sparsity {sparsity:g} is not saved yet: this run has finished {self.completed_steps} of "
+                            f"{self.config.get('steps')} steps, up to {reached:.4f} (it is running, or was stopped: run "
+                            "the same gisp prune to finish it); export a level up to that now")
+        raise GispError(f"sparsity {sparsity:g} was never reached by this run (it reaches {reached:.4f} "
+                        f"after {self.completed_steps} steps)")
 
     def masks_at_sparsity(self, sparsity: float, shape: LayerShape) -> tuple[Masks, int]:
         """The longest prefix of the removal order whose parameter sparsity does not exceed
@@ -168,7 +177,8 @@ class Trajectory:
     def _step_level(self, sparsity: float) -> tuple[Masks, int]:
         """The last step whose achieved sparsity does not exceed ``sparsity`` (runs with
         ``round_to`` > 1, whose levels are whole steps)."""
-        steps = [r for r in self.steps if r.step > 0 and r.sparsity <= sparsity + 1e-9]
+        # a step's level is asked for by its target or by the figure printed for what it achieved
+        steps = [r for r in self.steps if r.step > 0 and min(r.sparsity, r.target_sparsity) <= sparsity + LEVEL_TOLERANCE]
         if not steps:
             first = min((r.sparsity for r in self.steps if r.step > 0), default=0.0)
             raise GispError(f"with round_to {self.config['round_to']} levels are whole steps; the first reaches "
@@ -214,6 +224,7 @@ class Trajectory:
         except Exception as exc:  # corrupt files are the user's to fix, not a crash
             raise GispError(f"cannot read run directory {run_dir} ({str(exc).splitlines()[0][:120]}); the files are "
                             "truncated or corrupted: restore them or start a new --out") from exc
+        _check_record(meta, meta_path)
         if meta.get("format_version") not in READABLE_VERSIONS:
             raise GispError(f"{run_dir}: unsupported run format {meta.get('format_version')!r}")
         version = meta["format_version"]
@@ -239,6 +250,43 @@ class Trajectory:
             steps=[StepRecord(**r) for r in meta["steps"] if r["step"] <= done],
             config=meta["config"], model=meta["model"], input_means=means, calibration=meta.get("calibration", {}),
         )
+
+
+_NUMBER = (int, float)
+#: run.json's fields and the JSON types each may hold (steps are checked against StepRecord's fields).
+_RECORD = {"format_version": int, "completed_steps": int, "steps": list, "config": dict, "model": dict,
+           "calibration": dict, "sha256": str, "order_sha256": str, "means_sha256": str}
+_STEP = {"step": int, "target_sparsity": _NUMBER, "sparsity": _NUMBER, "model_sparsity": _NUMBER, "heads_removed": int,
+         "channels_removed": int, "loss": _NUMBER, "seconds": _NUMBER, "exchange_rate": _NUMBER, "candidates": list,
+         "processes": int, "device": str}
+
+
+def _check_record(meta, path: Path) -> None:
+    """run.json must have the shape :meth:`Trajectory.save` writes (valid JSON of the wrong shape,
+    e.g. a field set to null, is refused like a corrupted file, by every command that reads it)."""
+    def refuse(what: str) -> None:
+        raise GispError(f"{path} is not a gisp run record ({what}); the files are truncated or corrupted: restore "
+                        "them or start a new --out")
+    if not isinstance(meta, dict):
+        refuse(f"a JSON {type(meta).__name__}, not an object")
+    for key in ("format_version", "completed_steps", "steps", "config", "model"):
+        if key not in meta:
+            refuse(f"no {key!r}")
+    for key, kind in _RECORD.items():
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            refuse(f"{key!r} is {json.dumps(meta[key])[:30]}")
+    if meta["completed_steps"] < 0:
+        refuse("negative 'completed_steps'")
+    fields_ = {f.name for f in fields(StepRecord)}
+    for i, record in enumerate(meta["steps"]):
+        if not isinstance(record, dict) or "step" not in record or set(record) - fields_:
+            refuse(f"step record {i} is not a step record")
+        for key, value in record.items():
+            optional = key not in ("step", "target_sparsity", "sparsity", "model_sparsity", "heads_removed",
+                                   "channels_removed")
+            if (value is None and not optional) or (value is not None and (not isinstance(value, _STEP[key])
+                                                                          or isinstance(value, bool))):
+                refuse(f"step record {i}: {key!r} is {json.dumps(value)[:30]}")
 
 
 def _entries(order: torch.Tensor):

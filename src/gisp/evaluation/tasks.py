@@ -42,6 +42,17 @@ class EvalOptions:
             raise GispError(f"task {self.task} needs --data")
         if self.limit is not None and self.limit < 1:
             raise GispError(f"--limit must be positive, got {self.limit}")
+        for name in ("batch_size", "max_new_tokens", "speed_batch", "new_tokens", "repeats"):
+            if getattr(self, name) < 1:
+                raise GispError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.seq_len < 2:
+            raise GispError(f"--seq-len must be at least 2 (one predicted token), got {self.seq_len}")
+        if self.shots < 0:
+            raise GispError(f"--shots must be >= 0, got {self.shots}")
+        if self.warmup < 0:
+            raise GispError(f"warmup must be >= 0, got {self.warmup}")
+        if self.prompt_format not in ("fewshot", "chat"):
+            raise GispError(f"unknown prompt format {self.prompt_format!r}; choose from fewshot, chat")
 
 
 def _limited(items: list, limit: int | None) -> list:
@@ -82,8 +93,22 @@ def evaluate_spec(spec: str, opts: EvalOptions) -> dict:
 
         return asdict(measure_in_subprocess(spec, batch=opts.speed_batch, seq_len=opts.seq_len, new_tokens=opts.new_tokens,
                                             repeats=opts.repeats, warmup=opts.warmup, dtype=opts.dtype, device=opts.device))
+    check_context(models.load_config(spec), opts)  # before the weights load
     model, tokenizer = models.load(spec, opts.dtype, opts.device)
     return evaluate_model(model, tokenizer, opts)
+
+
+def check_context(config, opts: EvalOptions) -> None:
+    """Refuse a perplexity window longer than the model's context, from its config alone (as
+    ``prune`` refuses its ``--seq-len``): it would run for minutes, then give nonsense."""
+    from gisp.adapters import adapter_for
+
+    try:
+        context = adapter_for(config, pruned_ok=True).context_length()
+    except GispError:  # a family gisp cannot prune still evaluates; its context is not known here
+        return
+    if opts.task == "ppl" and context is not None and opts.seq_len > context:
+        raise GispError(f"seq-len {opts.seq_len} is longer than the model's context of {context} tokens; lower --seq-len")
 
 
 def summary_line(task: str, result: dict) -> str:
