@@ -148,6 +148,8 @@ def part_b(device: torch.device, name: str, config, samples: int, seq_len: int) 
     """One GISP step of a random ``config`` model in bfloat16: time by part, peak memory against the plan."""
     from gisp.plan import plan_report
 
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # what part (a) or the last model left cached
     budget = int(0.9 * torch.cuda.get_device_properties(device).total_memory) if device.type == "cuda" else 8 * 2**30
     plan_device = "cuda" if device.type == "cuda" else "cpu"
     dtype = "bfloat16"
@@ -220,7 +222,10 @@ def main() -> None:
         samples, seq_len, speed = 128, 2048, (8, 512, 64)
     result["b_one_step"] = []
     for name, config in shapes.items():
-        row, model, traj = part_b(device, name, config, samples, seq_len)
+        try:
+            row, model, traj = part_b(device, name, config, samples, seq_len)
+        except torch.cuda.OutOfMemoryError as exc:  # the plan was wrong: that is a finding, and the rest still runs
+            row, model, traj = {"model": name, "out_of_memory": str(exc).splitlines()[0][:300]}, None, None
         result["b_one_step"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "planned_bytes"}), flush=True)
         if name.endswith("8b-shaped") and model is not None:

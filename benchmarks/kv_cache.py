@@ -1,0 +1,69 @@
+"""KV-cache bytes per token of every exported level of finished runs, beside the dense model's (issue #24).
+
+    python benchmarks/kv_cache.py runs/quality-smollm2-piqa/*/ [--name kv_cache-smollm2]
+
+From the run records and the model's config alone (the model is built on the meta device: no
+weights load): each level's layout is the export's (:func:`gisp.structures.kv_heads`), so the
+figures are what ``gisp export`` writes, for transformers and GGUF alike (the GGUF writer reads its
+sizes off the same sliced tensors). Bytes at 16 bits a value (llama.cpp's default cache, bf16
+serving). Results: ``benchmarks/results/<name>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, environment  # noqa: E402
+
+
+def levels_of(run_dir: Path) -> dict:
+    """Dense and per-step KV values per token, KV heads per layer and parameters of one run."""
+    from gisp import models
+    from gisp.adapters import adapter_for
+    from gisp.structures import Masks, decoder_params, kv_heads, kv_values_per_token, layer_shape
+    from gisp.trajectory import Trajectory
+
+    traj = Trajectory.load(run_dir)
+    config = models.load_config(traj.model["spec"])
+    with torch.device("meta"):
+        model = models.model_from_config(config)
+    shape = layer_shape(model, adapter_for(config), compensate=traj.compensated)
+    dense = Masks.dense(shape.geometry)
+    rows = [{"level": "dense", "sparsity": 0.0, "kv_bytes_per_token": 2 * kv_values_per_token(dense, shape),
+             "kv_heads": kv_heads(dense, shape), "decoder_parameters": decoder_params(dense, shape)}]
+    for record in traj.steps[1:]:
+        masks = traj.masks_at_step(record.step)
+        rows.append({"level": f"step {record.step}", "sparsity": round(record.sparsity, 4),
+                     "kv_bytes_per_token": 2 * kv_values_per_token(masks, shape), "kv_heads": kv_heads(masks, shape),
+                     "decoder_parameters": decoder_params(masks, shape)})
+    return {"run": str(run_dir), "model": traj.model.get("spec"), "method": traj.config.get("method"), "levels": rows,
+            "never_above_dense": all(max(r["kv_heads"]) <= shape.geometry.num_kv_heads for r in rows)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--name", default="kv_cache")
+    args = parser.parse_args()
+    runs = [levels_of(r) for r in args.runs if (r / "run.json").is_file()]
+    payload = {"command": " ".join(["python", "benchmarks/kv_cache.py", *sys.argv[1:]]), "environment": environment(),
+               "runs": runs}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# KV cache per token at 16 bits ({args.name})", "", "| run | level | sparsity | KV KiB/token | KV heads per layer |",
+             "|---|---|---|---|---|"]
+    for run in runs:
+        for row in run["levels"]:
+            lines.append(f"| {Path(run['run']).name} | {row['level']} | {row['sparsity']:.4f} | "
+                         f"{row['kv_bytes_per_token'] / 1024:.2f} | {' '.join(map(str, row['kv_heads']))} |")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
