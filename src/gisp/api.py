@@ -13,7 +13,7 @@ from gisp.adapters import adapter_for
 from gisp.calibration import build_batches, read_source
 from gisp.compensation import give_output_biases
 from gisp.config import PruneConfig, RecoverConfig
-from gisp.device import OUT_OF_MEMORY
+from gisp.device import out_of_memory_errors
 from gisp.device import resolve as resolve_device
 from gisp.errors import GispError
 from gisp.export import ExportInfo
@@ -67,7 +67,7 @@ def prune(
     with locked(out, "prune") if writer else nullcontext():  # one writer per run directory, from the start
         try:
             return _prune(config, device, out, model, tokenizer, objective, batches, progress)
-        except OUT_OF_MEMORY as exc:
+        except out_of_memory_errors() as exc:
             raise GispError(out_of_memory_message(config, device, out, exc)) from None
 
 

@@ -8,9 +8,6 @@ from typing import Any
 
 from gisp.device import check_spec
 from gisp.errors import GispError
-from gisp.saliency import NORMALIZATIONS
-from gisp.schedule import SCHEDULES
-from gisp.selection import SCOPES
 
 OBJECTIVE_NAMES = ("lm", "answer", "margin")
 TAYLOR_WEIGHTS = ("all", "output")
@@ -84,7 +81,10 @@ class PruneConfig:
 
     def validate(self) -> None:
         """Reject out-of-range values with a one-line message; fill method defaults."""
-        from gisp.methods import method_for, method_names  # the registry imports the importances
+        from gisp.methods import method_for, method_names  # the registry imports the importances (and torch)
+        from gisp.saliency import NORMALIZATIONS
+        from gisp.schedule import SCHEDULES
+        from gisp.selection import SCOPES
 
         self.device = check_spec(str(self.device))  # a torch.device becomes its name: configs are JSON
         method = method_for(self.method)

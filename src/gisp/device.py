@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import os
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from gisp.errors import GispError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available, else CPU; under torchrun each rank's own GPU)"
 _SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
-#: What a CUDA allocation failure raises (``torch.OutOfMemoryError`` is its public name from torch 2.5).
-OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError,)
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """What a CUDA allocation failure raises (``torch.OutOfMemoryError`` is its public name from
+    torch 2.5). A function, so that checking a spec imports no torch (``gisp --help`` stays fast)."""
+    import torch
+
+    return (torch.cuda.OutOfMemoryError,)
 
 
 def check_spec(spec: str) -> str:
@@ -32,6 +38,8 @@ def check_spec(spec: str) -> str:
 def resolve(spec: str) -> torch.device:
     """The device ``spec`` means on this machine and in this process; a one-line error when it
     asks for a GPU this process cannot have (no CUDA build, no GPU, an index past the last one)."""
+    import torch
+
     check_spec(spec)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
@@ -51,10 +59,3 @@ def resolve(spec: str) -> torch.device:
         raise GispError(f"--device cuda:{index}: this machine has {count} GPU{'s' if count != 1 else ''} "
                         f"(cuda:0 to cuda:{count - 1})")
     return torch.device("cuda", index)
-
-
-def peak_memory(device: torch.device) -> int | None:
-    """Bytes the caching allocator reserved at its peak on ``device`` (a GPU), else ``None``."""
-    if device.type != "cuda":
-        return None
-    return int(torch.cuda.max_memory_reserved(device))

@@ -144,7 +144,7 @@ def run_schedule(
         target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
         context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
         scores = importance(model, adapter, context).cpu()  # ranking and the record work on CPU copies
-        _check_finite(scores, step)
+        _check_finite(scores, masks, step)
         if config.compensate and scores.input_means is None:
             raise GispError(f"--compensate needs input means, and the importance given for {method.name} returned none")
         _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
@@ -186,11 +186,13 @@ def run_schedule(
     return traj
 
 
-def _check_finite(scores, step: int) -> None:
-    """Stop on NaN / Inf scores or loss (a model or data that overflows, e.g. float16): a ranking of
-    NaNs would remove arbitrary structures. The run directory keeps the steps before."""
-    bad = [name for name, t in (("head", scores.heads), ("channel", scores.channels),
-                                ("layer", scores.layers)) if t is not None and not bool(torch.isfinite(t).all())]
+def _check_finite(scores, masks: Masks, step: int) -> None:
+    """Stop on NaN / Inf scores of structures still in the model, or a non-finite loss (a model or
+    data that overflows, e.g. float16): a ranking of NaNs would remove arbitrary structures. Removed
+    structures may score anything (a statistic of an all-zero input); they are never ranked. The
+    run directory keeps the steps before."""
+    alive = (("head", scores.heads[masks.heads]), ("channel", scores.channels[masks.channels]), ("layer", scores.layers))
+    bad = [name for name, t in alive if t is not None and not bool(torch.isfinite(t).all())]
     if scores.loss is not None and not math.isfinite(scores.loss):
         bad.insert(0, f"calibration loss ({scores.loss})")
     if bad:
