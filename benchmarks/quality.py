@@ -440,7 +440,8 @@ def execute(plan: Plan, sections: set[str], work: Path) -> Results:
     backfill_recovered(results, work)
     runs = [r for r in plan.runs if r.section in sections]
     runs.sort(key=lambda r: -(r.order or max(r.levels)))  # the question (40-50%) first; stable within
-    run_dense(plan, results, runner, {r.task for r in runs if r.section != "outside"} | ({"ppl"} if runs else set()))
+    run_dense(plan, results, runner, {r.task for r in runs if r.section != "outside"}
+              | ({"ppl"} if any(r.task == "ppl" or r.section == "outside" for r in runs) else set()))
     for run in tqdm(runs, desc=f"quality {plan.name}", unit="run", file=sys.stdout):
         if all(results.has(run.key, l) for l in run.levels):
             continue

@@ -290,6 +290,7 @@ def test_the_lock_follows_symlinks_and_never_locks_an_orphaned_file(tmp_path, mo
     assert not path.exists()
 
 
+@pytest.mark.slow  # a child process killed mid-run, then resumed
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
 def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(sig, tiny_dir, corpus_file, tmp_path):
     """SIGKILL (or Ctrl-C: SIGINT) after a step is saved (mid-run), the same command again: the
@@ -367,6 +368,7 @@ def test_report_eta_is_the_mean_step_time_times_the_steps_left():
     assert progress_line(traj) == "progress: 2/8 steps, 2.0 min of pruning, ETA 6.0 min (6 steps left)"
 
 
+@pytest.mark.slow  # two gisp processes
 def test_two_prunes_racing_for_one_run_directory(tiny_dir, corpus_file, tmp_path):
     """Two identical `gisp prune` processes started together on one --out: exactly one runs, the
     other is refused (exit 2, naming the holder's pid) before writing anything, and the run ends

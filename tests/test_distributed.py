@@ -26,6 +26,7 @@ def _prune(launcher: list[str], model, corpus_file, out, *extra: str) -> None:
     assert result.stdout.count("run saved to") == 1  # one summary, from rank 0
 
 
+@pytest.mark.slow  # torchrun / accelerate processes
 @pytest.mark.parametrize("family, both, extra", [("llama-gqa", [], []), ("llama-gqa", ["--method", "llm-pruner"], []),
                                                  ("llama-gqa", [], ["--fsdp"]),
                                                  ("llama-gqa", [], ["--fsdp", "--loss-chunk", "8", "--gradient-checkpointing"]),
@@ -59,6 +60,7 @@ def test_torchrun_two_ranks_remove_exactly_what_one_process_removes(tiny_dir, co
     assert [s["loss"] for s in runs[1]["steps"]] == pytest.approx([s["loss"] for s in runs[0]["steps"]], rel=1e-5)
 
 
+@pytest.mark.slow  # torchrun / accelerate processes
 def test_accelerate_launch_shares_the_work_like_torchrun(tiny_dir, corpus_file, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` (it starts the processes as torchrun does, on
     CPUs too; its `--cpu` would force one process) gives the single process's trajectory."""
@@ -76,6 +78,7 @@ def test_accelerate_launch_shares_the_work_like_torchrun(tiny_dir, corpus_file, 
         assert [s["processes"] for s in steps if s["step"] > 0] == [processes] * 4
 
 
+@pytest.mark.slow  # torchrun / accelerate processes
 @pytest.mark.parametrize("family, tied", [("llama-gqa", False), ("phi3", False), ("qwen2", True)],
                          ids=["llama", "phi3-fused", "qwen2-tied-embeddings"])
 def test_fsdp_loads_each_rank_only_its_rows(tmp_path, family, tied):
@@ -142,6 +145,7 @@ def test_local_rows_of_an_unsharded_tensor_are_the_whole_tensor():
     assert rows is t and first == 0
 
 
+@pytest.mark.slow  # torchrun / accelerate processes
 def test_fsdp_refuses_micro_batches_that_do_not_split_evenly(tiny_dir, corpus_file, tmp_path):
     """Every forward of a sharded layer is a collective: a rank with one batch fewer would wait
     forever. 10 sequences in batches of 2 are 5 micro-batches for 2 processes: refused, no hang."""
@@ -177,6 +181,7 @@ def test_which_checkpoints_load_in_shards(tmp_path):
     assert models.sharded_checkpoint(str(tmp_path / "quantised")) is None
 
 
+@pytest.mark.slow  # torchrun / accelerate processes
 def test_fsdp_from_a_checkpoint_that_loads_whole_matches_one_process(tmp_path, corpus_file):
     """A .bin-only checkpoint cannot be read in shards: every rank loads it whole (with a warning),
     then shards it, and the trajectory is still the single process's."""

@@ -48,8 +48,12 @@ def _scores(g: AttentionGeometry, gen: torch.Generator) -> tuple[torch.Tensor, t
 
 
 def _largest_unit(shape: LayerShape) -> int:
+    """The most one removal can save: a channel, or a head whose removal shrinks the layer's GQA
+    layout by a query head in every group (uneven groups are padded with zero query heads, never
+    laid out with more KV heads than dense) and empties a KV head."""
     g = shape.geometry
-    return max(shape.channel_params, 2 * g.head_dim * (g.hidden_size + 1) * 2 + 2 * g.hidden_size)
+    head = 2 * g.head_dim * (g.hidden_size + 1)  # q rows (and bias) + o columns
+    return max(shape.channel_params, g.num_kv_heads * head + head + 2 * g.hidden_size)
 
 
 @EXAMPLES
