@@ -172,6 +172,9 @@ def piqa_plan() -> Plan:
         margin = ["--data", PIQA_CALIB, "--objective", "margin", "--max-tokens", str(tokens), "--seq-len", "256"]
         lm = ["--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"]
         runs = [("gisp-margin", "gisp, margin (default scoring)", ["--steps", "3", *margin]),
+                # the same command after Fisher scores of a margin square each question's summed effect
+                # (gisp-margin-4k ran at 97ba092, squaring each token's)
+                ("gisp-margin-perq", "gisp, margin (default scoring, Fisher per question)", ["--steps", "3", *margin]),
                 ("gisp-margin-reference", "gisp, margin, as the paper scores", ["--steps", "3", *REFERENCE_SCORING, *margin]),
                 ("gisp-lm", "gisp, lm (WikiText-2)", ["--steps", "3", *lm]),
                 ("flap", "flap, PIQA tokens", ["--method", "flap", *margin])]

@@ -138,3 +138,43 @@ def test_compensated_saliency_by_hand_and_free_for_a_constant_input():
     # the signed column sum is the first-order loss change of replacing x_j by its mean
     signed = (weight * (grad - bias_grad[:, None] * means[None, :])).sum(0)
     assert torch.allclose(signed, ((delta @ weight) * (x - means)).sum(0), atol=1e-9)
+
+
+def test_fisher_moments_square_each_samples_sum_when_tokens_share_a_sample():
+    """Margin: the tokens of a question's options are one sample; a removal's first-order effects
+    are summed over them before squaring (a change that moves every option alike can cancel)."""
+    from gisp.saliency import fisher_moments, fisher_scores
+
+    gen = torch.Generator().manual_seed(0)
+    grad, x = torch.randn(7, 6, generator=gen), torch.randn(7, 6, generator=gen)  # 7 tokens, 3 heads of 2
+    samples = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    means = torch.randn(6, generator=gen)
+    for mu in (None, means):
+        change = grad * (x - (0 if mu is None else mu))  # [N, n]: each token's first-order change per feature
+        per_head = change.reshape(7, 3, 2).sum(-1)  # [N, G]
+        per_sample = torch.zeros(3, 3).index_add_(0, samples, per_head)  # [Q, G]
+        expected = per_sample.pow(2).sum(0)
+        got = fisher_scores(*fisher_moments(grad, x, 2, samples), mu)
+        assert torch.allclose(got, expected.float(), rtol=1e-5, atol=1e-6)
+        tokens = fisher_scores(*fisher_moments(grad, x, 2), mu)  # each token its own sample
+        assert torch.allclose(tokens, per_head.pow(2).sum(0).float(), rtol=1e-5, atol=1e-6)
+    # two tokens of one sample whose effects cancel: nothing for that sample, while per-token squares count both
+    grad, x = torch.tensor([[1.0], [-1.0]]), torch.tensor([[2.0], [2.0]])
+    assert float(fisher_scores(*fisher_moments(grad, x, 1, torch.tensor([0, 0])), None)) == 0.0
+    assert float(fisher_scores(*fisher_moments(grad, x, 1), None)) == 8.0
+
+
+def test_margin_batches_name_each_options_question():
+    from gisp.examples import ChoiceExample
+    from gisp.importance import token_samples
+    from gisp.objectives import choice_batches
+
+    from conftest import tiny_tokenizer
+
+    examples = [ChoiceExample("Q one", ("a", "b"), 0), ChoiceExample("Q two", ("c", "d", "e"), 2)]
+    batch = choice_batches(tiny_tokenizer(), examples, samples=2, max_tokens=None, seq_len=32, batch_size=2, seed=0)[0]
+    assert batch["question"].tolist() in ([0, 0, 1, 1, 1], [0, 0, 0, 1, 1])
+    samples = token_samples(batch)
+    assert samples.shape[0] == int(batch["attention_mask"].sum())
+    assert samples.tolist() == [q for row, q in enumerate(batch["question"].tolist())
+                                for _ in range(int(batch["attention_mask"][row].sum()))]

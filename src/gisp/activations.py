@@ -135,6 +135,7 @@ class CompensationStats:
     o_moments: list[tuple | None]
     down_moments: list[tuple | None]
     valid: list = field(default_factory=lambda: [None])  # the current batch's token mask
+    samples: list = field(default_factory=lambda: [None])  # the current batch's real tokens' sample index (margin)
     share: list = field(default_factory=lambda: [1.0])  # the current batch's loss weight
     replaying: list = field(default_factory=lambda: [False])  # True during backward: checkpointed layers re-run
     checkpointed: bool = False  # layers are gradient-checkpointed: inputs are taken from their replay
@@ -196,7 +197,7 @@ def compensation_hooks(model: nn.Module, adapter: ModelAdapter, fisher: bool = F
         key = (id(moments), index)
 
         def on_input(module, args):
-            x, valid, share = args[0], stats.valid[0], stats.share[0]
+            x, valid, share, samples = args[0], stats.valid[0], stats.share[0], stats.samples[0]
             if stats.replaying[0]:  # a checkpointed layer re-run just before its gradients: its inputs, again
                 stats.replayed[key] = _tokens(x.detach(), valid)
                 return
@@ -208,7 +209,7 @@ def compensation_hooks(model: nn.Module, adapter: ModelAdapter, fisher: bool = F
             def on_grad(grad: torch.Tensor) -> None:  # dL/dx, [B, T, n] -> [N, n]
                 inputs = kept if kept is not None else stats.replayed.pop(key)
                 grad_in = _tokens(grad, valid).float() * share
-                _accumulate(moments, index, saliency.fisher_moments(grad_in, inputs, group))
+                _accumulate(moments, index, saliency.fisher_moments(grad_in, inputs, group, samples))
             x.register_hook(on_grad)
         return on_input
 

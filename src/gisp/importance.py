@@ -109,6 +109,16 @@ def token_mask(batch: dict) -> torch.Tensor | None:
     return None if mask is None else mask.bool()
 
 
+def token_samples(batch: dict) -> torch.Tensor | None:
+    """For an objective whose samples are groups of sequences (``question`` [B]: the margin's
+    questions), each real token's sample index -> [N]; None when every token is its own sample."""
+    if "question" not in batch:
+        return None
+    rows = batch["question"][:, None].expand_as(batch["input_ids"])  # [B] -> [B, T]
+    mask = token_mask(batch)
+    return rows.flatten() if mask is None else rows[mask]
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -173,6 +183,7 @@ class TaylorImportance:
             if comp is not None:
                 # under FSDP the loss itself carries the share (gradients accumulate in .grad), so the hooks must not
                 comp.valid[0], comp.share[0] = token_mask(batch), 1.0 if sharded else share
+                comp.samples[0] = token_samples(batch)
             loss = self.objective(model, batch)
             with replaying(comp):
                 if weights and not sharded:

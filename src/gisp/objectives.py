@@ -179,7 +179,9 @@ def choice_batches(
 ) -> list[dict]:
     """Batches for the margin objective: every option of a question in the same batch.
 
-    ``batch_size`` counts questions; each batch carries ``correct`` [B] marking the gold options.
+    ``batch_size`` counts questions; each batch carries ``correct`` [B] marking the gold options
+    and ``question`` [B], each option's question within the batch (the margin's samples, which
+    Fisher scores square: :func:`gisp.saliency.fisher_moments`).
     """
     questions = [[scored_sequence(tokenizer, e.context, c, seq_len) for c in e.continuations()] for e in examples]
     keyed = list(zip(questions, [e.label for e in examples]))
@@ -187,13 +189,15 @@ def choice_batches(
     pid = pad_id(tokenizer)
     batches = []
     for i in range(0, len(chosen), batch_size):
-        seqs, starts, correct = [], [], []
-        for options, gold in chosen[i:i + batch_size]:
+        seqs, starts, correct, question = [], [], [], []
+        for q, (options, gold) in enumerate(chosen[i:i + batch_size]):
             for j, (s, start) in enumerate(options):
                 seqs.append(s)
                 starts.append(start)
                 correct.append(j == gold)
+                question.append(q)
         batch = pad_sequences(seqs, starts, pid)
         batch["correct"] = torch.tensor(correct)
+        batch["question"] = torch.tensor(question)
         batches.append(batch)
     return batches

@@ -38,7 +38,8 @@ def compensated_saliency(weight: torch.Tensor, grad: torch.Tensor, output_grad: 
     return (weight.float() * (grad.float() - output_grad.float()[:, None] * means.float()[None, :])).abs()
 
 
-def fisher_moments(grad_in: torch.Tensor, inputs: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fisher_moments(grad_in: torch.Tensor, inputs: torch.Tensor, group: int,
+                   samples: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token moments of an output projection's input features, grouped into structures of
     ``group`` features (a head's ``head_dim`` columns, a channel's one), summed over tokens.
 
@@ -47,9 +48,20 @@ def fisher_moments(grad_in: torch.Tensor, inputs: torch.Tensor, group: int) -> t
     ``sum_t A^2`` [G], ``sum_t A * grad_in`` [G, group] and ``sum_t grad_in grad_in^T`` [G, group, group]:
     what :func:`fisher_scores` needs to evaluate the squared effect of replacing ``x`` by any
     constant, without a second pass once that constant (the mean) is known.
+
+    ``samples`` [N] (indices, from 0): the objective's sample each token belongs to, when its loss
+    is not a sum of per-token terms of one sign. A margin loss differs the CE of a question's
+    options: a removal that raises every option's CE alike leaves it unchanged, which per-token
+    squares would count in full. With ``samples`` the first-order effects are summed within each
+    sample before squaring (``A`` and ``s`` become per-sample sums), the empirical Fisher of the
+    objective's own samples.
     """
     s = grad_in.float().reshape(grad_in.shape[0], -1, group)  # [N, n] -> [N, G, g]
     a = (s * inputs.float().reshape(s.shape)).sum(-1)  # [N, G]
+    if samples is not None:  # per-sample sums: [N, G] -> [Q, G], [N, G, g] -> [Q, G, g]
+        count = int(samples.max()) + 1 if samples.numel() else 0
+        a = a.new_zeros(count, a.shape[1]).index_add_(0, samples, a)
+        s = s.new_zeros(count, *s.shape[1:]).index_add_(0, samples, s)
     moments = a.pow(2).sum(0), torch.einsum("ng,ngi->gi", a, s), torch.einsum("ngi,ngj->gij", s, s)
     return tuple(m.double() for m in moments)
 
