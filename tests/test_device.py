@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import gisp
+import gisp.api  # noqa: F401  (patched below where prune looks names up)
 from gisp import device as devices
 from gisp.cli import main
 from gisp.config import PruneConfig
@@ -45,6 +46,11 @@ def test_cuda_means_each_ranks_own_gpu_under_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert devices.resolve("cuda") == devices.resolve("auto") == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "2")  # more ranks than GPUs: auto falls back to the CPU (gloo), cuda is refused
+    assert devices.resolve("auto") == torch.device("cpu")
+    with pytest.raises(GispError, match="has 2 GPUs"):
+        devices.resolve("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(GispError, match="every rank on one GPU"):
         devices.resolve("cuda:0")
     monkeypatch.setenv("WORLD_SIZE", "1")
@@ -59,7 +65,7 @@ def test_cuda_without_cuda_exits_2_before_anything_loads(tiny_dir, corpus_file, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     loads = []
     monkeypatch.setattr("gisp.models.load", lambda *a, **k: loads.append(a))
-    monkeypatch.setattr("gisp.calibration.read_source", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr("gisp.api.read_source", lambda *a, **k: loads.append(a))  # where prune looks it up
     out = tmp_path / "new" / "run"
     assert main(_prune(model, corpus_file, out, "--device", "cuda")) == 2
     err = capsys.readouterr().err

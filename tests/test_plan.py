@@ -291,3 +291,16 @@ def test_llama3_8b_plans_to_fit_one_80gb_gpu_and_70b_eight_with_fsdp(capsys):
     assert sharded["fits"] and sharded["bytes"]["weights"] < alone["bytes"]["weights"] / 4
     assert main(["plan", "--model", str(configs / "llama-3-8b"), "--memory", "-1"]) == 2
     assert "--memory must be a positive number of GiB" in capsys.readouterr().err
+
+
+def test_plan_flags_agree_with_the_users_own_and_never_combine_fsdp_with_compaction():
+    from gisp.plan import memory_plan, plan_report
+
+    config = tiny_config("llama-gqa")
+    own = memory_plan(config, 4, 256, "bfloat16", checkpointing=True, loss_chunk=64, device="cuda").total
+    report = plan_report(config, 16, 256, 4, dtype="bfloat16", budget=own, checkpointing=True, loss_chunk=64, device="cuda")
+    assert report["fits"] and report["flags_to_fit"] == ["--gradient-checkpointing", "--loss-chunk 64"]
+    tight = plan_report(config, 16, 256, 4, nproc=2, compact_every=1, budget=2**20, device="cuda")  # nothing fits
+    assert not tight["fits"] and tight["flags_to_fit"] is None  # --fsdp is not offered beside --compact-every
+    with pytest.raises(GispError, match="--memory must be a positive number"):
+        plan_report(config, 16, 256, 4, budget=float("inf"))

@@ -6,7 +6,8 @@ import pytest
 
 from gisp.cli import main
 from gisp.errors import GispError
-from gisp.evaluation.gsm8k import chain_of_thought, extract_answer, fewshot_prefix, gold_number, gsm8k_exact_match
+from gisp.evaluation.gsm8k import (chain_of_thought, extract_answer, fewshot_prefix, gold_number, gsm8k_exact_match,
+                                   read_records)
 from gisp.evaluation.speed import measure
 
 from conftest import tiny_model, tiny_tokenizer
@@ -39,8 +40,13 @@ def test_gsm8k_records_resume_per_problem_and_refuse_other_problems(tmp_path):
                              records=records)
     assert calls == [2] and full.problems == 5  # only problems 3 and 4 were generated
     assert full.correct >= first.correct and full.stderr >= 0
+    assert len(read_records(records)) == 5  # the torn line is left behind; the new records start on their own lines
     with pytest.raises(GispError, match="predictions for other problems"):
         gsm8k_exact_match(model, tok, problems[1:], shots=1, max_new_tokens=4, progress=False, records=records)
+    with pytest.raises(GispError, match="predictions made with other settings"):  # another generation length
+        gsm8k_exact_match(model, tok, problems, shots=1, max_new_tokens=6, progress=False, records=records)
+    with pytest.raises(GispError, match="does not exist"):
+        gsm8k_exact_match(model, tok, problems, shots=1, progress=False, records=tmp_path / "no" / "em.jsonl")
 
 
 def test_gsm8k_chat_format_uses_the_chat_template():

@@ -39,11 +39,16 @@ def __dir__() -> list[str]:
 
 class _Package(types.ModuleType):
     """``gisp.export`` is the function, although ``gisp/export.py`` is also a module: importing
-    that module binds its name on the package, which would hide the function; the binding is
-    ignored (the module stays in ``sys.modules`` for ``from gisp.export import ...``)."""
+    that module binds its name on the package, which would hide the function; that binding is
+    ignored (the module stays in ``sys.modules`` for ``from gisp.export import ...``; patch its
+    attributes through ``sys.modules["gisp.export"]``). Anything else assigned (a test's stand-in)
+    replaces the function until deleted."""
 
     @property
     def export(self):
+        override = self.__dict__.get("_export_override")
+        if override is not None:
+            return override
         from gisp.api import export
 
         return export
@@ -51,7 +56,11 @@ class _Package(types.ModuleType):
     @export.setter
     def export(self, value) -> None:
         if not isinstance(value, types.ModuleType):
-            raise AttributeError("gisp.export is the export function")
+            self.__dict__["_export_override"] = value
+
+    @export.deleter
+    def export(self) -> None:
+        self.__dict__.pop("_export_override", None)
 
 
 sys.modules[__name__].__class__ = _Package

@@ -109,7 +109,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from gisp import models
     from gisp.plan import plan_report
 
-    if args.memory is not None and not args.memory > 0:
+    if args.memory is not None and not 0 < args.memory < float("inf"):
         raise GispError(f"--memory must be a positive number of GiB, got {args.memory:g}")
     budget = int(args.memory * 2**30) if args.memory else None
     report = plan_report(models.load_config(args.model), args.samples, args.seq_len, args.batch_size, args.nproc,

@@ -66,7 +66,7 @@ def read_jsonl_lines(path: str | Path) -> list[tuple[int, dict]]:
     missing, empty, non-UTF-8 or malformed file, or a line that is not a JSON object."""
     path = Path(path)
     records = []
-    for n, line in enumerate(read_text_file(path).splitlines(), 1):
+    for n, line in enumerate(read_text_file(path).split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
             continue
         try:

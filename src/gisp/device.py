@@ -17,8 +17,8 @@ from gisp.errors import GispError
 if TYPE_CHECKING:
     import torch
 
-DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available, else CPU; under torchrun each rank's own GPU)"
-_SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (CUDA when available, else CPU; under torchrun each rank's own GPU)"
+_SPEC = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:
     """What a CUDA allocation failure raises (``torch.OutOfMemoryError`` is its public name from
@@ -42,8 +42,14 @@ def resolve(spec: str) -> torch.device:
 
     check_spec(spec)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if spec == "mps":
+        if not torch.backends.mps.is_available():
+            raise GispError("--device mps: this machine has no Apple GPU (torch.backends.mps); use --device cpu or auto")
+        return torch.device("mps")
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
+    if spec == "auto" and launched and int(os.environ.get("LOCAL_RANK", "0")) >= torch.cuda.device_count():
+        return torch.device("cpu")  # more ranks than visible GPUs (or one GPU per task): gloo on the CPU, as before
     if not torch.cuda.is_available():
         build = "this torch build has no CUDA" if torch.version.cuda is None else "CUDA sees no GPU on this machine"
         raise GispError(f"--device {spec}: {build} (torch {torch.__version__}); use --device cpu or auto")

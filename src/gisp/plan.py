@@ -253,7 +253,7 @@ def plan_report(config, samples: int, seq_len: int, batch_size: int, nproc: int 
     if samples < 1 or seq_len < 2 or batch_size < 1 or nproc < 1 or loss_chunk < 0 or compact_every < 0:
         raise GispError("samples, batch-size and nproc must be positive, loss-chunk and compact-every >= 0 and "
                         "seq-len at least 2")
-    if budget is not None and budget <= 0:
+    if budget is not None and not 0 < budget < float("inf"):
         raise GispError(f"--memory must be a positive number of GiB, got {budget / 2**30:g}")
     if tflops is not None and not tflops > 0:
         raise GispError(f"--tflops must be positive, got {tflops:g}")
@@ -266,8 +266,9 @@ def plan_report(config, samples: int, seq_len: int, batch_size: int, nproc: int 
     per_rank = -(-samples // nproc)
     flops = step_flops(config, per_rank * seq_len, seq_len, saliency, taylor_weights, checkpointing, search)
     rate = tflops or ASSUMED_TFLOPS[(device, dtype)]
-    flags = flags_to_fit(config, batch_size, seq_len, budget, dtype, **common)
-    if flags is None and nproc > 1 and shards == 1:  # split the parameters too
+    given = ["--gradient-checkpointing"] * checkpointing + ([f"--loss-chunk {loss_chunk}"] if loss_chunk else [])
+    flags = given if plan.total <= budget else flags_to_fit(config, batch_size, seq_len, budget, dtype, **common)
+    if flags is None and nproc > 1 and shards == 1 and not compact_every:  # split the parameters too
         flags = flags_to_fit(config, batch_size, seq_len, budget, dtype, **(common | {"shards": nproc}))
         flags = None if flags is None else ["--fsdp", *flags]
     return {"model_type": config.model_type, "parameters": plan.parameters, "dtype": dtype, "saliency": saliency,

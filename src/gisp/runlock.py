@@ -53,8 +53,8 @@ def _acquire(path: Path, target: str | Path) -> int:
 def locked(target: str | Path, command: str) -> Iterator[None]:
     """Hold the lock of ``target`` while the block runs (see the module docstring)."""
     path = lock_path(target)
-    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]  # outermost first
     try:
+        created = [p for p in (path.parent, *path.parent.parents) if not p.exists()][::-1]  # outermost first
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # under /proc, a read-only mount, a file in the way
         raise GispError(f"cannot create {path.parent} for {target}: {exc.strerror}") from None

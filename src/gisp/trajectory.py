@@ -177,8 +177,9 @@ class Trajectory:
     def _step_level(self, sparsity: float) -> tuple[Masks, int]:
         """The last step whose achieved sparsity does not exceed ``sparsity`` (runs with
         ``round_to`` > 1, whose levels are whole steps)."""
-        # a step's level is asked for by its target or by the figure printed for what it achieved
-        steps = [r for r in self.steps if r.step > 0 and min(r.sparsity, r.target_sparsity) <= sparsity + LEVEL_TOLERANCE]
+        # a step's level is asked for by the figure printed for what it achieved, or by its target exactly
+        steps = [r for r in self.steps if r.step > 0 and (r.sparsity <= sparsity + LEVEL_TOLERANCE
+                                                          or abs(r.target_sparsity - sparsity) <= LEVEL_TOLERANCE)]
         if not steps:
             first = min((r.sparsity for r in self.steps if r.step > 0), default=0.0)
             raise GispError(f"with round_to {self.config['round_to']} levels are whole steps; the first reaches "
@@ -224,9 +225,9 @@ class Trajectory:
         except Exception as exc:  # corrupt files are the user's to fix, not a crash
             raise GispError(f"cannot read run directory {run_dir} ({str(exc).splitlines()[0][:120]}); the files are "
                             "truncated or corrupted: restore them or start a new --out") from exc
-        _check_record(meta, meta_path)
-        if meta.get("format_version") not in READABLE_VERSIONS:
+        if isinstance(meta, dict) and meta.get("format_version") not in READABLE_VERSIONS:
             raise GispError(f"{run_dir}: unsupported run format {meta.get('format_version')!r}")
+        _check_record(meta, meta_path)
         version = meta["format_version"]
         required = ["sha256", "order_sha256"] + (["means_sha256"] if "attention_input_mean" in tensors else [])
         missing = [key for key in required if key not in meta] if version >= 3 else []

@@ -89,16 +89,21 @@ def build_prompt(question: str, tokenizer, prompt_format: str = "fewshot", prefi
     return f"{prefix}Q: {question}\nA:"
 
 
+_RECORD_KEYS = ("index", "gold", "prediction", "correct", "settings")
+
+
 def read_records(path: Path | None) -> dict[int, dict]:
-    """Problems already answered in a records file, by index (a torn last line is ignored)."""
+    """Problems already answered in a records file, by index (a torn or foreign line is ignored:
+    that problem runs again)."""
     done: dict[int, dict] = {}
     if path is None or not path.is_file():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):
         try:
             record = json.loads(line)
-            done[int(record["index"])] = record
-        except (ValueError, KeyError, TypeError):
+            if isinstance(record, dict) and all(k in record for k in _RECORD_KEYS):
+                done[int(record["index"])] = record
+        except (ValueError, TypeError):
             continue
     return done
 
@@ -122,10 +127,22 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
         raise GispError(f"unknown prompt format {prompt_format!r}; choose from {', '.join(PROMPT_FORMATS)}")
     prefix = fewshot_prefix(shots) if prompt_format == "fewshot" else ""
     path = Path(records) if records is not None else None
+    if path is not None and not path.parent.is_dir():
+        raise GispError(f"--records {path}: the folder {path.parent} does not exist")
+    # what the predictions depend on: a records file made otherwise is refused, not silently reused
+    settings = {"model": str(getattr(model, "name_or_path", "") or type(model).__name__),
+                "parameters": sum(p.numel() for p in model.parameters()), "prompt_format": prompt_format,
+                "shots": shots if prompt_format == "fewshot" else 0, "max_new_tokens": max_new_tokens}
     done = read_records(path)
     for index, record in done.items():
         if index >= len(problems) or record.get("gold") != gold_number(problems[index]["answer"]):
             raise GispError(f"{path} holds predictions for other problems (problem {index}); use a new records file")
+        if record["settings"] != settings:
+            raise GispError(f"{path} holds predictions made with other settings ({record['settings']} there, {settings} "
+                            "here); use a new records file")
+    if path is not None and path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with path.open("a", encoding="utf-8") as f:  # a line torn by a crash: new records start on their own line
+            f.write("\n")
     todo = [i for i in range(len(problems)) if i not in done]
     device = next(model.parameters()).device
     side, pad_token = tokenizer.padding_side, tokenizer.pad_token
@@ -147,7 +164,7 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
             for i, text in zip(chunk, texts):
                 answer = text.split("Q:")[0] if prompt_format == "fewshot" else text
                 record = {"index": i, "gold": gold_number(problems[i]["answer"]), "prediction": extract_answer(answer),
-                          "text": text}
+                          "text": text, "settings": settings}
                 record["correct"] = record["prediction"] == record["gold"]
                 done[i] = record
                 lines.append(json.dumps(record) + "\n")
