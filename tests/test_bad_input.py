@@ -180,7 +180,7 @@ MESSAGES = {
     "piqa-label-out-of-range": "{root}/piqa/dev-labels.lst:2: label '7' is not 0 (sol1) or 1 (sol2)",
     "calibration-larger-than-data": "calibration asks for 500 windows of 24 tokens (12,000), more than the",
     "unknown-method": "unknown method 'obs'; choose from",
-    "unknown-device": "unknown device 'tpu'; choose from cpu, cuda, cuda:N or auto",
+    "unknown-device": "unknown device 'tpu'; choose from cpu, cuda, cuda:N, mps or auto",
     "data-not-utf8": "{root}/latin1.txt: not UTF-8 text (byte 3 is 0xe9); save it as UTF-8",
     "field-of-wrong-type": "{root}/mc2.jsonl:1: field 'label' must be an integer, got \"1\"",
     "protect-every-layer": "all 4 layers are protected; lower --protect-first/--protect-last",
