@@ -546,8 +546,10 @@ def report(plan: Plan, results: Results, work: Path) -> None:
     if task:
         dense_mc = results.dense.get("mc", {})
         scored = sorted({r["calibration_tokens"] for r in task if r.get("calibration_tokens")})
-        tokens = f"{TOKENS:,}-token budget" + (", " + "/".join(f"{t:,}" for t in scored) + " scored (whole sequences)"
-                                               if scored else "")
+        budgets = sorted({int(r["prune_command"].split("--max-tokens ")[1].split()[0]) for r in task
+                          if "--max-tokens " in r.get("prune_command", "")}) or [TOKENS]
+        tokens = ("/".join(f"{b:,}" for b in budgets) + "-token budget" + ("s" if len(budgets) > 1 else "")
+                  + (", " + "/".join(f"{t:,}" for t in scored) + " scored (whole sequences)" if scored else ""))
         parts += ["", f"PIQA dev 501-1000, margin calibration on PIQA dev 1-500 ({tokens}). "
                       f"Dense acc {dense_mc.get('acc', float('nan')):.3f} / acc_norm {dense_mc.get('acc_norm', float('nan')):.3f}.", "",
                   "acc:", "", table(task, sorted({r["requested"] for r in task}), "acc", lower=False, fmt="{:.3f}"), "",
