@@ -47,7 +47,7 @@ _HELP = {
     "fsdp": "under torchrun: shard every parameter over the processes (FSDP2), each holding 1/N of the model; "
             "gradient methods only (gisp, llm-pruner)",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
-    "device": "where the model and every per-step tensor live: cpu, cuda, cuda:N or auto (CUDA when available; under "
+    "device": "where the model and every per-step tensor live: cpu, cuda, cuda:N, mps or auto (CUDA when available; under "
               "torchrun each rank's GPU from LOCAL_RANK, NCCL)",
 }
 
