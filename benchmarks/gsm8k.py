@@ -2,6 +2,7 @@
 calibration and the baselines (issue #25).
 
     python benchmarks/gsm8k.py                  # every stage in order, resumable (hours on 2 CPU cores)
+    python benchmarks/gsm8k.py --stage runs     # only GISP's two pruning runs (their trajectories)
     python benchmarks/gsm8k.py --stage formats  # only the dense model in both prompt formats
     python benchmarks/gsm8k.py --report         # rewrite the table and plot from the results
 
@@ -130,7 +131,7 @@ def best_format(results: dict) -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=["formats", "all"], default="all")
+    parser.add_argument("--stage", choices=["runs", "formats", "all"], default="all")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     results = load_results()
@@ -138,6 +139,11 @@ def main() -> None:
         write_report(results)
         return
     runner = Runner(WORK)
+    for key, spec in runs().items():  # GISP's runs first: their trajectories also serve kv_cache.py
+        if key.startswith("gisp-"):
+            prune(runner, results, key, spec)
+    if args.stage == "runs":
+        return
     for fmt in ("fewshot", "chat"):
         evaluate(runner, results, f"dense-{fmt}-100", MODEL, FORMAT_TEST, fmt)
     fmt = best_format(results)
