@@ -77,6 +77,24 @@ def levels_of(run_dir: Path) -> dict:
             "never_above_dense": all(max(r["kv_heads"]) <= shape.geometry.num_kv_heads for r in rows)}
 
 
+def markdown(payload: dict, name: str) -> str:
+    """The results table: every level of every run, beside the duplicating layout's cost."""
+    lines = [f"# KV cache per token at 16 bits ({name})", "",
+             "Beside each level: what the same masks would cost laid out with duplicated KV heads (the cheapest in "
+             "parameters; gisp's layout before it refused more KV heads than dense).", "",
+             "| run | level | sparsity | KV KiB/token | decoder params | duplicating: KV KiB/token | duplicating: params | "
+             "KV heads per layer |", "|---|---|---|---|---|---|---|---|"]
+    for run in payload["runs"]:
+        for row in run["levels"]:
+            other = row.get("duplicating_layout") or {"kv_bytes_per_token": row["kv_bytes_per_token"],
+                                                      "decoder_parameters": row["decoder_parameters"]}
+            lines.append(f"| {Path(run['run']).name} | {row['level']} | {row['sparsity']:.4f} | "
+                         f"{row['kv_bytes_per_token'] / 1024:.2f} | {row['decoder_parameters']:,} | "
+                         f"{other['kv_bytes_per_token'] / 1024:.2f} | {other['decoder_parameters']:,} | "
+                         f"{' '.join(map(str, row['kv_heads']))} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -86,21 +104,9 @@ def main() -> None:
     payload = {"command": " ".join(["python", "benchmarks/kv_cache.py", *sys.argv[1:]]), "environment": environment(),
                "runs": runs}
     (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"# KV cache per token at 16 bits ({args.name})", "",
-             "Beside each level: what the same masks would cost laid out with duplicated KV heads (the cheapest in "
-             "parameters; gisp's layout before it refused more KV heads than dense).", "",
-             "| run | level | sparsity | KV KiB/token | decoder params | duplicating: KV KiB/token | duplicating: params | "
-             "KV heads per layer |", "|---|---|---|---|---|---|---|---|"]
-    for run in runs:
-        for row in run["levels"]:
-            other = row.get("duplicating_layout") or {"kv_bytes_per_token": row["kv_bytes_per_token"],
-                                                      "decoder_parameters": row["decoder_parameters"]}
-            lines.append(f"| {Path(run['run']).name} | {row['level']} | {row['sparsity']:.4f} | "
-                         f"{row['kv_bytes_per_token'] / 1024:.2f} | {row['decoder_parameters']:,} | "
-                         f"{other['kv_bytes_per_token'] / 1024:.2f} | {other['decoder_parameters']:,} | "
-                         f"{' '.join(map(str, row['kv_heads']))} |")
-    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(payload, args.name)
+    (RESULTS / f"{args.name}.md").write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Every row of the README's bad-input table: exit code 2, the one-line message, no traceback,
+"""Every row of the bad-input table of docs/errors.md: exit code 2, the one-line message, no traceback,
 and nothing left behind (the directory tree is byte-for-byte what it was before the command).
 
 Each case is ``(id, setup)``: ``setup(env)`` prepares what the row needs and returns the
-command line; ``MESSAGES[id]`` is the message the README shows. A test checks that the README's
+command line; ``MESSAGES[id]`` is the message docs/errors.md shows. A test checks that the page's
 table lists exactly these ids, so the table and the tests cannot drift apart.
 """
 
@@ -18,7 +18,7 @@ from conftest import CORPUS
 
 from gisp.cli import main
 
-README = Path(__file__).parent.parent / "README.md"
+ERRORS_DOC = Path(__file__).parent.parent / "docs" / "errors.md"
 PRUNE = ["--sparsity", "0.4", "--steps", "2", "--samples", "6", "--seq-len", "24", "--batch-size", "3"]
 
 
@@ -251,10 +251,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, prepared, tmp_pat
     assert after == before, sorted(set(after) ^ set(before)) or "a file changed"
 
 
-def test_readme_table_lists_exactly_the_tested_rows():
-    text = README.read_text()
-    section = text[text.index("### Bad input"):]
-    section = section[:section.index("\n### ", 5)] if "\n### " in section[5:] else section
+def test_errors_page_lists_exactly_the_tested_rows():
+    section = ERRORS_DOC.read_text()
     ids = re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M)
     assert sorted(ids) == sorted(CASES), sorted(set(ids) ^ set(CASES))
     assert len(ids) == len(set(ids))

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gisp.adapters import adapter_for
-from gisp.export import build_pruned_model, save_export, ExportInfo
+from gisp.export import save_export, ExportInfo
+from gisp.slicing import build_pruned_model
 from gisp.masking import apply_masks
 from gisp.structures import Masks, decoder_params, layer_shape, model_parameters
 
@@ -182,7 +183,7 @@ def test_no_level_exports_more_kv_heads_than_dense(name, heads, kv, hd, tmp_path
 
 def test_masked_level_is_what_the_export_equals(tmp_path):
     """gisp.masked_level: the base model with a level's removals and compensation biases, the
-    reference a new family's export is checked against (README, Model families)."""
+    reference a new family's export is checked against (docs/model-families.md)."""
     import gisp
     from gisp.config import PruneConfig
 

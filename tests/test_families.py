@@ -23,7 +23,8 @@ import gisp
 import gisp.remote.modeling_gisp
 from gisp.adapters import adapter_for, base
 from gisp.errors import GispError
-from gisp.export import build_pruned_model, check_exportable
+from gisp.export import check_exportable
+from gisp.slicing import build_pruned_model
 from gisp.masking import apply_masks
 from gisp.structures import layer_shape
 
@@ -41,7 +42,7 @@ def registry(monkeypatch):
 
 
 class Starcoder2Adapter(gisp.ModelAdapter):
-    """A family gisp does not ship, added as the README says: non-gated MLP ``c_fc`` -> ``c_proj``."""
+    """A family gisp does not ship, added as docs/model-families.md says: non-gated MLP ``c_fc`` -> ``c_proj``."""
 
     model_types = ("starcoder2",)
     gated_mlp = False

@@ -4,7 +4,7 @@ A global ranking compares a head's score with a channel's. Scores per parameter 
 (``params``) are the natural common unit, but first-order scores of the two block types are not
 calibrated against each other: on SmolLM2-135M the best rate differs 4x between WikiText and
 GSM8K calibration, and any fixed divisor (the GISP reference's included) is far from the best on
-one of them (``benchmarks/exchange_rate.py``, README). So ``--normalize search`` lets the
+one of them (``benchmarks/exchange_rate.py``, ``docs/results/history.md``). So ``--normalize search`` lets the
 calibration loss decide, at every step (:func:`search_step`):
 
 1. for each rate ``r`` in :data:`EXCHANGE_RATES`, multiply the heads' per-parameter scores by

@@ -68,7 +68,7 @@ def check_adapter_logits(model: nn.Module, adapter) -> None:
     if not diff <= tolerance:
         raise GispError(f"{type(adapter).__name__}.logits() does not give the model's logits (max difference {diff:.3g}): "
                         "the family scales or caps them after the output embedding; override logits(model, hidden) "
-                        "(see the README), or run without --loss-chunk")
+                        "(see docs/model-families.md), or run without --loss-chunk")
 
 
 def chunked_ce(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,

@@ -300,7 +300,7 @@ def adapter_for(config, pruned_ok: bool = False) -> ModelAdapter:
         raise GispError(
             f"unsupported model type {model_type!r}; gisp supports: {', '.join(supported_model_types())} "
             f"(add a family with gisp.register_adapter; for the command line, name its module in {PLUGIN_ENV}; "
-            "see the README)"
+            "see docs/model-families.md)"
         )
     if not pruned_ok and getattr(config, "per_layer_config", None) is not None and getattr(config, "is_heterogeneous", False):
         raise GispError("the model already has per-layer sizes (a pruned export); prune the dense base model instead")

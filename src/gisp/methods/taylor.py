@@ -9,14 +9,14 @@ per structure. They differ in what a structure is and how it is ranked:
   calibration tokens of the squared first-order loss change of that removal
   (``saliency="fisher"``, :func:`gisp.saliency.fisher_scores`); ``--saliency first-order`` is the
   paper's ``|W * g|`` of the mean gradient (:func:`gisp.saliency.compensated_saliency`), which
-  cancels across tokens and ranks worse (the README's results). Each score is divided by the
+  cancels across tokens and ranks worse (``docs/results/history.md``). Each score is divided by the
   parameters its removal saves, with the
   head/channel exchange rate chosen by calibration loss at every step (``normalize="search"``,
   :mod:`gisp.balance`), and all are ranked globally across layers; iterative (scores recomputed on
   the pruned model at every step). The reference code's scoring, q rows + o columns of a head and
   gate/up rows + down column of a channel with its ``reference`` divisors, is ``--taylor-weights
   all --normalize reference``: on SmolLM2-135M it ranks worse (``benchmarks/quality.py``,
-  ``benchmarks/exchange_rate.py``; the README explains why).
+  ``benchmarks/exchange_rate.py``; ``docs/results/history.md`` explains why).
 - ``llm-pruner``: a head is its whole coupled KV group (q/k/v rows and o columns), removed
   together; no normalisation; the same fraction of every unprotected layer; one shot, no LoRA.
 """
