@@ -28,7 +28,7 @@ from quality import LM_EVAL
 from gisp import models
 from gisp.activations import input_means, input_stats
 from gisp.adapters import adapter_for
-from gisp.calibration import build_batches, read_source
+from gisp.batches import build_batches, read_source
 from gisp.compensation import compensate
 from gisp.config import PruneConfig
 from gisp.evaluation.tasks import EvalOptions, evaluate_model

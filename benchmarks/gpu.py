@@ -120,7 +120,7 @@ def kv_bytes_per_token(model, masks=None) -> int:
 def part_a(device: torch.device, tiny: bool) -> dict:
     """The same removals on ``device`` as on the CPU; the export built there equals the masked model."""
     from gisp.compaction import added_bias_modules
-    from gisp.export import build_pruned_model
+    from gisp.slicing import build_pruned_model
 
     config = _llama_config()
     batches = _batches(config.vocab_size, 16, 64, 4)
@@ -181,7 +181,7 @@ def part_c(device: torch.device, model, traj, name: str, batch: int, seq_len: in
     """Prefill and decode of the 50% export against the dense model on ``device``."""
     from gisp.compaction import added_bias_modules
     from gisp.evaluation.speed import measure
-    from gisp.export import build_pruned_model
+    from gisp.slicing import build_pruned_model
 
     # the run left ``model`` masked in place (zeros compute as fast as any value): it is the dense-shaped model
     rows = {}

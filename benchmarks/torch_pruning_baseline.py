@@ -32,7 +32,7 @@ import torch
 
 from gisp import models
 from gisp.adapters import adapter_for
-from gisp.calibration import build_batches, read_source
+from gisp.batches import build_batches, read_source
 from gisp.config import PruneConfig
 from gisp.evaluation.perplexity import perplexity
 from gisp.masking import apply_masks

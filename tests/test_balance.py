@@ -98,7 +98,7 @@ def test_choose_takes_the_lowest_loss_and_skips_the_forward_for_one_candidate():
 
 
 def test_search_run_records_its_choice_and_exports_its_masked_model():
-    from gisp.export import build_pruned_model
+    from gisp.slicing import build_pruned_model
 
     dense = tiny_model("llama-gqa", layers=6)
     work = copy.deepcopy(dense)

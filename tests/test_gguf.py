@@ -16,7 +16,7 @@ import gisp
 from gisp.adapters import adapter_for
 from gisp.cli import main
 from gisp.compensation import InputMeans
-from gisp.export import build_pruned_model
+from gisp.slicing import build_pruned_model
 from gisp.export_gguf import gguf_tensors, write_gguf
 
 from conftest import tiny_model, tiny_tokenizer

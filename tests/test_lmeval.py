@@ -11,7 +11,8 @@ import pytest
 from gisp.cli import main
 from gisp.evaluation.choice import multiple_choice
 from gisp.examples import choice_examples
-from gisp.export import ExportInfo, build_pruned_model, save_export
+from gisp.export import ExportInfo, save_export
+from gisp.slicing import build_pruned_model
 from gisp.lmeval import write_tasks
 
 from conftest import tiny_model, tiny_tokenizer

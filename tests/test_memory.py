@@ -88,7 +88,7 @@ def test_chunked_cross_entropy_reads_a_non_uniform_export(tmp_path):
     from conftest import tiny_tokenizer
 
     from gisp.structures import Masks
-    from gisp.export import build_pruned_model
+    from gisp.slicing import build_pruned_model
 
     model = tiny_model("llama-gqa")
     adapter = adapter_for(model.config)

@@ -11,7 +11,8 @@ import gisp
 from gisp.adapters import adapter_for
 from gisp.compensation import compensate
 from gisp.errors import GispError
-from gisp.export import build_pruned_model, export, save_export, ExportInfo
+from gisp.export import export, save_export, ExportInfo
+from gisp.slicing import build_pruned_model
 from gisp.importance import StepContext
 from gisp.objectives import lm_loss
 from gisp.masking import apply_masks

@@ -156,7 +156,7 @@ def test_any_export_equals_its_masked_model(case):
     import copy
 
     from gisp.adapters import adapter_for
-    from gisp.export import build_pruned_model
+    from gisp.slicing import build_pruned_model
     from gisp.masking import apply_masks
 
     model, masks = case

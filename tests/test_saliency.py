@@ -166,7 +166,7 @@ def test_fisher_moments_square_each_samples_sum_when_tokens_share_a_sample():
 
 def test_margin_batches_name_each_options_question():
     from gisp.examples import ChoiceExample
-    from gisp.importance import token_samples
+    from gisp.batches import token_samples
     from gisp.objectives import choice_batches
 
     from conftest import tiny_tokenizer

@@ -10,7 +10,8 @@ from gisp import models
 from gisp.adapters import adapter_for
 from gisp.config import PruneConfig
 from gisp.data import calibration_batches, joined_text
-from gisp.export import ExportInfo, build_pruned_model, save_export
+from gisp.export import ExportInfo, save_export
+from gisp.slicing import build_pruned_model
 from gisp.masking import apply_masks
 from gisp.pruner import run_schedule
 from gisp.structures import layer_shape

@@ -27,7 +27,7 @@ from torch import nn
 from gisp import distributed, saliency
 from gisp.adapters.base import ModelAdapter
 from gisp.compensation import InputMeans
-from gisp.importance import to_device, token_mask
+from gisp.batches import to_device, token_mask
 from gisp.masking import feature_mask_hooks
 from gisp.runtime import progress_bar
 

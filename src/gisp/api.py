@@ -10,7 +10,7 @@ from torch import nn
 
 from gisp import distributed, models
 from gisp.adapters import adapter_for
-from gisp.calibration import build_batches, read_source
+from gisp.batches import build_batches, read_source
 from gisp.compensation import give_output_biases
 from gisp.config import PruneConfig, RecoverConfig
 from gisp.device import out_of_memory_errors
@@ -19,7 +19,8 @@ from gisp.errors import GispError
 from gisp.export import ExportInfo
 from gisp.export import check_exportable
 from gisp.export import export as _export
-from gisp.importance import mean_objective, to_device
+from gisp.batches import to_device
+from gisp.importance import mean_objective
 from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective, check_adapter_logits, chunked_loss
 from gisp.pruner import run_schedule

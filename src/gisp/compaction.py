@@ -3,7 +3,7 @@
 After some steps most of a model's heads and channels may be gone, yet the masked model still
 multiplies by their zeroed rows and columns. ``--compact-every K`` rebuilds, every K steps, a
 copy of the working model with the removed structures sliced out (the export's slicing,
-:func:`gisp.export.build_sliced_model`, compensation biases included), runs the gradient pass on
+:func:`gisp.slicing.build_sliced_model`, compensation biases included), runs the gradient pass on
 that copy, and maps its scores back to the dense model's head and channel indices. The masked
 model stays the source of truth for masks, compensation and the trajectory; the gradient pass and
 the candidate losses of ``--normalize search`` (:func:`compact_view`) run on the smaller copy.
@@ -34,7 +34,7 @@ from gisp.adapters.base import ModelAdapter
 from gisp.balance import View
 from gisp.compensation import InputMeans
 from gisp.errors import GispError
-from gisp.export import build_sliced_model
+from gisp.slicing import build_sliced_model
 from gisp.importance import LayerScores, Scores, StepContext, TaylorImportance
 from gisp.masking import feature_mask_hooks, masked_view, zero_structures
 from gisp.structures import Masks

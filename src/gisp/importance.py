@@ -19,20 +19,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
 from gisp import distributed, saliency
+from gisp.activations import CompensationStats, compensation_hooks
 from gisp.adapters.base import ModelAdapter, parameter_rows
+from gisp.batches import batch_size, to_device, token_mask, token_samples
 from gisp.compensation import InputMeans
 from gisp.objectives import Objective, lm_loss
 from gisp.runtime import progress_bar
 from gisp.structures import LayerShape, Masks
 
-if TYPE_CHECKING:
-    from gisp.activations import CompensationStats
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -97,30 +97,6 @@ class LayerScores:
 
 class Importance(Protocol):
     def __call__(self, model: nn.Module, adapter: ModelAdapter, context: StepContext) -> Scores: ...
-
-
-def batch_size(batch: dict) -> int:
-    return int(batch["input_ids"].shape[0])
-
-
-def token_mask(batch: dict) -> torch.Tensor | None:
-    """Real (unpadded) tokens of a batch, [B, T] bool; None when every token is real."""
-    mask = batch.get("attention_mask")
-    return None if mask is None else mask.bool()
-
-
-def token_samples(batch: dict) -> torch.Tensor | None:
-    """For an objective whose samples are groups of sequences (``question`` [B]: the margin's
-    questions), each real token's sample index -> [N]; None when every token is its own sample."""
-    if "question" not in batch:
-        return None
-    rows = batch["question"][:, None].expand_as(batch["input_ids"])  # [B] -> [B, T]
-    mask = token_mask(batch)
-    return rows.flatten() if mask is None else rows[mask]
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @dataclass
@@ -209,8 +185,6 @@ class TaylorImportance:
 
     def layer_scores(self, model: nn.Module, adapter: ModelAdapter) -> LayerScores:
         """The scores of every layer of ``model``, which may differ in size (a compacted model)."""
-        # activations builds on this module, so it is imported here
-        from gisp.activations import compensation_hooks
 
         geo = adapter.geometry()
         layers = adapter.all_layer_modules(model)

@@ -39,7 +39,7 @@ from gisp.config import RecoverConfig
 from gisp.errors import GispError
 from gisp.export import atomic_dir, check_out_dir
 from gisp.device import resolve as resolve_device
-from gisp.importance import batch_size, to_device, token_mask
+from gisp.batches import batch_size, to_device, token_mask
 from gisp.objectives import OBJECTIVES
 from gisp.runtime import progress_bar
 
@@ -103,7 +103,7 @@ def predicting_positions(batch: dict) -> torch.Tensor:
 def training_batches(config: RecoverConfig, tokenizer) -> list[dict]:
     """One epoch of micro-batches: the whole data, in the objective's form (``lm``: every
     non-overlapping window of ``seq_len`` tokens)."""
-    from gisp.calibration import build_batches, read_source
+    from gisp.batches import build_batches, read_source
     from gisp.config import PruneConfig
     from gisp.data import consecutive_windows, joined_text, tokenize
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from gisp.adapters import adapter_for
 from gisp.errors import GispError
 from gisp.evaluation.tasks import EvalOptions, evaluate_model, evaluate_spec
-from gisp.export import ExportInfo, base_model, build_pruned_model, save_export
+from gisp.export import ExportInfo, base_model, save_export
+from gisp.slicing import build_pruned_model
 from gisp.structures import decoder_params, dense_layer_params, layer_shape, model_parameters
 from gisp.trajectory import Trajectory
 

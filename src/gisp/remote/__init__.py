@@ -1,0 +1,1 @@
+"""What gisp writes into exports whose layers differ: the generic modeling file."""
