@@ -258,7 +258,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                     "remote"),
     "model state": ("structures", "selection", "compensation", "masking", "slicing", "trajectory", "models"),
     "data": ("data", "examples", "objectives", "batches"),
-    "scoring": ("activations", "importance", "methods", "balance", "compaction"),
+    "scoring": ("activations", "importance", "methods", "balance", "ranking", "compaction"),
     "configuration": ("config",),
     "driver": ("pruner", "plan"),
     "outputs": ("export", "export_gguf", "evaluation", "recovery", "lmeval", "report"),
@@ -310,7 +310,10 @@ def _runtime_nodes(tree):
 def layer_of(module: str) -> str:
     """The layer of ``gisp.x.y`` (by its top-level name under ``gisp``)."""
     top = module.split(".")[1] if "." in module else module
-    return next(layer for layer, names in LAYERS.items() if top in names)
+    for layer, names in LAYERS.items():
+        if top in names:
+            return layer
+    raise KeyError(f"{module} is in no layer: add {top!r} to LAYERS in benchmarks/docs.py")
 
 
 def layer_violations(graph: dict[str, list[str]]) -> list[str]:

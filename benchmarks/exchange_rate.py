@@ -33,13 +33,13 @@ from tqdm import tqdm
 
 from gisp import models
 from gisp.adapters import adapter_for
-from gisp.api import search_batches
+from gisp.ranking import search_batches
 from gisp.balance import EXCHANGE_RATES
 from gisp.data import calibration_batches, consecutive_windows, joined_text, tokenize
 from gisp.evaluation.perplexity import window_nll
 from gisp.importance import Scores, TaylorImportance, mean_objective
 from gisp.masking import masked_view
-from gisp.methods.base import normalized
+from gisp.ranking import normalized
 from gisp.saliency import normalize
 from gisp.selection import global_ranking, select_under_budget
 from gisp.structures import (

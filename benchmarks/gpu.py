@@ -86,7 +86,8 @@ def _sync(device: torch.device) -> None:
 
 def _prune(model, batches: list[dict], sparsity: float, steps: int, device: torch.device, dtype: str):
     """GISP's defaults (Fisher, compensation, rate search) through the driver, timed by part."""
-    from gisp.api import calibration_size, search_batches
+    from gisp.api import calibration_size
+    from gisp.ranking import search_batches
     from gisp.config import PruneConfig
     from gisp.importance import TaylorImportance, mean_objective
     from gisp.pruner import run_schedule
@@ -100,7 +101,7 @@ def _prune(model, batches: list[dict], sparsity: float, steps: int, device: torc
     start = time.perf_counter()
     traj = run_schedule(model, config, importance, identity={"fingerprint": "random"}, progress=False,
                         loss=lambda m: mean_objective(m, batches), calibration=calibration_size(batches),
-                        search_loss=lambda m: mean_objective(m, search_batches(batches)))
+                        candidate_loss=lambda m: mean_objective(m, search_batches(batches)))
     _sync(device)
     total = time.perf_counter() - start
     return traj, {"seconds": round(total, 2), "gradient_pass_seconds": round(importance.seconds, 2),

@@ -10,7 +10,7 @@ from gisp import balance
 from gisp.adapters import adapter_for
 from gisp.importance import TaylorImportance
 from gisp.masking import apply_masks, masked_view
-from gisp.methods.base import normalized
+from gisp.ranking import normalized
 from gisp.report import info_text
 from gisp.structures import (
     Masks,

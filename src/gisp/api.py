@@ -21,6 +21,7 @@ from gisp.export import check_exportable
 from gisp.export import export as _export
 from gisp.batches import to_device
 from gisp.importance import mean_objective
+from gisp.ranking import search_batches
 from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective, check_adapter_logits, chunked_loss
 from gisp.pruner import run_schedule
@@ -123,7 +124,7 @@ def _prune(config: PruneConfig, device, out, model, tokenizer, objective, batche
     with chunked_loss(config.loss_chunk):
         return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                             loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
-                            search_loss=lambda m: mean_objective(m, search_batches(batches), objective),
+                            candidate_loss=lambda m: mean_objective(m, search_batches(batches), objective),
                             on_step=after_step, shape=shape, model_total=parameters)
 
 
@@ -202,12 +203,6 @@ def check_family(model_config, config: PruneConfig) -> None:
             raise GispError(f"{adapter.heads_note}; {method.name} removes whole layers, so it cannot prune this family")
         logger.warning("note: %s", adapter.heads_note)
     check_exportable(model_config)
-
-
-def search_batches(batches: list[dict]) -> list[dict]:
-    """Every fourth calibration batch (at least one): the paired subset ``--normalize search``
-    compares its candidates on, at a quarter of a forward pass each."""
-    return batches[::4] if len(batches) >= 4 else batches[:1]
 
 
 def calibration_size(batches: list[dict]) -> dict:

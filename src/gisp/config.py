@@ -82,7 +82,7 @@ class PruneConfig:
     def validate(self) -> None:
         """Reject out-of-range values with a one-line message; fill method defaults."""
         from gisp.methods import method_for, method_names  # the registry imports the importances (and torch)
-        from gisp.saliency import NORMALIZATIONS
+        from gisp.ranking import NORMALIZATIONS
         from gisp.schedule import SCHEDULES
         from gisp.selection import SCOPES
 

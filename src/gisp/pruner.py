@@ -12,14 +12,15 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from gisp import balance, distributed
+from gisp import distributed
 from gisp.adapters import adapter_for
+from gisp.adapters.base import ModelAdapter
 from gisp.compaction import CompactedImportance
 from gisp.compensation import compensate
 from gisp.config import PruneConfig
@@ -28,9 +29,8 @@ from gisp.importance import Importance, StepContext
 from gisp.masking import apply_masks
 from gisp.runtime import progress_bar
 from gisp.methods import method_for
-from gisp.methods.base import normalized, rank
+from gisp.ranking import Budget, Normaliser, normaliser_for, rounded
 from gisp.schedule import target_sparsity
-from gisp.selection import head_multiple, round_blocks, select_under_budget
 from gisp.structures import (
     LayerShape,
     Masks,
@@ -80,7 +80,7 @@ def run_schedule(
     model: nn.Module, config: PruneConfig, importance: Importance, *,
     identity: dict, run_dir: str | Path | None = None, progress: bool = True,
     loss: Callable[[nn.Module], float] | None = None, calibration: dict | None = None,
-    search_loss: Callable[[nn.Module], float] | None = None,
+    candidate_loss: Callable[[nn.Module], float] | None = None,
     on_step: Callable[[Trajectory], None] | None = None,
     shape: LayerShape | None = None,
     model_total: int | None = None,
@@ -89,8 +89,9 @@ def run_schedule(
 
     After every step the trajectory is saved to ``run_dir`` (if given); calling again with the same
     arguments resumes after the last saved step and reproduces the same result. ``loss`` measures
-    the calibration objective of a level when the importance does not report it; ``search_loss``
-    (default: ``loss``) compares the candidates of ``--normalize search``; ``calibration``
+    the calibration objective of a level when the importance does not report it; ``candidate_loss``
+    (default: ``loss``) is what a normaliser that measures candidate removals compares them by
+    (:mod:`gisp.ranking`); ``calibration``
     (sequences, tokens) is recorded as given; ``on_step`` is called with the trajectory after every
     saved step (e.g. to rewrite the run report). ``shape`` and ``model_total``: the dense model's
     bias flags, geometry and parameter count when ``model`` no longer shows them (read before FSDP
@@ -99,17 +100,62 @@ def run_schedule(
     """
     method = method_for(config.method)
     loss = loss or getattr(importance, "mean_loss", None)
-    search_loss = search_loss or loss
-    if config.normalize == "search" and search_loss is None:
-        raise GispError("--normalize search needs a calibration loss to compare candidates")
     if config.compact_every:  # the gradient pass runs on a sliced copy; everything else stays here
         importance = CompactedImportance(importance, config.compact_every)
     adapter = adapter_for(model.config)
     shape = shape or layer_shape(model, adapter, compensate=bool(config.compensate))
-    geo = shape.geometry
-    protected = protected_layers(geo.num_layers, config.protect_first, config.protect_last)
-    if len(protected) >= geo.num_layers:
-        raise GispError(f"all {geo.num_layers} layers are protected; lower --protect-first/--protect-last")
+    protected = _protected(shape, config)
+    normaliser = normaliser_for(method, config.normalize, config.scope, bool(config.compensate), protected, shape,
+                                candidate_loss or loss, importance.view if isinstance(importance, CompactedImportance) else None)
+    run = _Run(method.name, model, adapter, config, importance, normaliser, shape, protected, loss,
+               dense_layer_params(shape) * shape.geometry.num_layers, model_total or model_parameters(model),
+               str(next(model.parameters()).device), run_dir, on_step)
+    traj = _open(run, identity, calibration)
+    masks = traj.masks_at_step(traj.completed_steps)
+    apply_masks(model, adapter, masks)
+    for step in progress_bar(range(traj.completed_steps + 1, config.steps + 1), desc=f"{method.name} steps",
+                             initial=traj.completed_steps, total=config.steps, enabled=progress):
+        _prune_step(run, traj, masks, step)
+        run.saved(traj)
+    if traj.steps and traj.steps[-1].loss is None and loss is not None:  # the final level's loss
+        traj.steps[-1].loss = loss(model)
+        run.saved(traj)
+    return traj
+
+
+@dataclass
+class _Run:
+    """What every step of one run shares."""
+
+    method: str
+    model: nn.Module
+    adapter: ModelAdapter
+    config: PruneConfig
+    importance: Importance
+    normaliser: Normaliser
+    shape: LayerShape
+    protected: list[int]
+    loss: Callable[[nn.Module], float] | None
+    dense_total: int
+    model_total: int
+    device: str
+    run_dir: str | Path | None
+    on_step: Callable[[Trajectory], None] | None
+
+    def saved(self, traj: Trajectory) -> None:
+        """Save (rank 0 only) and tell the caller."""
+        if self.run_dir is not None and distributed.is_main():
+            traj.save(self.run_dir)
+        if self.on_step is not None:
+            self.on_step(traj)
+
+
+def _protected(shape: LayerShape, config: PruneConfig) -> list[int]:
+    """The protected layers, refusing settings that leave nothing to prune or the target out of reach."""
+    layers = shape.geometry.num_layers
+    protected = protected_layers(layers, config.protect_first, config.protect_last)
+    if len(protected) >= layers:
+        raise GispError(f"all {layers} layers are protected; lower --protect-first/--protect-last")
     reachable = max_sparsity(shape, protected)
     if config.sparsity > reachable:
         raise GispError(
@@ -117,73 +163,59 @@ def run_schedule(
             f"(at most {reachable:.4f}{'' if shape.head_pruning else ', attention heads kept'}); "
             "lower --sparsity or --protect-first/--protect-last"
         )
-    dense_total = dense_layer_params(shape) * geo.num_layers
-    model_total = model_total or model_parameters(model)
-    traj = open_run(run_dir, config, identity) or Trajectory.empty(
+    return protected
+
+
+def _open(run: _Run, identity: dict, calibration: dict | None) -> Trajectory:
+    """A fresh trajectory, or the saved one with the model brought to its last step (compensation
+    biases added step by step, as the run added them, so the resumed model is bit-identical)."""
+    geo, config = run.shape.geometry, run.config
+    traj = open_run(run.run_dir, config, identity) or Trajectory.empty(
         geo.num_layers, geo.num_heads, geo.intermediate_size, compensated=bool(config.compensate), head_dim=geo.head_dim)
     traj.config, traj.model = config.to_dict(), identity
     traj.calibration = calibration or traj.calibration
-    masks = traj.masks_at_step(traj.completed_steps)
-    if traj.input_means is not None:  # resuming: the biases of everything removed so far, added step by step
-        previous = Masks.dense(geo)   # as the run added them, so the resumed model is bit-identical
+    if traj.input_means is not None:
+        previous = Masks.dense(geo)
         for done in range(1, traj.completed_steps + 1):
             current = traj.masks_at_step(done)
-            compensate(model, adapter, previous, current, traj.input_means)
-            apply_masks(model, adapter, current)
+            compensate(run.model, run.adapter, previous, current, traj.input_means)
+            apply_masks(run.model, run.adapter, current)
             previous = current
-    apply_masks(model, adapter, masks)
     first = traj.completed_steps + 1
-    device = str(next(model.parameters()).device)
-    if first > 1 and first <= config.steps:
+    if 1 < first <= config.steps:
         scored_on = traj.steps[-1].device
-        moved = f" on {device} (scored on {scored_on} until step {first - 1})" if scored_on not in (None, device) else ""
-        logger.warning("resuming %s from step %d of %d%s", run_dir, first, config.steps, moved)
-    for step in progress_bar(range(first, config.steps + 1), desc=f"{method.name} steps", initial=first - 1,
-                             total=config.steps, enabled=progress):
-        start = time.perf_counter()
-        target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
-        context = StepContext(step, target, masks.clone(), tuple(protected), shape, config.seed)
-        scores = importance(model, adapter, context).cpu()  # ranking and the record work on CPU copies
-        _check_finite(scores, masks, step)
-        if config.compensate and scores.input_means is None:
-            raise GispError(f"--compensate needs input means, and the importance given for {method.name} returned none")
-        _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (loss(model) if loss else None))
-        before = masks.clone()
-        removed = dense_total - decoder_params(masks, shape)
-        options = None
-        if config.normalize == "search" and shape.head_pruning:  # no rate to search when heads stay
-            heads, channels = normalized(scores, masks, geo, "search")
-            view = importance.view(model, adapter) if isinstance(importance, CompactedImportance) else None
-            chosen, rate, options = balance.search_step(model, adapter, heads, channels, masks, protected, shape, removed,
-                                                        target * dense_total, config.sparsity * dense_total, search_loss,
-                                                        scores.input_means if config.compensate else None, view)
-        else:
-            ranking = rank(method, scores, masks, protected, geo, config.normalize, config.scope)
-            chosen = select_under_budget(ranking, masks, shape, removed, target * dense_total)
-        if config.round_to > 1:  # hardware-friendly sizes: whole multiples kept in every pruned layer
-            back, extra = round_blocks(masks, before, scores.heads, scores.channels, config.round_to, protected,
-                                       shape.head_pruning, head_multiple(config.round_to, geo.head_dim))
-            chosen = [s for s in chosen if s not in set(back)] + extra
-        traj.record(step, chosen, scores.input_means, geo.head_dim)
-        if config.compensate:
-            compensate(model, adapter, before, masks, scores.input_means)
-        apply_masks(model, adapter, masks)
-        traj.steps.append(_step_record(step, target, masks, shape, dense_total, model_total, device))
-        traj.steps[-1].seconds = round(time.perf_counter() - start, 3)
-        if options is not None:
-            traj.steps[-1].exchange_rate = rate
-            traj.steps[-1].candidates = [{"rates": o.rates, "heads_at_target": o.heads, "loss": o.loss} for o in options]
-        if run_dir is not None and distributed.is_main():
-            traj.save(run_dir)
-        if on_step is not None:
-            on_step(traj)
-    if traj.steps and traj.steps[-1].loss is None and loss is not None:
-        traj.steps[-1].loss = loss(model)
-        if run_dir is not None and distributed.is_main():
-            traj.save(run_dir)
-        if on_step is not None:
-            on_step(traj)
+        moved = f" on {run.device} (scored on {scored_on} until step {first - 1})" if scored_on not in (None, run.device) else ""
+        logger.warning("resuming %s from step %d of %d%s", run.run_dir, first, config.steps, moved)
     return traj
+
+
+def _prune_step(run: _Run, traj: Trajectory, masks: Masks, step: int) -> None:
+    """Score, rank, remove to the step's target (``masks`` and the model updated), and record it."""
+    start, config, shape = time.perf_counter(), run.config, run.shape
+    target = target_sparsity(step, config.steps, config.sparsity, config.schedule)
+    context = StepContext(step, target, masks.clone(), tuple(run.protected), shape, config.seed)
+    scores = run.importance(run.model, run.adapter, context).cpu()  # ranking and the record work on CPU copies
+    _check_finite(scores, masks, step)
+    if config.compensate and scores.input_means is None:
+        raise GispError(f"--compensate needs input means, and the importance given for {run.method} returned none")
+    _record_loss(traj, step - 1, scores.loss if scores.loss is not None else (run.loss(run.model) if run.loss else None))
+    before = masks.clone()
+    budget = Budget(run.dense_total - decoder_params(masks, shape), target * run.dense_total,
+                    config.sparsity * run.dense_total)
+    selection = run.normaliser.select(run.model, run.adapter, scores, masks, budget)
+    chosen = selection.chosen
+    if config.round_to > 1:  # hardware-friendly sizes: whole multiples kept in every pruned layer
+        chosen = rounded(chosen, masks, before, scores, config.round_to, run.protected, shape)
+    traj.record(step, chosen, scores.input_means, shape.geometry.head_dim)
+    if config.compensate:
+        compensate(run.model, run.adapter, before, masks, scores.input_means)
+    apply_masks(run.model, run.adapter, masks)
+    record = _step_record(step, target, masks, shape, run.dense_total, run.model_total, run.device)
+    record.seconds = round(time.perf_counter() - start, 3)
+    if selection.candidates is not None:
+        record.exchange_rate = selection.rate
+        record.candidates = [{"rates": o.rates, "heads_at_target": o.heads, "loss": o.loss} for o in selection.candidates]
+    traj.steps.append(record)
 
 
 def _check_finite(scores, masks: Masks, step: int) -> None:

@@ -12,8 +12,8 @@ from typing import Literal
 
 import torch
 
-NORMALIZATIONS = ("search", "params", "reference", "zscore", "none")
-Normalization = Literal["search", "params", "reference", "zscore", "none"]
+FIXED_NORMALIZATIONS = ("params", "reference", "zscore", "none")  # --normalize search is gisp.ranking's
+Normalization = Literal["params", "reference", "zscore", "none"]
 
 
 def weight_saliency(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -215,4 +215,4 @@ def normalize(
         ha = heads_alive if heads_alive is not None else torch.ones_like(heads, dtype=torch.bool)
         ca = channels_alive if channels_alive is not None else torch.ones_like(channels, dtype=torch.bool)
         return _zscore(heads, ha), _zscore(channels, ca)
-    raise ValueError(f"unknown normalization {method!r}; choose from {', '.join(NORMALIZATIONS)}")
+    raise ValueError(f"unknown normalization {method!r}; choose from {', '.join(FIXED_NORMALIZATIONS)}")

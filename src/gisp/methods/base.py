@@ -10,15 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 
-from gisp.adapters.base import AttentionGeometry
 from gisp.errors import GispError
-from gisp.importance import Importance, Scores
+from gisp.importance import Importance
 from gisp.objectives import Objective
-from gisp.saliency import normalize
-from gisp.selection import Scope, Unit, depth_ranking, global_ranking, layer_ranking
-from gisp.structures import Masks
+from gisp.selection import Scope
 
 
 @dataclass(frozen=True)
@@ -88,31 +84,3 @@ def method_for(name: str) -> Method:
     if name not in _METHODS:
         raise GispError(f"unknown method {name!r}; choose from {', '.join(method_names())}")
     return _METHODS[name]
-
-
-def rank(method: Method, scores: Scores, masks: Masks, protected: list[int], geometry: AttentionGeometry,
-         normalization: str, scope: Scope | None = None) -> list[Unit]:
-    """Turn ``scores`` into a ranking of alive, unprotected units (least important first), in the
-    method's scope unless ``scope`` overrides it."""
-    scope = scope or method.scope
-    if scope == "depth":
-        if scores.layers is None:
-            raise ValueError(f"method {method.name} ranks layers but its importance returned no layer scores")
-        return depth_ranking(scores.layers, masks, protected)
-    if scope == "layer":
-        unit = geometry.group_size if method.head_unit == "kv-group" else 1
-        return layer_ranking(scores.heads, scores.channels, masks, protected, unit)
-    heads, channels = normalized(scores, masks, geometry, normalization)
-    return global_ranking(heads, channels, masks, protected)
-
-
-def normalized(scores: Scores, masks: Masks, geometry: AttentionGeometry, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Head and channel scores made comparable for a global ranking (``search`` starts from
-    ``params``: :mod:`gisp.balance` then scales heads against channels)."""
-    mha = geometry.num_kv_heads == geometry.num_heads
-    return normalize(
-        scores.heads, scores.channels, "params" if normalization == "search" else normalization,
-        head_size=(4 if mha else 2) * geometry.head_dim * geometry.hidden_size, channel_size=(3 if geometry.gated_mlp else 2) * geometry.hidden_size,
-        hidden_size=geometry.hidden_size, head_dim=geometry.head_dim, intermediate_size=geometry.intermediate_size,
-        heads_alive=masks.heads, channels_alive=masks.channels,
-    )
