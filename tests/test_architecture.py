@@ -35,3 +35,52 @@ def test_the_checks_catch_what_they_are_for():
 def test_type_checking_imports_are_not_edges():
     """``batches`` names ``PruneConfig`` for annotations only: not an import of the configuration layer."""
     assert "gisp.config" not in docs.import_graph()["gisp.batches"]
+
+
+def _string_constants(path: Path):
+    """(node, parent) of every string constant of a module that is not a docstring."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(n)}
+    for parent in ast.walk(tree):
+        for child in ast.iter_child_nodes(parent):
+            if isinstance(child, ast.Constant) and isinstance(child.value, str) and id(child) not in docstrings:
+                yield child, parent
+
+
+def hand_written_method_names(src: Path) -> list[str]:
+    """Strings outside ``src/methods/`` that name a method as one (compared, a ``method`` value, or
+    any name but the package's own) or list methods by hand (``a, b``)."""
+    import ast
+    import re
+
+    from gisp.methods import method_names
+
+    names = method_names()
+    either = "|".join(map(re.escape, names))
+    listing = re.compile(rf"(?<![\w-])({either}), ({either})(?![\w-])")
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        if "methods" in path.relative_to(src).parts:
+            continue
+        for node, parent in _string_constants(path):
+            as_method = node.value in names and (
+                isinstance(parent, ast.Compare)
+                or (isinstance(parent, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "method" for k in parent.keys))
+                or (isinstance(parent, ast.keyword) and parent.arg == "method"))
+            if as_method or listing.search(node.value) or (node.value in names and node.value != "gisp"):
+                found.append(f"{path.relative_to(src)}:{node.lineno}: {node.value[:60]!r}")
+    return found
+
+
+def test_no_method_name_hard_coded_outside_the_methods_package():
+    """Code outside ``gisp/methods/`` reads method names from the registry."""
+    assert hand_written_method_names(docs.SRC) == []
+
+
+def test_the_name_check_finds_a_hand_written_list(tmp_path):
+    (tmp_path / "cli.py").write_text('HELP = "Taylor methods (gisp, llm-pruner) only"\nx = {"method": "gisp"}\n'
+                                     'logger = "gisp"\n')
+    assert [f.split(":")[:2] for f in hand_written_method_names(tmp_path)] == [["cli.py", "1"], ["cli.py", "2"]]

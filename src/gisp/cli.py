@@ -17,19 +17,24 @@ _HELP = {
     "data": "lm: text:PATH, gsm8k[:PATH], wikitext2[:SPLIT], wikitext2:PATH (articles); answer: gsm8k[:PATH], jsonl:PATH; "
             "margin: piqa:PATH, mc:PATH; any spec takes a slice, e.g. gsm8k[:1000]",
     "sparsity": "final parameter sparsity of the decoder layers, in (0, 1)",
-    "steps": "pruning steps (scores are recomputed on the pruned model at each; default: gisp 8, baselines 1)",
+    "steps": "pruning steps (scores are recomputed on the pruned model at each; default: the method's, see gisp methods)",
     "objective": "lm (every token), answer (answer tokens of prompt/answer data), margin (multiple choice)",
     "samples": "calibration windows (lm), examples (answer) or questions (margin)",
     "seq_len": "tokens per calibration window (lm); longest sequence (answer, margin)",
-    "max_tokens": "calibration token budget; replaces --samples when given",
+    "max_tokens": "calibration token budget; replaces --samples when given (default: unset, --samples counts)",
+    "schedule": "how the sparsity grows over the steps: linear, or cosine ((1 - cos(pi t/T))/2 of the final)",
+    "batch_size": "sequences per micro-batch of the gradient / statistics passes (memory only: scores are the "
+                  "calibration-set mean either way)",
+    "seed": "seed of the calibration windows, and of methods that draw at random",
+    "dtype": "weights' dtype while scoring: float32, bfloat16 or float16 (gradients, scores and moments stay float32)",
     "prompt_field": "prompt field of jsonl:PATH answer data", "answer_field": "answer field of jsonl:PATH answer data",
-    "method": "pruning method: gisp, wanda-sp, flap, llm-pruner, shortgpt, magnitude, random (gisp.methods)",
+    "method": "pruning method, registered by name (gisp methods lists every one with its defaults)",
     "normalize": "how head and channel scores are made comparable in a global ranking "
                  "(search, params, reference, zscore, none; default: the method's)",
     "taylor_weights": "Taylor methods: which weights a structure's score sums, all (q rows + o columns of a head, "
                       "gate/up rows + down column of a channel) or output (o columns / down column)",
     "compensate": "replace removed o_proj/down_proj inputs by their calibration mean, kept as an output bias "
-                  "(flap: on; gisp: scores the compensated removal; needs --taylor-weights output)",
+                  "(default: the method's; a Taylor score then measures the compensated removal; needs --taylor-weights output)",
     "saliency": "Taylor methods with --taylor-weights output: first-order (|W*g| of the mean gradient) or fisher "
                 "(per-token squared first-order effects, summed); default: the method's",
     "scope": "ranking scope: global (one ranking over all layers), layer (same fraction per layer), "
@@ -45,7 +50,7 @@ _HELP = {
                      "steps (0: never): later steps run faster, the same removals up to float rounding of "
                      "near-ties, memory for the copy",
     "fsdp": "under torchrun: shard every parameter over the processes (FSDP2), each holding 1/N of the model; "
-            "gradient methods only (gisp, llm-pruner)",
+            "methods that take gradients only (gisp methods marks them)",
     "protect_first": "fraction of first layers never pruned", "protect_last": "number of last layers never pruned",
     "device": "where the model and every per-step tensor live: cpu, cuda, cuda:N, mps or auto (CUDA when available; under "
               "torchrun each rank's GPU from LOCAL_RANK, NCCL)",
@@ -81,17 +86,16 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls, helps: dict[str, 
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-        if str(f.type) == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=f"{helps.get(f.name, '')} (default: {'on' if f.default else 'off'})".strip())
-        elif str(f.type) == "bool | None":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{helps.get(f.name, '')} (default: the method's)".strip())
-        elif f.default is MISSING:  # required fields
-            parser.add_argument(flag, dest=f.name, type=kind, required=True, help=helps.get(f.name))
+        text = helps.get(f.name, "")
+        if f.default is MISSING:  # required fields
+            parser.add_argument(flag, dest=f.name, type=kind, required=True, help=text or None)
+            continue
+        shown = "the method's" if f.default is None else ("on" if f.default else "off") if str(f.type) == "bool" else f.default
+        text = text if "default:" in text else f"{text} (default: {shown})".strip()  # one default each
+        if str(f.type) in ("bool", "bool | None"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=f.default,
-                                help=f"{helps.get(f.name, '')} (default: {f.default})".strip())
+            parser.add_argument(flag, dest=f.name, type=kind, default=f.default, help=text)
 
 
 def cmd_recover(args: argparse.Namespace) -> None:
@@ -237,6 +241,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print("ratio model/baseline: " + ", ".join(f"{k} {ours[k] / base[k]:.3f}x" for k in keys if base[k]))
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    """Every registered method (plugins included) with the defaults ``gisp prune --method NAME`` takes."""
+    from gisp.methods import method_for, method_names
+    from gisp.report import table
+
+    rows = []
+    for name in method_names():
+        m = method_for(name)
+        rows.append({"method": name, "scope": m.scope, "steps": m.steps, "normalize": m.normalize,
+                     "compensate": m.compensate, "gradients": m.uses_gradients, "taylor_weights": m.taylor_weights,
+                     "saliency": m.saliency, "summary": m.summary})
+    if args.json:
+        print("\n".join(json.dumps(r) for r in rows))
+        return
+    print(table(list(rows[0]), [[("-" if v is None else v) for v in r.values()] for r in rows]))
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from gisp.report import info_text
     from gisp.trajectory import Trajectory
@@ -334,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="ranks the calibration set is split over (default: 1)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weights' dtype (default: float32)")
-    p.add_argument("--saliency", default="fisher", help="fisher (gisp's default) or first-order")
+    p.add_argument("--saliency", default="fisher", help="fisher or first-order (default: fisher)")
     p.add_argument("--memory", type=float, default=None,
                    help="budget in GiB per rank: host memory, or one GPU's with --device cuda (default: 80%% of this "
                         "machine's, or of its first GPU's)")
@@ -347,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-chunk", type=int, default=0, help="as prune's: logits of this many positions at a time")
     p.add_argument("--compact-every", type=int, default=0, help="as prune's: count the compact copy of the model")
     p.add_argument("--taylor-weights", default="output",
-                   help="first-order: output (o/down gradients, gisp's default) or all (seven projections, llm-pruner's)")
+                   help="output (o/down gradients) or all (the seven projections) (default: output)")
     p.add_argument("--fsdp", action="store_true", help="as prune's: parameters split over the --nproc ranks")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
@@ -403,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="write report.md and its plots into DIR (prune rewrites RUN_DIR's "
                                                    "after every step)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("methods", parents=[common], help="list the registered pruning methods and their defaults")
+    p.add_argument("--json", action="store_true", help="one JSON object per method")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("lm-eval-tasks", parents=[common], help="write lm-evaluation-harness task YAMLs for local PIQA / GSM8K files")
     p.add_argument("out_dir")

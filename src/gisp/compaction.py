@@ -152,8 +152,8 @@ class CompactedImportance:
 
     def __init__(self, inner, every: int) -> None:
         if not (isinstance(inner, TaylorImportance) and inner.weights == "output" and inner.aggregate == "head"):
-            raise GispError("--compact-every applies to gradient scoring of o/down columns per head (gisp's default "
-                            "--taylor-weights output); this method scores the whole model another way")
+            raise GispError("--compact-every applies to gradient scoring of o/down columns per head (--taylor-weights "
+                            "output); this importance scores the whole model another way")
         self.inner, self.every = inner, every
         self.current: CompactModel | None = None
         self.built_at = 0

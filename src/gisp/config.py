@@ -7,11 +7,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from gisp.device import check_spec
-from gisp.errors import GispError
+from gisp.errors import GispError, check_choice
+from gisp.methods import DEFAULT_METHOD
 
 OBJECTIVE_NAMES = ("lm", "answer", "margin")
-TAYLOR_WEIGHTS = ("all", "output")
-SALIENCIES = ("first-order", "fisher")
 
 
 @dataclass
@@ -46,7 +45,7 @@ class PruneConfig:
 
     model: str
     data: str
-    method: str = "gisp"
+    method: str = DEFAULT_METHOD
     objective: str = "lm"
     sparsity: float = 0.5
     steps: int | None = None
@@ -81,47 +80,12 @@ class PruneConfig:
 
     def validate(self) -> None:
         """Reject out-of-range values with a one-line message; fill method defaults."""
-        from gisp.methods import method_for, method_names  # the registry imports the importances (and torch)
+        from gisp.methods import method_for  # the registry imports the importances (and torch)
         from gisp.ranking import NORMALIZATIONS
         from gisp.schedule import SCHEDULES
-        from gisp.selection import SCOPES
 
         self.device = check_spec(str(self.device))  # a torch.device becomes its name: configs are JSON
-        method = method_for(self.method)
-        if self.steps is None:
-            self.steps = method.steps
-        if self.scope is None:
-            self.scope = method.scope
-        _choice("scope", self.scope, SCOPES)
-        if self.normalize is None:
-            self.normalize = method.normalize if self.scope == "global" else "none"
-        elif self.normalize != "none" and self.scope != "global":
-            raise GispError(f"--normalize {self.normalize} does not apply to method {self.method} with scope "
-                            f"{self.scope}: only a global ranking compares heads with channels")
-        if self.taylor_weights is None:
-            self.taylor_weights = method.taylor_weights
-        elif method.taylor_weights is None:
-            raise GispError(f"--taylor-weights applies to Taylor methods (gisp, llm-pruner), not {self.method}")
-        else:
-            _choice("taylor-weights", self.taylor_weights, TAYLOR_WEIGHTS)
-        if self.normalize == "search" and not method.searchable:
-            raise GispError(f"--normalize search rescales nonnegative scores per parameter; {self.method}'s are standardised "
-                            "(signed), use its default")
-        if self.compensate is None:  # compensated scores exist for output columns only
-            self.compensate = method.compensate and self.taylor_weights != "all"
-        elif self.compensate and not method.can_compensate:
-            able = ", ".join(n for n in method_names() if method_for(n).can_compensate)
-            raise GispError(f"--compensate needs a method that measures input means ({able}), not {self.method}")
-        if self.compensate and self.taylor_weights == "all":
-            raise GispError("--compensate scores o_proj/down_proj columns; use it with --taylor-weights output")
-        if self.saliency is None:  # Fisher scores exist for output columns only
-            self.saliency = "first-order" if method.saliency and self.taylor_weights == "all" else method.saliency
-        elif method.taylor_weights is None:
-            raise GispError(f"--saliency applies to Taylor methods (gisp, llm-pruner), not {self.method}")
-        else:
-            _choice("saliency", self.saliency, SALIENCIES)
-            if self.saliency == "fisher" and self.taylor_weights != "output":
-                raise GispError("--saliency fisher scores o_proj/down_proj columns; use it with --taylor-weights output")
+        method_for(self.method).validate(self)  # every rule that depends on the method
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
         for name in ("steps", "samples", "seq_len", "batch_size", "round_to"):
@@ -129,14 +93,7 @@ class PruneConfig:
                 raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if self.compact_every < 0:
             raise GispError(f"compact-every must be >= 0 (0: never), got {self.compact_every}")
-        if self.compact_every and not (method.uses_gradients and self.taylor_weights == "output" and method.head_unit == "head"):
-            raise GispError(f"--compact-every applies to gradient scoring of o/down columns per head (gisp with its "
-                            f"default --taylor-weights output), not {self.method} with --taylor-weights {self.taylor_weights}")
-        if self.fsdp and not method.uses_gradients:
-            raise GispError(f"--fsdp shards gradient scoring (gisp, llm-pruner); {self.method}, which scores forward "
-                            f"statistics, is not supported sharded")
-        if self.fsdp and self.compact_every:
-            raise GispError("--fsdp and --compact-every cannot be combined yet: the compact copy would be unsharded")
+        check_sharding(self.fsdp, self.compact_every)
         if self.loss_chunk < 0:
             raise GispError(f"loss-chunk must be >= 0 (0: the whole sequence at once), got {self.loss_chunk}")
         if self.max_tokens is not None and self.max_tokens < self.seq_len and self.objective == "lm":
@@ -149,10 +106,10 @@ class PruneConfig:
             raise GispError(f"protect-first is a fraction of layers in [0, 1), got {self.protect_first:g}")
         if self.protect_last < 0:
             raise GispError(f"protect-last must be >= 0, got {self.protect_last}")
-        _choice("objective", self.objective, OBJECTIVE_NAMES)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("normalize", self.normalize, NORMALIZATIONS)
-        _choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_choice("objective", self.objective, OBJECTIVE_NAMES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("normalize", self.normalize, NORMALIZATIONS)
+        check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PruneConfig:
@@ -214,9 +171,9 @@ class RecoverConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        _choice("method", self.method, RECOVERY_METHODS)
-        _choice("objective", self.objective, OBJECTIVE_NAMES)
-        _choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_choice("method", self.method, RECOVERY_METHODS)
+        check_choice("objective", self.objective, OBJECTIVE_NAMES)
+        check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         for name in ("max_tokens", "seq_len", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
@@ -244,6 +201,7 @@ class RecoverConfig:
         return cls(**values)
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise GispError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+def check_sharding(fsdp: bool, compact_every: int) -> None:
+    """``--fsdp`` with ``--compact-every``: refused (prune and plan alike)."""
+    if fsdp and compact_every:
+        raise GispError("--fsdp and --compact-every cannot be combined yet: the compact copy would be unsharded")

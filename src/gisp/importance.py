@@ -134,10 +134,7 @@ class TaylorImportance:
     checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if self.compensate and self.weights != "output":
-            raise ValueError("compensated Taylor scores are defined for output columns only (weights='output')")
-        if self.saliency == "fisher" and self.weights != "output":
-            raise ValueError("Fisher scores are defined for output columns only (weights='output')")
+        saliency.check_columns(self.weights, self.saliency, self.compensate)  # the rule --taylor-weights obeys
 
     def average_gradients(self, model: nn.Module, weights: list[nn.Parameter],
                           comp: CompensationStats | None = None) -> tuple[list[torch.Tensor], float]:

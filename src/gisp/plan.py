@@ -108,17 +108,15 @@ def memory_plan(config, batch_size: int, seq_len: int, dtype: str = "float32", s
     (bytes of host memory) or ``cuda`` (bytes of one GPU's memory)."""
     import torch
     from gisp import models
+    from gisp.config import check_sharding
+    from gisp.saliency import check_columns
 
     if dtype not in DTYPE_BYTES:
         raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
-    if taylor_weights not in ("output", "all"):
-        raise GispError(f"unknown taylor-weights {taylor_weights!r}; choose from output, all")
-    if saliency == "fisher" and taylor_weights == "all":
-        raise GispError("--saliency fisher scores o_proj/down_proj columns; use it with --taylor-weights output")
+    check_columns(taylor_weights, saliency, compensate=False)
     if device not in DEVICES:
         raise GispError(f"unknown plan device {device!r}; choose from {', '.join(DEVICES)}")
-    if shards > 1 and compact_every:
-        raise GispError("--fsdp and --compact-every cannot be combined yet: the compact copy would be unsharded")
+    check_sharding(shards > 1, compact_every)
     adapter = adapter_for(config)
     g = adapter.geometry()
     with torch.device("meta"):

@@ -28,7 +28,7 @@ from gisp.errors import GispError
 from gisp.importance import Importance, StepContext
 from gisp.masking import apply_masks
 from gisp.runtime import progress_bar
-from gisp.methods import method_for
+from gisp.methods import LEGACY_METHOD, method_for
 from gisp.ranking import Budget, Normaliser, normaliser_for, rounded
 from gisp.schedule import target_sparsity
 from gisp.structures import (
@@ -66,7 +66,7 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
         raise GispError(f"run directory {run_dir} belongs to another model ({traj.model.get('spec')})")
     ours = config.trajectory_keys()
     # Settings a run predates take the values that version used, so older runs still resume.
-    defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": "gisp", "steps": 8, "normalize": "reference", "scope": "global",
+    defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": LEGACY_METHOD, "steps": 8, "normalize": "reference", "scope": "global",
                                                                 "taylor_weights": "all", "compensate": traj.compensated,
                                                                 "saliency": ours["saliency"] and "first-order"}
     theirs = {k: traj.config.get(k, defaults.get(k)) for k in ours}

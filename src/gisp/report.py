@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from gisp.methods import LEGACY_METHOD
 from gisp.structures import protected_layers
 from gisp.trajectory import Trajectory
 
@@ -49,7 +50,7 @@ def info_text(traj: Trajectory) -> str:
     head = [
         f"model: {traj.model.get('spec')} ({traj.model.get('model_type')}, fingerprint {traj.model.get('fingerprint')})",
         f"data: {cfg.get('data')}  objective: {cfg.get('objective')}  calibration: {_budget(cfg, traj.calibration)}  seed: {cfg.get('seed')}",
-        f"method: {cfg.get('method', 'gisp')}  target sparsity: {cfg.get('sparsity')}  steps: {traj.completed_steps}/{cfg.get('steps')} ({cfg.get('schedule')})  "
+        f"method: {cfg.get('method', LEGACY_METHOD)}  target sparsity: {cfg.get('sparsity')}  steps: {traj.completed_steps}/{cfg.get('steps')} ({cfg.get('schedule')})  "
         f"normalize: {cfg.get('normalize')}  scope: {cfg.get('scope', 'global')}  "
         + (f"taylor-weights: {cfg['taylor_weights']}  " if cfg.get("taylor_weights") else "")
         + (f"saliency: {cfg['saliency']}  " if cfg.get("saliency") else "")

@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch
 
+TAYLOR_WEIGHTS = ("all", "output")
+SALIENCIES = ("first-order", "fisher")
 FIXED_NORMALIZATIONS = ("params", "reference", "zscore", "none")  # --normalize search is gisp.ranking's
 Normalization = Literal["params", "reference", "zscore", "none"]
 
@@ -187,6 +189,20 @@ def output_head_scores(o: torch.Tensor, head_dim: int) -> torch.Tensor:
 def output_channel_scores(down: torch.Tensor) -> torch.Tensor:
     """Sum saliency over each channel's ``down_proj`` column only ([d, F] -> [F])."""
     return down.sum(0)
+
+
+def check_columns(taylor_weights: str, saliency: str | None, compensate: bool) -> None:
+    """Compensated and Fisher scores are defined for output columns (``o_proj`` / ``down_proj``)
+    only: refuse them with ``--taylor-weights all``, one line each."""
+    from gisp.errors import GispError, check_choice
+
+    check_choice("taylor-weights", taylor_weights, TAYLOR_WEIGHTS)
+    if saliency is not None:
+        check_choice("saliency", saliency, SALIENCIES)
+    if compensate and taylor_weights != "output":
+        raise GispError("--compensate scores o_proj/down_proj columns; use it with --taylor-weights output")
+    if saliency == "fisher" and taylor_weights != "output":
+        raise GispError("--saliency fisher scores o_proj/down_proj columns; use it with --taylor-weights output")
 
 
 def normalize(

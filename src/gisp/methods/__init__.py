@@ -11,7 +11,19 @@
 | ``random`` | seeded random scores | global |
 """
 
-from gisp.methods import flap, magnitude, random_order, shortgpt, taylor, wanda_sp  # noqa: F401  (register)
-from gisp.methods.base import Method, MethodInputs, method_for, method_names, register_method
+from __future__ import annotations
 
-__all__ = ["Method", "MethodInputs", "method_for", "method_names", "register_method"]
+from gisp.methods.names import BUILTIN, DEFAULT_METHOD, LEGACY_METHOD
+
+_LAZY = ("Method", "MethodInputs", "method_for", "method_names", "register_method")
+__all__ = ["BUILTIN", "DEFAULT_METHOD", "LEGACY_METHOD", *_LAZY]
+
+
+def __getattr__(name: str):
+    """The registry on first use, so that reading :data:`DEFAULT_METHOD` (the CLI's help, the
+    config's default) imports no importance and no torch."""
+    if name in _LAZY:
+        from gisp.methods import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'gisp.methods' has no attribute {name!r}")
