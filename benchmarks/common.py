@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -16,12 +17,39 @@ RESULTS = Path(__file__).parent / "results"
 SHARED = "../shared/data"
 
 
+def git_commit() -> str:
+    """Short hash of HEAD, the commit every results file records."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def write_json(path: Path, payload: object, indent: int = 2) -> Path:
+    """Write ``payload`` atomically (a temporary name, then rename): a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=indent) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def run_measured(cmd: list[str], check: bool = True) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd`` under ``/usr/bin/time``: the finished process, wall seconds, and the peak resident
+    set in MiB (the largest of the processes it waited for). Exits with the command's stderr on failure."""
+    cmd = [str(c) for c in cmd]
+    start = time.time()
+    proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], capture_output=True, text=True)
+    seconds = time.time() - start
+    if check and proc.returncode != 0:
+        sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
+    rss = re.findall(r"MAXRSS_KB=(\d+)", proc.stderr)
+    return proc, seconds, int(rss[-1]) / 1024 if rss else float("nan")
+
+
 def environment() -> dict:
     """Machine, versions, date and commit, stored beside every figure."""
     import torch
     import transformers
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
@@ -62,8 +90,6 @@ class Recorder:
 
 
 def write_results(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / name
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    path = write_json(RESULTS / name, payload)
     print(f"wrote {path}")
     return path

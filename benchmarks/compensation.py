@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, environment
+from common import RESULTS, environment, write_json
 from quality import LM_EVAL
 
 from gisp import models
@@ -79,10 +79,7 @@ def main() -> None:
         "flap_50_without_compensation": flap_without_compensation(RUNS / "flap-ppl-50"),
     }
     results["seconds"] = round(time.time() - start, 1)
-    RESULTS.mkdir(exist_ok=True)
-    tmp = RESULTS / "compensation.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(RESULTS / "compensation.json")
+    write_json(RESULTS / "compensation.json", results)
     print(json.dumps(results, indent=2))
 
 

@@ -14,14 +14,10 @@ finished run is not re-run. Writes `benchmarks/results/demo_memory.json`.
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
-from common import environment, write_results
+from common import environment, run_measured, write_results
 from safetensors.torch import load_file
 
 WORK = Path("runs/demo_memory")
@@ -36,15 +32,10 @@ def run(name: str, extra: list[str]) -> dict:
     if record.is_file():
         return json.loads(record.read_text())
     out = WORK / name
-    cmd = ["/usr/bin/time", "-f", "MAXRSS_KB=%M", "gisp", "prune", *DEMO, *extra, "--out", str(out)]
+    cmd = ["gisp", "prune", *DEMO, *extra, "--out", str(out)]
     print("$", " ".join(cmd), flush=True)
-    start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"failed: {proc.stderr[-2000:]}")
-    peak = int(re.findall(r"MAXRSS_KB=(\d+)", proc.stderr)[-1])
-    result = {"settings": extra, "command": " ".join(cmd[3:]), "peak_rss_mb": round(peak / 1024, 1),
-              "seconds": round(time.time() - start, 1)}
+    _, seconds, peak = run_measured(cmd)
+    result = {"settings": extra, "command": " ".join(cmd), "peak_rss_mb": round(peak, 1), "seconds": round(seconds, 1)}
     record.write_text(json.dumps(result))
     return result
 

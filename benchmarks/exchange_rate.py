@@ -28,7 +28,7 @@ import math
 import time
 
 import torch
-from common import RESULTS, SHARED, environment
+from common import RESULTS, SHARED, environment, write_json
 from tqdm import tqdm
 
 from gisp import models
@@ -127,12 +127,10 @@ def run(records: list[dict]) -> list[dict]:
 
 
 def save(records: list[dict]) -> None:
-    tmp = OUT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"command": "python benchmarks/exchange_rate.py", "model": MODEL,
+    write_json(OUT, {"command": "python benchmarks/exchange_rate.py", "model": MODEL,
                                "protocol": {"samples": SAMPLES, "seq_len": SEQ_LEN, "eval_windows": EVAL_WINDOWS,
                                             "protected": "first 10% and last layer", "scores": "output-column Taylor, dense model, one shot"},
-                               "records": records}, indent=1))
-    tmp.replace(OUT)
+                               "records": records}, indent=1)
 
 
 def report(records: list[dict]) -> None:

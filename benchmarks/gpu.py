@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, environment, write_json  # noqa: E402
 
 CONFIGS = Path(__file__).parent / "configs"
 SEED = 0
@@ -238,9 +238,7 @@ def main() -> None:
     result["seconds"] = round(time.perf_counter() - started, 1)
     tag = "tiny-cpu" if args.tiny and device.type == "cpu" else (("tiny-" if args.tiny else "") + result["device_name"].lower().replace(" ", "-"))
     path = RESULTS / f"gpu-{tag}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, result)
     print(f"wrote {path} in {result['seconds']} s")
 
 

@@ -31,7 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import RESULTS, SHARED, environment
+from common import RESULTS, SHARED, environment, write_json
 from quality import Runner
 
 MODEL = "qwen2.5-0.5b"
@@ -75,10 +75,7 @@ def save_results(results: dict) -> None:
     """Atomically: a crash never leaves half a results file."""
     results["environment"] = environment()
     results["protocol"] = __doc__.split("Protocol (written into the results file):")[1].split("Every prune")[0].strip()
-    path = RESULTS / f"{NAME}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(RESULTS / f"{NAME}.json", results)
 
 
 def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt: str) -> dict:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common import RESULTS, SHARED, environment
+from common import RESULTS, SHARED, environment, git_commit, run_measured, write_json
 
 WIKI = f"{SHARED}/wikitext-2/test.txt"
 PIQA = f"{SHARED}/piqa/dev.jsonl"
@@ -208,16 +207,13 @@ class Runner:
     def run(self, cmd: list[str]) -> tuple[str, float, float]:
         """Output, seconds and peak memory (MB) of ``cmd``; exits on failure."""
         cmd = [str(c) for c in cmd]
-        start = time.time()
         exe = [str(GISP) if cmd[0] == "gisp" and GISP.exists() else cmd[0], *cmd[1:]]
-        proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *exe], capture_output=True, text=True)
-        seconds = time.time() - start
+        proc, seconds, rss = run_measured(exe, check=False)
         with self.log.open("a") as f:
             f.write(f"$ {shlex.join(cmd)}\n{proc.stdout[-20000:]}\n{proc.stderr[-4000:]}\n")
         if proc.returncode != 0:
             sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
-        rss = re.findall(r"MAXRSS_KB=(\d+)", proc.stderr)
-        return proc.stdout, round(seconds, 1), round(int(rss[-1]) / 1024, 1) if rss else float("nan")
+        return proc.stdout, round(seconds, 1), round(rss, 1)
 
 
 def _eval_args(plan: Plan, task: str) -> list[str]:
@@ -266,15 +262,12 @@ class Results:
             },
             "dense": self.dense, "records": self.records,
         }
-        RESULTS.mkdir(exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(self.path)
+        write_json(self.path, payload)
 
 
 def _provenance() -> dict:
     """Commit and time of one cell (the code can move on during a long benchmark)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     # results files are rewritten by the benchmarks themselves: only code changes make a cell "dirty"
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
                                 capture_output=True, text=True).stdout.strip())

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import SHARED, environment, write_results
+from common import SHARED, environment, run_measured, write_results
 
 WORK = Path("runs/speed")
 CALIB = f"wikitext2:{SHARED}/wikitext-2/test.txt[:31]"
@@ -53,16 +51,9 @@ def _cached(name: str, fresh: bool, compute) -> dict:
 
 def _sh(cmd: list[str], peak: bool = False) -> tuple[str, float, float | None]:
     """Run a command; its stdout, wall seconds and (``peak``) maximum resident set in MiB."""
-    cmd = [str(c) for c in cmd]
-    if peak:
-        cmd = ["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd]
-    print("$", " ".join(cmd), flush=True)
-    start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    rss = int(re.findall(r"MAXRSS_KB=(\d+)", proc.stderr)[-1]) / 1024 if peak else None
-    return proc.stdout, time.time() - start, rss
+    print("$", " ".join(str(c) for c in cmd), flush=True)
+    proc, seconds, rss = run_measured(cmd)
+    return proc.stdout, seconds, rss if peak else None
 
 
 def throughput() -> dict:
