@@ -19,7 +19,8 @@ Protocol (written into the results file):
 
 Every prune and eval is a real ``gisp`` command, recorded with its wall time and peak memory.
 Run directories (trajectories) and per-problem predictions are kept under
-``benchmarks/results/gsm8k-qwen2.5-0.5b/`` so a later session resumes without re-running them;
+``benchmarks/results/gsm8k-qwen2.5-0.5b/`` so a later session resumes without re-running them (a
+run still going when a session ended is kept there too, and resumes after its last step);
 exports are rebuilt from the trajectories and deleted after evaluation.
 """
 
@@ -107,6 +108,8 @@ def prune(runner: Runner, results: dict, key: str, spec: dict) -> Path:
         if not (run_dir / "run.json").is_file():  # a new machine: the kept trajectory serves the exports
             shutil.copytree(kept, run_dir, dirs_exist_ok=True)
         return run_dir
+    if (kept / "run.json").is_file() and not (run_dir / "run.json").is_file():  # a run another session began
+        shutil.copytree(kept, run_dir, dirs_exist_ok=True)  # gisp prune resumes it after its last saved step
     cmd = ["gisp", "prune", "--model", MODEL, "--sparsity", str(max(spec["levels"])), *spec["args"], "--out", str(run_dir),
            "--quiet"]
     _, seconds, rss = runner.run(cmd)
