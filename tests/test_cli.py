@@ -307,8 +307,10 @@ def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(sig, tiny_
     model = tiny_dir("llama-gqa")
 
     def cmd(out):
+        # 16 steps of 32 x 64 tokens: long enough that a loaded machine still signals mid-run (at 8 steps of
+        # 16 x 32 a busy CI box saw the run finish before the signal landed)
         return [sys.executable, "-m", "gisp.cli", "prune", "--model", str(model), "--data", f"text:{corpus_file}",
-                "--sparsity", "0.4", "--steps", "8", "--samples", "16", "--seq-len", "32", "--out", str(out)]
+                "--sparsity", "0.4", "--steps", "16", "--samples", "32", "--seq-len", "64", "--out", str(out)]
 
     subprocess.run(cmd(tmp_path / "straight"), check=True, capture_output=True)
     run = tmp_path / "killed"
@@ -323,7 +325,7 @@ def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(sig, tiny_
         time.sleep(0.01)
     proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate()
-    assert json.loads((run / "run.json").read_text())["completed_steps"] < 8, "killed too late to test a resume"
+    assert json.loads((run / "run.json").read_text())["completed_steps"] < 16, "killed too late to test a resume"
     if sig == "SIGINT":
         assert proc.returncode == 130 and "Traceback" not in err
         assert err.strip().splitlines()[-1] == "gisp: interrupted; run the same command again to resume"
