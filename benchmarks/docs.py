@@ -126,6 +126,24 @@ def recheck_section(name: str) -> str:
                             rows)]) + "\n"
 
 
+def same_removals_section(name: str) -> str:
+    """Runs of one command by two versions of gisp: identical removals, or what changed."""
+    data = load(name)
+    if data is None:
+        return ""
+    rows, verdicts = [], []
+    for cell, result in data["cells"].items():
+        rows += [[cell, label, run["heads_removed"], f"{run['channels_removed']:,}", f"{run['sparsity']:.6f}"]
+                 for label, run in result["runs"].items()]
+        verdicts += [f"- {cell}, {pair}: **{'identical' if v['identical'] else 'different'}**"
+                     + ("" if v["identical"] else " (" + ", ".join(k for k, ok in v["tensors"].items() if not ok) + ")")
+                     for pair, v in result["pairs"].items()]
+    return "\n".join([f"## Same command, two versions of gisp ({name})", "", provenance(name, data), "",
+                      f"`{data['command']}`", "", table(["cell", "version", "heads removed", "channels removed", "sparsity"],
+                                                        rows), "", "Trajectories compared tensor by tensor:", "",
+                      *verdicts]) + "\n"
+
+
 # --- task alignment -----------------------------------------------------------------------------
 
 def gsm8k_section() -> str:
@@ -404,7 +422,8 @@ PAGES: dict[str, tuple[str, str, list[Callable[[], str]]]] = {
                    "GISP beside the six baselines at the same calibration budget, and its ablations.",
                    [lambda: quality_section("quality-smollm2", "SmolLM2-135M"),
                     lambda: quality_section("quality-qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct"),
-                    lambda: recheck_section("quality-smollm2-recheck")]),
+                    lambda: recheck_section("quality-smollm2-recheck"),
+                    lambda: same_removals_section("refactor_check-smollm2")]),
     "task-alignment.md": ("Task alignment",
                           "Calibrating on the task's own loss: multiple choice (margin), answers (GSM8K).",
                           [lambda: quality_section("quality-smollm2-piqa", "PIQA, SmolLM2-135M, 30%"),

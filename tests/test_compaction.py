@@ -110,6 +110,7 @@ def test_compact_scores_land_at_the_dense_indices():
     assert expanded.loss == pytest.approx(masked.loss, rel=1e-6)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 @pytest.mark.parametrize("every", [1, 2])
 @pytest.mark.parametrize("family", ["llama-gqa", "qwen2"])
 def test_a_compacted_run_removes_exactly_what_the_masked_run_removes(family, every, tiny_dir, corpus_file, tmp_path):
@@ -127,6 +128,7 @@ def test_a_compacted_run_removes_exactly_what_the_masked_run_removes(family, eve
     assert torch.equal(again.head_order, masked.head_order)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_first_order_scores_compact_the_same(tiny_dir, corpus_file, tmp_path):
     common = dict(model=str(tiny_dir("llama-gqa")), data=f"text:{corpus_file}", sparsity=0.5, steps=4, samples=6,
                   seq_len=24, batch_size=3, protect_first=0.0, saliency="first-order")

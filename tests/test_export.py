@@ -152,6 +152,7 @@ def test_export_state_dict_shapes(tmp_path):
     assert state["model.layers.1.mlp.gate_proj.weight"].shape == (5, 48)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 @pytest.mark.parametrize("name,heads,kv,hd", [("llama-gqa", 9, 3, 8), ("qwen2", 14, 2, 4)])  # SmolLM2's, Qwen2.5-0.5B's groups
 def test_no_level_exports_more_kv_heads_than_dense(name, heads, kv, hd, tmp_path):
     """Uneven query groups are laid out with zero query heads rather than duplicated KV heads

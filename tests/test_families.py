@@ -82,6 +82,7 @@ def _prune_export_reload(dense: nn.Module, tmp_path, method: str = "gisp", spars
     return traj, json.loads((tmp_path / "out" / "config.json").read_text())
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 @pytest.mark.parametrize("family", ["phi3", "granite", "olmo2"])
 def test_shipped_family_prunes_exports_and_reloads_equal(family, tmp_path):
     sparsity = 0.4 if family == "olmo2" else 0.5  # olmo2: the MLPs alone hold 48% of the decoder
@@ -125,6 +126,7 @@ def test_phi3_fused_projections_score_like_separate_ones():
         assert torch.allclose(ours.channels, theirs.channels, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 @pytest.mark.parametrize("method", ["gisp", "llm-pruner", "flap", "magnitude"])
 def test_family_defined_outside_gisp(method, registry, tmp_path):
     """Must-show 1: an adapter written here, registered with the public API, prunes, exports and
@@ -225,6 +227,7 @@ STOCK = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_non_uniform_export_tokenizer_and_pipeline_load_like_any_model(tmp_path):
     """Must-show 3: stock AutoTokenizer (no remote code) and the text-generation pipeline."""
     dense = tiny_model("llama-gqa")
@@ -286,6 +289,7 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_cli_prunes_and_exports_a_family_from_a_plugin_file(registry, tiny_dir, corpus_file, tmp_path):
     """GISP_PLUGINS names a .py file that registers an adapter: `gisp prune` and `gisp export`
     (separate processes, as a user runs them) serve the family; without it, prune refuses it

@@ -61,6 +61,7 @@ def test_chunked_cross_entropy_is_the_same_loss_and_gradient(family, objective):
     torch.testing.assert_close(grad_part, grad_whole, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_a_run_with_memory_settings_removes_exactly_the_same_structures(tiny_dir, corpus_file, tmp_path):
     common = dict(model=str(tiny_dir("llama-gqa")), data=f"text:{corpus_file}", sparsity=0.4, steps=4, samples=16,
                   seq_len=32, batch_size=4)

@@ -265,6 +265,7 @@ def test_fisher_scores_by_hand(compensate_):
     assert not torch.allclose(first.heads[1], scores.heads[1])
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_compensated_gisp_run_exports_its_masked_model_with_biases(tmp_path):
     dense = tiny_model("llama-gqa", layers=6)
     work = copy.deepcopy(dense)

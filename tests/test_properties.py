@@ -8,6 +8,7 @@ re-adds or re-removes a structure, and every step's kept set is a subset of the 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -148,6 +149,7 @@ def tiny_models(draw):
     return model, masks
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 @EXAMPLES
 @given(tiny_models())
 def test_any_export_equals_its_masked_model(case):

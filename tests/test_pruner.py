@@ -94,6 +94,7 @@ class _Crash:
         return self.inner.mean_loss(model)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_interrupted_run_resumes_to_the_same_trajectory(tmp_path):
     _, full = _prune(run_dir=tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):

@@ -81,6 +81,7 @@ def _load_without_gisp(path: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 @pytest.mark.parametrize("method", ["lora", "distill"])
 def test_recovered_export_has_the_exports_shapes_and_loads_without_gisp(method, export_dir, corpus_file, tmp_path):
     out = tmp_path / f"rec-{method}"
@@ -129,6 +130,7 @@ def _recover_cmd(export_dir: Path, corpus_file: Path, out: Path) -> list[str]:
             "--checkpoint-every", "2"]
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_interrupted_recovery_resumes_from_its_last_checkpoint(export_dir, corpus_file, tmp_path):
     """Must-show 4: SIGKILL mid-run, the same command again continues and ends where an
     uninterrupted run ends."""
@@ -155,6 +157,7 @@ def test_interrupted_recovery_resumes_from_its_last_checkpoint(export_dir, corpu
         assert torch.allclose(ours[key], theirs[key], atol=1e-6), key
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_recovery_on_answer_and_choice_data(export_dir, tmp_path):
     """The same data specs as prune: prompt/answer JSONL (answer tokens only) and multiple choice."""
     qa = tmp_path / "qa.jsonl"

@@ -89,6 +89,7 @@ def _cli(capsys, *argv):
     return out
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_speed_with_baseline_prints_both_and_ratio(tiny_dir, capsys):
     dense = tiny_dir("llama-gqa")
     out = _cli(capsys, "eval", dense, "--task", "speed", "--baseline", dense, "--seq-len", "16", "--new-tokens", "4",
