@@ -477,6 +477,7 @@ def test_quiet_ends_with_its_command(tiny_dir, tmp_path, capsys, restore_output)
     capsys.readouterr()
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_log_level_info_adds_a_line_per_step(tiny_dir, corpus_file, tmp_path, capsys, restore_output):
     model = tiny_dir("llama-gqa")
     code, out, err = _run(capsys, *_prune_args(model, f"text:{corpus_file}", tmp_path / "run"), "--log-level", "info")
@@ -487,6 +488,7 @@ def test_log_level_info_adds_a_line_per_step(tiny_dir, corpus_file, tmp_path, ca
     assert "heads kept" in out  # the summary, without --quiet
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_notes_show_at_warning_and_not_at_error(tiny_dir, corpus_file, tmp_path, capsys, restore_output):
     """olmo2 prunes channels only, and says so unless --log-level error (or --quiet)."""
     model = tiny_dir("olmo2")

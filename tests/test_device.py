@@ -105,6 +105,7 @@ def test_bfloat16_prune_runs_and_its_first_level_stays_near_float32(tmp_path):
     assert differ <= 0.25 * int(removed32.sum())  # the same ranking up to near-ties
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_out_of_memory_is_one_line_and_the_run_resumes_with_memory_flags(tiny_dir, corpus_file, tmp_path, capsys,
                                                                         monkeypatch):
     model = tiny_dir("llama-gqa")
@@ -132,6 +133,7 @@ def test_out_of_memory_is_one_line_and_the_run_resumes_with_memory_flags(tiny_di
     assert resumed.config["gradient_checkpointing"] and resumed.config["loss_chunk"] == 8
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_a_run_resumes_on_another_device_and_says_so_in_one_line(tiny_dir, corpus_file, tmp_path, capsys):
     """The record of a run scored elsewhere (here: cuda:0, written by hand) resumes on this CPU."""
     model = tiny_dir("llama-gqa")

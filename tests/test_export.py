@@ -93,6 +93,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_heterogeneous_export_equals_masked_model_and_loads_without_gisp(case, tmp_path):
     name = case.replace("-uneven", "")
@@ -116,6 +117,7 @@ def test_parameter_count_of_export_equals_counted(tmp_path):
     assert model_parameters(pruned) == non_decoder + decoder_params(masks, shape)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_uniform_export_is_a_stock_checkpoint(tmp_path):
     """Qwen2 accepts any head count: equal layers need no remote code."""
     model = tiny_model("qwen2")
@@ -128,6 +130,7 @@ def test_uniform_export_is_a_stock_checkpoint(tmp_path):
     assert reload_without_gisp(out, logits, tmp_path) == "Qwen2ForCausalLM"
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_uniform_llama_with_non_divisor_head_count_uses_remote_config(tmp_path):
     """Stock LlamaConfig refuses hidden_size % heads != 0 (56 % 5): the remote config relaxes only that."""
     model = tiny_model("llama-mha", hidden_size=56, num_attention_heads=7, num_key_value_heads=7)

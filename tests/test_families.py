@@ -247,6 +247,7 @@ def test_non_uniform_export_tokenizer_and_pipeline_load_like_any_model(tmp_path)
     assert len(set(got["heads"])) > 1 or len({json.dumps(v) for v in layers.values()}) > 1
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 @pytest.mark.parametrize("family", ["phi3", "granite", "olmo2"])
 def test_uniform_level_is_a_stock_checkpoint(family, tmp_path):
     """Equal layers export as the stock class (fused rows re-fused; multipliers kept)."""
@@ -360,6 +361,7 @@ def test_plugins_from_installed_entry_points(registry, monkeypatch, tmp_path):
 
 # --- loading runs no code a checkpoint ships unless trusted ------------------------------------
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_gisp_loads_its_exports_with_its_own_code_not_the_directorys(tmp_path, monkeypatch):
     """A non-uniform export's modeling_gisp.py is never executed by gisp (the installed package's
     copy is used): a trapped copy changes nothing and runs nothing."""

@@ -410,6 +410,7 @@ def test_every_method_meets_the_budget_and_exports_its_masked_model(method, name
         assert torch.allclose(pruned(IDS).logits, work(IDS).logits, atol=1e-4)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_flap_export_carries_its_biases_and_loads_without_gisp(tmp_path):
     dense = tiny_model("llama-gqa", layers=6)
     work = copy.deepcopy(dense)
@@ -444,6 +445,7 @@ def test_flap_nested_level_recomputes_its_biases_from_the_dense_weights():
         assert torch.allclose(pruned(IDS).logits, masked(IDS).logits, atol=1e-4)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_shortgpt_export_drops_layers_and_is_a_stock_checkpoint(tmp_path):
     dense = tiny_model("qwen2", layers=6)
     work = copy.deepcopy(dense)

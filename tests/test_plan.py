@@ -171,6 +171,7 @@ def test_fsdp_splits_weights_and_gradients_not_activations(tied):
         memory_plan(config, 2, 16, shards=2, compact_every=1)
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_cli_plan_fsdp(tmp_path, capsys):
     tiny_config("qwen2", layers=16).save_pretrained(tmp_path / "m")  # deep enough for a shard to be smaller
     args = ["plan", "--model", str(tmp_path / "m"), "--nproc", "2", "--batch-size", "2", "--json"]
@@ -272,6 +273,7 @@ def test_step_flops_count_the_gradient_pass_and_the_search():
 PAPER_TOKENS = ["--samples", "2000", "--seq-len", "256"]  # the paper's calibration: 2000 x 256 = 512K tokens
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_llama3_8b_plans_to_fit_one_80gb_gpu_and_70b_eight_with_fsdp(capsys):
     configs = Path(__file__).resolve().parent.parent / "benchmarks" / "configs"
     assert main(["plan", "--model", str(configs / "llama-3-8b"), "--device", "cuda", "--memory", "80", "--dtype",

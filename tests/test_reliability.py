@@ -208,6 +208,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(setup, tmp_path
     assert _tree(tmp_path) == before
 
 
+@pytest.mark.slow  # over a few seconds: make test runs it, make test-fast leaves it out
 def test_levels_of_an_unfinished_run_and_by_their_printed_figure(setup, tmp_path, capsys):
     _, _, prune = setup
     run = tmp_path / "run"
