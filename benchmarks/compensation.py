@@ -26,7 +26,7 @@ from common import RESULTS, environment, write_json
 from quality import LM_EVAL
 
 from gisp import models
-from gisp.activations import input_means, input_stats
+from gisp.statistics import input_means, input_stats
 from gisp.adapters import adapter_for
 from gisp.batches import build_batches, read_source
 from gisp.compensation import compensate

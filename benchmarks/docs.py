@@ -276,7 +276,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                     "remote"),
     "model state": ("structures", "selection", "compensation", "masking", "slicing", "trajectory", "models"),
     "data": ("data", "examples", "objectives", "batches"),
-    "scoring": ("activations", "importance", "methods", "balance", "ranking", "compaction"),
+    "scoring": ("importance", "statistics", "gradients", "methods", "balance", "ranking", "compaction"),
     "configuration": ("config",),
     "driver": ("pruner", "plan"),
     "outputs": ("export", "export_gguf", "evaluation", "recovery", "lmeval", "report"),

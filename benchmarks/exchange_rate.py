@@ -37,7 +37,8 @@ from gisp.ranking import search_batches
 from gisp.balance import EXCHANGE_RATES
 from gisp.data import calibration_batches, consecutive_windows, joined_text, tokenize
 from gisp.evaluation.perplexity import window_nll
-from gisp.importance import Scores, TaylorImportance, mean_objective
+from gisp.importance import Scores
+from gisp.gradients import TaylorImportance, mean_objective
 from gisp.masking import masked_view
 from gisp.ranking import normalized
 from gisp.saliency import normalize

@@ -89,7 +89,7 @@ def _prune(model, batches: list[dict], sparsity: float, steps: int, device: torc
     from gisp.api import calibration_size
     from gisp.ranking import search_batches
     from gisp.config import PruneConfig
-    from gisp.importance import TaylorImportance, mean_objective
+    from gisp.gradients import TaylorImportance, mean_objective
     from gisp.pruner import run_schedule
 
     config = PruneConfig(model="random", data="random", sparsity=sparsity, steps=steps, protect_first=0.1,

@@ -32,7 +32,7 @@ def score_once(saliency: str, repeats: int) -> dict:
     import gisp
     from gisp.adapters import adapter_for
     from gisp.batches import build_batches, read_source
-    from gisp.importance import TaylorImportance
+    from gisp.gradients import TaylorImportance
     from gisp.models import load
 
     torch.manual_seed(0)

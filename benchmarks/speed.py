@@ -62,7 +62,7 @@ def throughput() -> dict:
     from gisp import models
     from gisp.adapters import adapter_for
     from gisp.data import calibration_batches, joined_text
-    from gisp.importance import TaylorImportance
+    from gisp.gradients import TaylorImportance
     from gisp.objectives import lm_loss
 
     model, tokenizer = models.load("smollm2-135m")

@@ -8,7 +8,7 @@ from test_methods import BATCHES, IDS, _prune
 
 from gisp import balance
 from gisp.adapters import adapter_for
-from gisp.importance import TaylorImportance
+from gisp.gradients import TaylorImportance
 from gisp.masking import apply_masks, masked_view
 from gisp.ranking import normalized
 from gisp.report import info_text

@@ -13,7 +13,7 @@ from gisp.adapters import adapter_for
 from gisp.compaction import CompactedImportance, compact, expand, refresh
 from gisp.compensation import InputMeans, compensate
 from gisp.errors import GispError
-from gisp.importance import TaylorImportance
+from gisp.gradients import TaylorImportance
 from gisp.masking import apply_masks
 from gisp.structures import Masks
 

@@ -14,7 +14,7 @@ from gisp import device as devices
 from gisp.cli import main
 from gisp.config import PruneConfig
 from gisp.errors import GispError
-from gisp.importance import TaylorImportance
+from gisp.gradients import TaylorImportance
 from gisp.trajectory import Trajectory
 
 from conftest import tiny_model, tiny_tokenizer

@@ -101,7 +101,7 @@ def test_shipped_family_prunes_exports_and_reloads_equal(family, tmp_path):
 def test_phi3_fused_projections_score_like_separate_ones():
     """A Llama model and the Phi-3 model holding the same weights fused give the same logits and
     the same per-role Taylor scores: the fused rows are cut exactly."""
-    from gisp.importance import TaylorImportance
+    from gisp.gradients import TaylorImportance
 
     llama = tiny_model("llama-gqa", rms_norm_eps=1e-5)
     phi3 = tiny_model("phi3", rms_norm_eps=1e-5)

@@ -10,7 +10,7 @@ from conftest import tiny_model
 
 import gisp
 from gisp.adapters import adapter_for
-from gisp.importance import TaylorImportance
+from gisp.gradients import TaylorImportance
 from gisp.objectives import answer_loss, chunked_loss, lm_loss, margin_loss
 
 

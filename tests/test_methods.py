@@ -21,7 +21,8 @@ from gisp.methods.flap import FlapImportance
 from gisp.methods.magnitude import MagnitudeImportance
 from gisp.methods.shortgpt import BlockInfluenceImportance
 from gisp.methods.wanda_sp import WandaSPImportance
-from gisp.importance import Scores, TaylorImportance
+from gisp.importance import Scores
+from gisp.gradients import TaylorImportance
 from gisp.selection import block_fractions
 from gisp.structures import (Masks, Structure, decoder_params, dense_layer_params, layer_shape, protected_layers,
                              removal_saving, uniform_ratio)

@@ -6,7 +6,7 @@ import torch
 from gisp import PruneConfig
 from gisp.adapters import adapter_for
 from gisp.errors import GispError
-from gisp.importance import TaylorImportance
+from gisp.gradients import TaylorImportance
 from gisp.methods import MethodInputs, method_for
 from gisp.objectives import lm_loss
 from gisp.pruner import run_schedule

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gisp.cli import main
-from gisp.importance import TaylorImportance
+from gisp.gradients import TaylorImportance
 from gisp.trajectory import Trajectory, _meta_checksum
 
 from conftest import tiny_model

@@ -5,7 +5,7 @@ import torch
 
 from gisp import saliency
 from gisp.adapters import adapter_for
-from gisp.importance import TaylorImportance
+from gisp.gradients import TaylorImportance
 from gisp.objectives import lm_loss
 
 from conftest import tiny_model

@@ -20,7 +20,7 @@ from gisp.export import ExportInfo
 from gisp.export import check_exportable
 from gisp.export import export as _export
 from gisp.batches import to_device
-from gisp.importance import mean_objective
+from gisp.gradients import mean_objective
 from gisp.ranking import search_batches
 from gisp.methods import MethodInputs, method_for
 from gisp.objectives import OBJECTIVES, Objective, check_adapter_logits, chunked_loss

@@ -35,7 +35,8 @@ from gisp.balance import View
 from gisp.compensation import InputMeans
 from gisp.errors import GispError
 from gisp.slicing import build_sliced_model
-from gisp.importance import LayerScores, Scores, StepContext, TaylorImportance
+from gisp.importance import LayerScores, Scores, StepContext
+from gisp.gradients import TaylorImportance
 from gisp.masking import feature_mask_hooks, masked_view, zero_structures
 from gisp.structures import Masks
 

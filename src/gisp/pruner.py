@@ -1,7 +1,7 @@
 """The driver: score, rank, remove to the step's target, repeat.
 
 This file only orchestrates; the math is in :mod:`gisp.saliency`, :mod:`gisp.selection` and
-:mod:`gisp.structures`, the importances in :mod:`gisp.importance` / :mod:`gisp.activations`, the
+:mod:`gisp.structures`, the importances in :mod:`gisp.importance` / :mod:`gisp.statistics`, the
 methods in :mod:`gisp.methods`, the schedule in :mod:`gisp.schedule`, the record in
 :mod:`gisp.trajectory`. Every method runs through the same loop.
 """

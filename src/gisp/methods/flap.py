@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gisp import saliency
-from gisp.activations import input_means, input_stats
+from gisp.statistics import input_means, input_stats
 from gisp.adapters.base import ModelAdapter
 from gisp.importance import Scores, StepContext
 from gisp.methods.base import Method, register_method

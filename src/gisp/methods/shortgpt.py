@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gisp.activations import block_influence
+from gisp.statistics import block_influence
 from gisp.adapters.base import ModelAdapter
 from gisp.importance import Scores, StepContext
 from gisp.methods.base import Method, register_method

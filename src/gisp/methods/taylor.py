@@ -23,7 +23,7 @@ per structure. They differ in what a structure is and how it is ranked:
 
 from __future__ import annotations
 
-from gisp.importance import TaylorImportance
+from gisp.gradients import TaylorImportance
 from gisp.methods.base import Method, MethodInputs, register_method
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gisp import saliency
-from gisp.activations import LayerStats, layerwise_input_stats
+from gisp.statistics import LayerStats, layerwise_input_stats
 from gisp.adapters.base import ModelAdapter
 from gisp.importance import Scores, StepContext
 from gisp.methods.base import Method, register_method
