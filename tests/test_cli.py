@@ -307,14 +307,16 @@ def test_prune_killed_mid_run_resumes_to_the_uninterrupted_trajectory(sig, tiny_
     model = tiny_dir("llama-gqa")
 
     def cmd(out):
-        # 16 steps of 32 x 64 tokens: long enough that a loaded machine still signals mid-run (at 8 steps of
-        # 16 x 32 a busy CI box saw the run finish before the signal landed)
+        # 16 steps of 32 x 64 tokens: a few seconds of pruning, so the signal lands mid-run on a busy machine
         return [sys.executable, "-m", "gisp.cli", "prune", "--model", str(model), "--data", f"text:{corpus_file}",
                 "--sparsity", "0.4", "--steps", "16", "--samples", "32", "--seq-len", "64", "--out", str(out)]
 
     subprocess.run(cmd(tmp_path / "straight"), check=True, capture_output=True)
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C in a terminal: SIGINT at its default, whatever this process inherited (a shell's background
+    # job ignores SIGINT and so would the child, which then ran to the end: "killed too late")
+    proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
