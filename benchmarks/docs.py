@@ -83,7 +83,7 @@ def quality_section(name: str, title: str) -> str:
         mc = dense.get("mc", {})
         parts += [f"Held-out multiple-choice accuracy (higher is better); dense acc {mc.get('acc', float('nan')):.3f}, "
                   f"acc_norm {mc.get('acc_norm', float('nan')):.3f}. One standard error is about "
-                  f"{_stderr(mc.get('acc'), _questions(task)):.3f} at {_questions(task)} questions.", "",
+                  f"{_stderr(mc['acc'], mc['questions']):.3f} at {mc['questions']} questions.", "",
                   "acc:", "", method_table(task, "acc", False, "{:.3f}"), "",
                   "acc_norm:", "", method_table(task, "acc_norm", False, "{:.3f}"), ""]
     if ablation:
@@ -99,13 +99,8 @@ def _protocol(protocol: object) -> str:
     return "; ".join(f"{k}: {json.dumps(v) if isinstance(v, dict) else v}" for k, v in (protocol or {}).items())
 
 
-def _questions(task: list[dict]) -> int:
-    counts = [r.get("questions") or r.get("examples") for r in task if r.get("questions") or r.get("examples")]
-    return int(counts[0]) if counts else 500
-
-
-def _stderr(p: float | None, n: int) -> float:
-    p = 0.5 if p is None else p
+def _stderr(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` over ``n`` questions."""
     return (p * (1 - p) / max(n, 1)) ** 0.5
 
 
@@ -300,7 +295,7 @@ def import_graph() -> dict[str, list[str]]:
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps = set()
-        for node in _runtime_nodes(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level and TYPE_CHECKING imports count too
             if isinstance(node, ast.ImportFrom):
                 base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else [])) if node.level else node.module or ""
@@ -309,20 +304,6 @@ def import_graph() -> dict[str, list[str]]:
                 deps |= {a.name for a in node.names}
         graph[name] = sorted(d for d in deps if d in files and d != name)
     return graph
-
-
-def _runtime_nodes(tree):
-    """Every node except what sits under ``if TYPE_CHECKING:`` (annotations only, never imported)."""
-    import ast
-
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        yield node
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            todo.extend(node.orelse)
-            continue
-        todo.extend(ast.iter_child_nodes(node))
 
 
 def layer_of(module: str) -> str:

@@ -32,9 +32,17 @@ def test_the_checks_catch_what_they_are_for():
     assert docs.layer_violations(graph) == ["gisp.export (outputs) imports gisp.pruner (driver)"]
 
 
-def test_type_checking_imports_are_not_edges():
-    """``batches`` names ``PruneConfig`` for annotations only: not an import of the configuration layer."""
-    assert "gisp.config" not in docs.import_graph()["gisp.batches"]
+def test_imports_inside_functions_and_type_checking_are_edges(tmp_path, monkeypatch):
+    """An import circle counts wherever its imports sit: in a function or under TYPE_CHECKING."""
+    pkg = tmp_path / "gisp"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "config.py").write_text("def f():\n    from gisp.ranking import X\n")
+    (pkg / "ranking.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gisp.config import Y\n")
+    monkeypatch.setattr(docs, "SRC", pkg)
+    graph = docs.import_graph()
+    assert graph["gisp.config"] == ["gisp.ranking"] and graph["gisp.ranking"] == ["gisp.config"]
+    assert docs.cycles(graph) == [["gisp.config", "gisp.ranking"]]
 
 
 def _string_constants(path: Path):

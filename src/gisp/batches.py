@@ -4,7 +4,7 @@ over those batches shares (size, real tokens, samples, device)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -12,12 +12,9 @@ from gisp.data import calibration_batches, joined_text
 from gisp.examples import answer_examples, choice_examples
 from gisp.objectives import answer_batches, choice_batches
 
-if TYPE_CHECKING:  # the config names a method; batches sit below the methods
-    from gisp.config import PruneConfig
 
-
-def read_source(config: PruneConfig):
-    """The raw calibration data of ``config``: text for ``lm``, examples otherwise."""
+def read_source(config: Any):
+    """The raw calibration data of ``config`` (a :class:`gisp.config.PruneConfig`): text for ``lm``, examples otherwise."""
     if config.objective == "lm":
         return joined_text(config.data, "calibration")
     if config.objective == "answer":
@@ -25,7 +22,7 @@ def read_source(config: PruneConfig):
     return choice_examples(config.data)
 
 
-def build_batches(config: PruneConfig, source, tokenizer) -> list[dict]:
+def build_batches(config: Any, source, tokenizer) -> list[dict]:
     """Tokenised micro-batches. ``max_tokens``, when set, replaces ``samples`` as the budget."""
     if config.objective == "lm":
         samples = config.samples if config.max_tokens is None else max(1, config.max_tokens // config.seq_len)

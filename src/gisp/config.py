@@ -81,7 +81,7 @@ class PruneConfig:
     def validate(self) -> None:
         """Reject out-of-range values with a one-line message; fill method defaults."""
         from gisp.methods import method_for  # the registry imports the importances (and torch)
-        from gisp.ranking import NORMALIZATIONS
+        from gisp.saliency import NORMALIZATIONS
         from gisp.schedule import SCHEDULES
 
         self.device = check_spec(str(self.device))  # a torch.device becomes its name: configs are JSON

@@ -22,7 +22,7 @@ from gisp.adapters.base import AttentionGeometry, ModelAdapter
 from gisp.errors import GispError
 from gisp.importance import Scores
 from gisp.methods.base import Method
-from gisp.saliency import FIXED_NORMALIZATIONS, normalize
+from gisp.saliency import NORMALIZATIONS, normalize
 from gisp.selection import (
     Scope,
     Structure,
@@ -36,8 +36,7 @@ from gisp.selection import (
 )
 from gisp.structures import LayerShape, Masks
 
-SEARCH = "search"
-NORMALIZATIONS = (SEARCH, *FIXED_NORMALIZATIONS)
+SEARCH = NORMALIZATIONS[0]  # the one normalisation that measures candidates instead of a fixed rule
 
 
 @dataclass(frozen=True)

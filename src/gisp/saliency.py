@@ -14,7 +14,8 @@ import torch
 
 TAYLOR_WEIGHTS = ("all", "output")
 SALIENCIES = ("first-order", "fisher")
-FIXED_NORMALIZATIONS = ("params", "reference", "zscore", "none")  # --normalize search is gisp.ranking's
+FIXED_NORMALIZATIONS = ("params", "reference", "zscore", "none")  # rules normalize() applies
+NORMALIZATIONS = ("search", *FIXED_NORMALIZATIONS)  # --normalize; "search" is gisp.ranking's ExchangeRateSearch
 Normalization = Literal["params", "reference", "zscore", "none"]
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gisp.errors import GispError
 from gisp.methods.names import BUILTIN, DEFAULT_METHOD
 
 if TYPE_CHECKING:  # annotations only: the registry itself needs no torch
-    from gisp.config import PruneConfig
     from gisp.importance import Importance
     from gisp.objectives import Objective
     from gisp.selection import Scope
@@ -68,8 +67,9 @@ class Method:
     taylor_weights: str | None = None
     saliency: str | None = None
 
-    def validate(self, config: PruneConfig) -> None:
-        """Fill what ``config`` leaves to the method (steps, scope, normalisation, Taylor options,
+    def validate(self, config: Any) -> None:
+        """Fill what ``config`` (a :class:`gisp.config.PruneConfig`, which imports this registry, so
+        not named here) leaves to the method (steps, scope, normalisation, Taylor options,
         compensation) and refuse what this method cannot take, one line each: every rule that
         depends on the method lives here, naming methods from the registry."""
         from gisp.errors import check_choice
