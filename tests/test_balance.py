@@ -9,7 +9,6 @@ from test_methods import BATCHES, IDS, _prune
 from gisp import balance
 from gisp.adapters import adapter_for
 from gisp.gradients import TaylorImportance
-from gisp.masking import apply_masks, masked_view
 from gisp.ranking import normalized
 from gisp.report import info_text
 from gisp.structures import (
@@ -19,49 +18,6 @@ from gisp.structures import (
     layer_shape,
     protected_layers,
 )
-
-
-def test_masked_view_equals_zeroed_weights_and_leaves_nothing_behind():
-    model = tiny_model("qwen2", layers=3)
-    adapter = adapter_for(model.config)
-    masks = Masks.dense(layer_shape(model, adapter).geometry)
-    masks.heads[1, [0, 3, 4]] = False
-    masks.channels[2, ::3] = False
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad(), masked_view(model, adapter, masks):
-        viewed = model(IDS).logits
-    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-    assert not any(m._forward_pre_hooks for m in model.modules())
-    masked = copy.deepcopy(model)
-    apply_masks(masked, adapter, masks)
-    with torch.no_grad():
-        assert torch.allclose(viewed, masked(IDS).logits, atol=1e-5)
-
-
-def test_masked_view_with_means_equals_compensated_weights():
-    from gisp.compensation import compensate
-    from gisp.methods.flap import FlapImportance
-    from test_methods import _context
-
-    model = tiny_model("llama-gqa", layers=3)
-    adapter = adapter_for(model.config)
-    means = FlapImportance(BATCHES, progress=False)(model, adapter, _context(model)).input_means
-    before = Masks.dense(layer_shape(model, adapter).geometry)
-    before.heads[2, 1] = False  # removed earlier: zero weights already
-    apply_masks(model, adapter, before)
-    masks = before.clone()
-    masks.heads[1, [0, 5]] = False
-    masks.channels[2, ::4] = False
-    with torch.no_grad(), masked_view(model, adapter, masks, means):
-        viewed = model(IDS).logits
-    assert not any(m._forward_pre_hooks for m in model.modules())
-    compensated = copy.deepcopy(model)
-    compensate(compensated, adapter, before, masks, means)
-    apply_masks(compensated, adapter, masks)
-    with torch.no_grad():
-        assert torch.allclose(viewed, compensated(IDS).logits, atol=1e-5)
-        with masked_view(model, adapter, masks):  # without means: plain zeroing, a different model
-            assert not torch.allclose(viewed, model(IDS).logits, atol=1e-3)
 
 
 def test_candidates_meet_the_budget_merge_duplicates_and_order_heads_by_rate():

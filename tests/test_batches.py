@@ -46,3 +46,19 @@ def test_token_helpers_without_padding_or_questions():
     assert token_mask(padded).tolist() == [[True, True, False], [True, True, True]]
     moved = to_device(padded, torch.device("meta"))
     assert moved["input_ids"].device.type == "meta" and moved["note"] == "kept as is"
+
+
+def test_margin_batches_name_each_options_question():
+    from gisp.examples import ChoiceExample
+    from gisp.batches import token_samples
+    from gisp.objectives import choice_batches
+
+    from conftest import tiny_tokenizer
+
+    examples = [ChoiceExample("Q one", ("a", "b"), 0), ChoiceExample("Q two", ("c", "d", "e"), 2)]
+    batch = choice_batches(tiny_tokenizer(), examples, samples=2, max_tokens=None, seq_len=32, batch_size=2, seed=0)[0]
+    assert batch["question"].tolist() in ([0, 0, 1, 1, 1], [0, 0, 0, 1, 1])
+    samples = token_samples(batch)
+    assert samples.shape[0] == int(batch["attention_mask"].sum())
+    assert samples.tolist() == [q for row, q in enumerate(batch["question"].tolist())
+                                for _ in range(int(batch["attention_mask"][row].sum()))]

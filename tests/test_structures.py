@@ -1,10 +1,8 @@
-"""Structures, GQA export plans, honest parameter counting, schedules."""
+"""Structures, GQA export plans, honest parameter counting."""
 
-import pytest
 import torch
 
 from gisp.adapters import adapter_for
-from gisp.schedule import target_sparsity
 from gisp.structures import Masks, attention_plan, decoder_params, layer_shape, protected_layers
 
 from conftest import tiny_model
@@ -78,49 +76,3 @@ def test_protected_layers_reference_default():
     assert protected_layers(32, 0.1, 1) == [0, 1, 2, 31]
     assert protected_layers(30, 0.1, 1) == [0, 1, 2, 29]
     assert protected_layers(4, 0.0, 0) == []
-
-
-def test_schedules():
-    assert [target_sparsity(t, 4, 0.4) for t in range(5)] == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
-    cos = [target_sparsity(t, 4, 0.4, "cosine") for t in range(5)]
-    assert cos[0] == 0 and cos[-1] == pytest.approx(0.4) and cos[2] == pytest.approx(0.2)
-    assert cos[1] < 0.1 and cos[3] > 0.3
-    with pytest.raises(ValueError):
-        target_sparsity(1, 4, 0.4, "exp")
-
-
-def test_block_fractions_order_units_and_count_removed_ones():
-    from gisp.selection import block_fractions
-
-    scores = torch.tensor([5.0, 1.0, 3.0, 2.0])
-    assert block_fractions(scores, torch.ones(4, dtype=torch.bool)).tolist() == [1.0, 0.25, 0.75, 0.5]
-    alive = torch.tensor([True, False, True, True])  # one of four already removed
-    assert block_fractions(scores, alive).tolist() == [1.0, float("inf"), 0.75, 0.5]
-    # units of two (KV groups): unit scores 3 and 2.5 -> the second unit goes first
-    assert block_fractions(scores, torch.ones(4, dtype=torch.bool), unit=2).tolist() == [1.0, 1.0, 0.5, 0.5]
-
-
-def test_layer_ranking_interleaves_layers_by_fraction_and_skips_protected():
-    from gisp.selection import layer_ranking
-
-    masks = Masks(torch.ones(3, 2, dtype=torch.bool), torch.ones(3, 4, dtype=torch.bool))
-    heads = torch.tensor([[1.0, 2.0], [2.0, 1.0], [0.0, 0.0]])
-    channels = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    ranking = layer_ranking(heads, channels, masks, protected=[2])
-    first = [(s.kind, s.layer, s.index) for unit in ranking[:6] for s in unit]
-    # fraction 1/4: channel 0 of layers 0 and 1; 2/4: heads (1/2) first, then channel 1 of each layer
-    assert first == [("channel", 0, 0), ("channel", 1, 0), ("head", 0, 0), ("head", 1, 1), ("channel", 0, 1), ("channel", 1, 1)]
-    assert all(s.layer != 2 for unit in ranking for s in unit)
-
-
-def test_budget_walk_removes_whole_units_or_none():
-    from gisp.selection import select_under_budget
-    from gisp.structures import Structure
-
-    model = tiny_model("llama-mha")
-    shape = layer_shape(model, adapter_for(model.config))
-    masks = Masks.dense(shape.geometry)
-    big = tuple(Structure("channel", 0, i) for i in range(10))
-    small = (Structure("channel", 1, 0),)
-    chosen = select_under_budget([big, small], masks, shape, 0, 5 * shape.channel_params)
-    assert chosen == [small[0]] and masks.channels[0].all()  # the group of 10 overshoots: skipped, restored
