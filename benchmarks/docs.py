@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS  # noqa: E402
 
+from gisp.report import markdown_table  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "results"
 README = ROOT / "README.md"
@@ -42,13 +44,6 @@ def provenance(name: str, data: dict) -> str:
     parts = [f"`benchmarks/results/{name}.json`"]
     parts += [f"{k} {env[k]}" for k in ("git_commit", "date", "machine", "torch", "transformers") if env.get(k)]
     return "*" + "; ".join(parts) + "*"
-
-
-def table(head: list[str], rows: list[list[object]]) -> str:
-    """A markdown table; floats keep the precision the caller formatted."""
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def image(name: str) -> str:
@@ -117,7 +112,7 @@ def recheck_section(name: str) -> str:
                      f"{r[metric] / r['table']['value'] - 1:+.3%}", r["table"].get("git_commit"), r.get("git_commit")])
     return "\n".join([f"## Re-runs of table cells ({name})", "", provenance(name, data), "",
                       "Each cell re-run from nothing and compared with the table's value:", "",
-                      table(["run", "level", "metric", "table", "re-run", "difference", "table commit", "re-run commit"],
+                      markdown_table(["run", "level", "metric", "table", "re-run", "difference", "table commit", "re-run commit"],
                             rows)]) + "\n"
 
 
@@ -134,7 +129,7 @@ def same_removals_section(name: str) -> str:
                      + ("" if v["identical"] else " (" + ", ".join(k for k, ok in v["tensors"].items() if not ok) + ")")
                      for pair, v in result["pairs"].items()]
     return "\n".join([f"## Same command, two versions of gisp ({name})", "", provenance(name, data), "",
-                      f"`{data['command']}`", "", table(["cell", "version", "heads removed", "channels removed", "sparsity"],
+                      f"`{data['command']}`", "", markdown_table(["cell", "version", "heads removed", "channels removed", "sparsity"],
                                                         rows), "", "Trajectories compared tensor by tensor:", "",
                       *verdicts]) + "\n"
 
@@ -154,9 +149,9 @@ def gsm8k_section() -> str:
     parts = ["## GSM8K exact match (Qwen2.5-Coder-0.5B-Instruct)", "", provenance("gsm8k-qwen2.5-0.5b", data), "",
              "Protocol: " + data.get("protocol", ""), "", f"Prompt format chosen on the dense model: "
              f"{data.get('chosen_format') or 'not yet measured'}.", "",
-             table(["cell", "level", "prompt", "problems", "exact match", "stderr", "answer ppl (held out)"], rows)]
+             markdown_table(["cell", "level", "prompt", "problems", "exact match", "stderr", "answer ppl (held out)"], rows)]
     if runs:
-        parts += ["", "Pruning runs:", "", table(["run", "calibration", "prune s", "peak MB"], runs)]
+        parts += ["", "Pruning runs:", "", markdown_table(["run", "calibration", "prune s", "peak MB"], runs)]
     parts += ["", image("gsm8k-qwen2.5-0.5b.png")]
     return "\n".join(parts).rstrip() + "\n"
 
@@ -170,7 +165,7 @@ def lmeval_agreement_section() -> str:
             for metric in ("acc", "acc_norm")]
     return "\n".join(["## `gisp eval --task mc` against lm-eval's PIQA", "", provenance("piqa_lmeval_agreement", data), "",
                       f"{data['model']}, {c['questions']} questions:", "",
-                      table(["metric", "gisp", "lm-eval", "gap (points)"], rows)]) + "\n"
+                      markdown_table(["metric", "gisp", "lm-eval", "gap (points)"], rows)]) + "\n"
 
 
 # --- scale and speed ----------------------------------------------------------------------------
@@ -193,7 +188,7 @@ def llamacpp_section(name: str, title: str) -> str:
              f"{r['prefill_speedup']:.2f}x", f"{r['decode_speedup']:.2f}x", f"{r['file_mb']:.1f}", f"{r['ideal_speedup']:.2f}x"]
             for key, r in data["rows"].items()]
     return "\n".join([f"## {title}", "", provenance(name, data), "", "Protocol: " + _protocol(data.get("protocol")), "",
-                      table(["export", "sparsity", "GGUF type", "prefill tok/s", "decode tok/s", "prefill speedup",
+                      markdown_table(["export", "sparsity", "GGUF type", "prefill tok/s", "decode tok/s", "prefill speedup",
                              "decode speedup", "file MB", "parameter ratio speedup (ideal)"], rows),
                       "", str(data.get("note", ""))]).rstrip() + "\n"
 
@@ -211,7 +206,7 @@ def plan_section() -> str:
                      " + ".join(f"{seconds[k]:.0f}" for k in ("gradient_pass", "rate_search") if k in seconds) or "-",
                      f"{plan['assumed_tflops']:.0f}"])
     return "\n".join(["## `gisp plan` for Llama-3 on GPUs (from configs)", "", provenance("plan-llama3", data), "",
-                      table(["case", "parameters", "dtype", "--fsdp", "planned GiB per GPU", "fits", "flags to fit",
+                      markdown_table(["case", "parameters", "dtype", "--fsdp", "planned GiB per GPU", "fits", "flags to fit",
                              "s per step (gradient pass + rate search)", "assumed TFLOP/s"], rows)]) + "\n"
 
 
@@ -240,9 +235,9 @@ def gpu_section(name: str) -> str:
                       f"(a) {a['removed_at_another_step']} of {a['structures_removed_on_cpu']} structures removed at another "
                       f"step than on the CPU; the export equals the masked model to {a['export_max_abs_logit_diff']:.1e}.", "",
                       "(b) one GISP step:", "",
-                      table(["model", "parameters", "tokens", "s", "gradient pass s", "rate search and rest s",
+                      markdown_table(["model", "parameters", "tokens", "s", "gradient pass s", "rate search and rest s",
                              "peak GiB", "planned GiB"], rows), "", "(c) the 8B-shaped model's 50% export against dense:", "",
-                      table(["model", "parameters", "prefill tok/s", "decode tok/s", "KV bytes/token"], speed)]) + "\n"
+                      markdown_table(["model", "parameters", "prefill tok/s", "decode tok/s", "KV bytes/token"], speed)]) + "\n"
 
 
 def _gib(value: float | None) -> str:
@@ -257,7 +252,7 @@ def recovery_section() -> str:
              f"{r['acc_before']:.3f}", f"{r['acc_after']:.3f}", f"{r['seconds']:.0f}"] for r in data["records"]]
     return "\n".join(["## Recovery (SmolLM2-135M)", "", provenance("recovery-smollm2", data), "",
                       "Protocol: " + _protocol(data.get("protocol")), "",
-                      table(["recovery", "level", "tokens", "ppl before", "ppl after", "acc before", "acc after", "s"], rows),
+                      markdown_table(["recovery", "level", "tokens", "ppl before", "ppl after", "acc before", "acc after", "s"], rows),
                       "", image("recovery-smollm2.png")]).rstrip() + "\n"
 
 
@@ -395,7 +390,7 @@ def architecture_page() -> str:
         "## Layers and what each may import", "",
         "Arrows point from a layer to the layers it imports (drawn from the package's imports; "
         "`tests/test_architecture.py` fails on an import circle or an import against these rules).", "",
-        *mermaid, "", *rules, "", "## One line per module", "", table(["module", "layer", "what it does"], rows), ""])
+        *mermaid, "", *rules, "", "## One line per module", "", markdown_table(["module", "layer", "what it does"], rows), ""])
 
 
 PAGES: dict[str, tuple[str, str, list[Callable[[], str]]]] = {
@@ -448,7 +443,7 @@ def readme_block() -> str:
                  for r in piqa["records"] if "acc" in r and r["requested"] == 0.3]
         parts += [f"PIQA, SmolLM2-135M at 30%, held-out questions (dev 501-1000; one standard error about "
                   f"{_stderr(mc['acc'], mc['questions']):.3f}; `benchmarks/results/quality-smollm2-piqa.json`):", "",
-                  table(["calibration", "acc", "acc_norm", "calibration tokens"], rows), ""]
+                  markdown_table(["calibration", "acc", "acc_norm", "calibration tokens"], rows), ""]
     return "\n".join([*parts, END])
 
 

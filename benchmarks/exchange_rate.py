@@ -136,12 +136,10 @@ def save(records: list[dict]) -> None:
 
 def report(records: list[dict]) -> None:
     """Markdown table (ppl and calibration loss per rate) and a plot of ppl vs rate per domain."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from gisp.report import markdown_table, save_figure, subplots
 
-    lines = ["| domain | sparsity | selection | heads removed | held-out ppl | calibration loss |", "|---|---|---|---|---|---|"]
-    fig, axes = plt.subplots(1, len(DOMAINS), figsize=(10, 4))
+    rows = []
+    fig, axes = subplots(len(DOMAINS), figsize=(10, 4))
     for ax, domain in zip(axes, DOMAINS):
         dense = next((r for r in records if r["domain"] == domain and r["label"] == "dense"), None)
         for level in LEVELS:
@@ -152,7 +150,8 @@ def report(records: list[dict]) -> None:
             best_loss = min(r["calibration_loss"] for r in cells)
             for r in cells:
                 mark = (" **best held-out**" if r["ppl"] == best_ppl else "") + (" *search picks*" if r["calibration_loss"] == best_loss else "")
-                lines.append(f"| {domain} | {level:.0%} | {r['label']}{mark} | {r['heads_removed']} | {r['ppl']:.1f} | {r['calibration_loss']:.4f} |")
+                rows.append([domain, f"{level:.0%}", f"{r['label']}{mark}", r["heads_removed"], f"{r['ppl']:.1f}",
+                             f"{r['calibration_loss']:.4f}"])
             rated = sorted((r for r in cells if r["rate"] is not None), key=lambda r: r["rate"])
             ax.plot([r["rate"] for r in rated], [r["ppl"] for r in rated], marker="o", label=f"{level:.0%}")
         ax.set_xscale("log", base=2)
@@ -162,10 +161,10 @@ def report(records: list[dict]) -> None:
         ax.set_title(f"{domain}" + (f" (dense {dense['ppl']:.1f})" if dense else ""))
         ax.legend()
     fig.suptitle(f"{MODEL}: one-shot GISP, heads vs channels exchange rate")
-    fig.tight_layout()
-    fig.savefig(OUT.with_suffix(".png"), dpi=110)
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save_figure(fig, OUT.with_suffix(".png"), dpi=110)
+    text = markdown_table(["domain", "sparsity", "selection", "heads removed", "held-out ppl", "calibration loss"], rows)
+    OUT.with_suffix(".md").write_text(text + "\n")
+    print(text)
 
 
 def main() -> None:

@@ -35,6 +35,8 @@ from pathlib import Path
 from common import RESULTS, SHARED, environment, write_json
 from quality import Runner
 
+from gisp.report import markdown_table, plot_series, save_figure, subplots
+
 MODEL = "qwen2.5-0.5b"
 NAME = "gsm8k-qwen2.5-0.5b"
 PROBLEMS = 250
@@ -170,41 +172,31 @@ def main() -> None:
 def write_report(results: dict) -> None:
     """The table (markdown) and the plot from the results file."""
     cells = results["cells"]
-    lines = [f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, {results.get('chosen_format')} prompts)", "",
-             "| calibration | level | exact match | stderr | answer ppl (held out) |", "|---|---|---|---|---|"]
+    rows = []
     for key, cell in sorted(cells.items()):
         name, _, level = key.partition("@")
-        lines.append(f"| {name} | {level or '-'} | {cell['exact_match']:.3f} | {cell['stderr']:.3f} | "
-                     f"{cell['answer_ppl']:.3f} |")
-    (RESULTS / f"{NAME}.md").write_text("\n".join(lines) + "\n")
+        rows.append([name, level or "-", f"{cell['exact_match']:.3f}", f"{cell['stderr']:.3f}", f"{cell['answer_ppl']:.3f}"])
+    head = ["calibration", "level", "exact match", "stderr", "answer ppl (held out)"]
+    (RESULTS / f"{NAME}.md").write_text(f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, "
+                                        f"{results.get('chosen_format')} prompts)\n\n" + markdown_table(head, rows) + "\n")
     _plot(cells)
 
 
 def _plot(cells: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series: dict[str, list[tuple[float, float, float]]] = {}
+    """Exact match (with its standard error) against sparsity, one line per calibration, from dense."""
     dense = cells.get("dense")
+    series: dict[str, list[tuple[float, float, float]]] = {}
     for key, cell in cells.items():
         name, _, level = key.partition("@")
         if level:
-            series.setdefault(name, []).append((int(level) / 100, cell["exact_match"], cell["stderr"]))
+            series.setdefault(name, [(0.0, dense["exact_match"], dense["stderr"])] if dense else []).append(
+                (int(level) / 100, cell["exact_match"], cell["stderr"]))
     if not series:
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in sorted(series.items()):
-        points = ([(0.0, dense["exact_match"], dense["stderr"])] if dense else []) + sorted(points)
-        xs, ys, es = zip(*points)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
-    ax.set_xlabel("parameter sparsity")
-    ax.set_ylabel("GSM8K exact match")
-    ax.set_title(f"{MODEL}: {PROBLEMS} test problems")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
-    plt.close(fig)
+    fig, ax = subplots()
+    plot_series(ax, dict(sorted(series.items())), xlabel="parameter sparsity", ylabel="GSM8K exact match",
+                title=f"{MODEL}: {PROBLEMS} test problems")
+    save_figure(fig, RESULTS / f"{NAME}.png", dpi=120)
 
 
 if __name__ == "__main__":

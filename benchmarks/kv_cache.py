@@ -12,14 +12,15 @@ serving). Results: ``benchmarks/results/<name>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, environment  # noqa: E402
+from common import RESULTS, environment, write_json  # noqa: E402
+
+from gisp.report import markdown_table  # noqa: E402
 
 
 def duplicating_layout(masks, shape) -> tuple[int, int]:
@@ -79,20 +80,19 @@ def levels_of(run_dir: Path) -> dict:
 
 def markdown(payload: dict, name: str) -> str:
     """The results table: every level of every run, beside the duplicating layout's cost."""
-    lines = [f"# KV cache per token at 16 bits ({name})", "",
-             "Beside each level: what the same masks would cost laid out with duplicated KV heads (the cheapest in "
-             "parameters; gisp's layout before it refused more KV heads than dense).", "",
-             "| run | level | sparsity | KV KiB/token | decoder params | duplicating: KV KiB/token | duplicating: params | "
-             "KV heads per layer |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for run in payload["runs"]:
         for row in run["levels"]:
             other = row.get("duplicating_layout") or {"kv_bytes_per_token": row["kv_bytes_per_token"],
                                                       "decoder_parameters": row["decoder_parameters"]}
-            lines.append(f"| {Path(run['run']).name} | {row['level']} | {row['sparsity']:.4f} | "
-                         f"{row['kv_bytes_per_token'] / 1024:.2f} | {row['decoder_parameters']:,} | "
-                         f"{other['kv_bytes_per_token'] / 1024:.2f} | {other['decoder_parameters']:,} | "
-                         f"{' '.join(map(str, row['kv_heads']))} |")
-    return "\n".join(lines) + "\n"
+            rows.append([Path(run["run"]).name, row["level"], f"{row['sparsity']:.4f}", f"{row['kv_bytes_per_token'] / 1024:.2f}",
+                         f"{row['decoder_parameters']:,}", f"{other['kv_bytes_per_token'] / 1024:.2f}",
+                         f"{other['decoder_parameters']:,}", " ".join(map(str, row["kv_heads"]))])
+    head = ["run", "level", "sparsity", "KV KiB/token", "decoder params", "duplicating: KV KiB/token", "duplicating: params",
+            "KV heads per layer"]
+    return (f"# KV cache per token at 16 bits ({name})\n\nBeside each level: what the same masks would cost laid out with "
+            "duplicated KV heads (the cheapest in parameters; gisp's layout before it refused more KV heads than dense).\n\n"
+            + markdown_table(head, rows) + "\n")
 
 
 def main() -> None:
@@ -103,7 +103,7 @@ def main() -> None:
     runs = [levels_of(r) for r in args.runs if (r / "run.json").is_file()]
     payload = {"command": " ".join(["python", "benchmarks/kv_cache.py", *sys.argv[1:]]), "environment": environment(),
                "runs": runs}
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(RESULTS / f"{args.name}.json", payload)
     text = markdown(payload, args.name)
     (RESULTS / f"{args.name}.md").write_text(text)
     print(text, end="")

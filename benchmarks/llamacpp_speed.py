@@ -24,7 +24,6 @@ ratio. A run with ``--round-to 32`` (``benchmarks/speed.py --sections inference-
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path

@@ -32,10 +32,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import RESULTS, SHARED, environment, git_commit, run_measured, write_json
+
+from gisp.report import markdown_table, plot_series, save_figure, subplots
 
 WIKI = f"{SHARED}/wikitext-2/test.txt"
 PIQA = f"{SHARED}/piqa/dev.jsonl"
@@ -239,6 +241,7 @@ class Results:
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.records: list[dict] = old.get("records", [])
         self.dense: dict = old.get("dense", {})
+        self.environment: dict = old.get("environment", {})
         self.plan = plan
 
     def has(self, key: str, level: float) -> bool:
@@ -461,9 +464,7 @@ def recheck(plan: Plan, work: Path, key: str) -> Path:
         shutil.rmtree(work / run.key, ignore_errors=True)  # from nothing: no run directory to resume
         run_gisp_cli(plan, run, check, runner)
     runs = ",".join(dict.fromkeys(r["run"] for r in check.records))  # this re-run's and earlier ones' cells
-    lines = [f"# Re-run cells of quality-{plan.name} (`python benchmarks/quality.py --model {key} --recheck --runs {runs}`)",
-             "", "| run | level | metric | table | re-run | relative difference | table commit | re-run commit |",
-             "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for record in check.records:
         old = next((r for r in table_cells.records if r["run"] == record["run"] and r["requested"] == record["requested"]), None)
         metric = "ppl" if "ppl" in record else "acc"
@@ -471,10 +472,13 @@ def recheck(plan: Plan, work: Path, key: str) -> Path:
             continue
         record["table"] = {"value": old[metric], "git_commit": old.get("git_commit"), "date": old.get("date")}
         record["relative_difference"] = record[metric] / old[metric] - 1
-        lines.append(f"| {record['run']} | {record['requested']:.0%} | {metric} | {old[metric]:.4f} | {record[metric]:.4f} | "
-                     f"{record['relative_difference']:+.3%} | {old.get('git_commit')} | {record['git_commit']} |")
+        rows.append([record["run"], f"{record['requested']:.0%}", metric, f"{old[metric]:.4f}", f"{record[metric]:.4f}",
+                     f"{record['relative_difference']:+.3%}", old.get("git_commit"), record["git_commit"]])
     check.save()
-    (RESULTS / f"quality-{plan.name}-recheck.md").write_text("\n".join(lines) + "\n")
+    head = ["run", "level", "metric", "table", "re-run", "relative difference", "table commit", "re-run commit"]
+    (RESULTS / f"quality-{plan.name}-recheck.md").write_text(
+        f"# Re-run cells of quality-{plan.name} (`python benchmarks/quality.py --model {key} --recheck --runs {runs}`)\n\n"
+        + markdown_table(head, rows) + "\n")
     return check.path
 
 
@@ -494,20 +498,17 @@ def _best(records: list[dict], level: float, metric: str, lower: bool) -> str | 
 
 def table(records: list[dict], levels: list[float], metric: str, lower: bool, fmt: str = "{:.2f}") -> str:
     methods = list(dict.fromkeys(r["method"] for r in records))  # records come in the plan's order
-    lines = ["| method | " + " | ".join(f"{l:.0%}" for l in levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    rows = []
     for m in methods:
-        cells = []
-        for l in levels:
-            c = _cell(records, m, l, metric, fmt)
-            cells.append(f"**{c}**" if _best(records, l, metric, lower) == m else c)
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells = [_cell(records, m, l, metric, fmt) for l in levels]
+        rows.append([m, *(f"**{c}**" if _best(records, l, metric, lower) == m else c for c, l in zip(cells, levels))])
+    return markdown_table(["method", *(f"{l:.0%}" for l in levels)], rows)
 
 
 def details(records: list[dict], metric_cols: list[str]) -> str:
     head = ["method", "requested", "sparsity", "parameters", *metric_cols, "calib loss", "heads removed", "calib tokens",
             "prune s", "peak MB"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    rows = []
     for r in records:
         vals = [r["method"], f"{r['requested']:.0%}", f"{r.get('sparsity', float('nan')):.4f}", f"{r.get('parameters', 0):,}"]
         vals += [f"{r[m]:.4f}" if isinstance(r.get(m), float) else str(r.get(m, "—")) for m in metric_cols]
@@ -515,8 +516,8 @@ def details(records: list[dict], metric_cols: list[str]) -> str:
                  str(r.get("heads_removed", "—"))]
         vals += [f"{r.get('calibration_tokens') or 0:,}", f"{r.get('prune_seconds', r.get('prune_process_seconds', 0)):.0f}",
                  f"{r.get('peak_memory_mb', float('nan')):.0f}"]
-        lines.append("| " + " | ".join(vals) + " |")
-    return "\n".join(lines)
+        rows.append(vals)
+    return markdown_table(head, rows)
 
 
 def report(plan: Plan, results: Results, work: Path) -> None:
@@ -529,13 +530,16 @@ def report(plan: Plan, results: Results, work: Path) -> None:
     abl = [r for r in lm if r["method"] in main_rows and r["requested"] in (0.4, 0.5)] + [r for r in recs if r["section"] == "ablation"]
     levels = sorted({r["requested"] for r in lm})
     dense_ppl = results.dense.get("ppl", {}).get("ppl")
-    env = environment()
+    env = results.environment or environment()  # as the results file records it, not this report's time
+    commits = ", ".join(dict.fromkeys(str(r["git_commit"]) for r in recs if r.get("git_commit")))
+    dates = sorted(str(r["date"])[:10] for r in recs if r.get("date"))
+    measured = f"cells measured at commits {commits} ({dates[0]} to {dates[-1]})" if dates else f"commit {env.get('git_commit')}"
     parts = [f"# Quality: {plan.model}", "",
-             f"{env['machine']}; torch {env['torch']}, transformers {env['transformers']}; commit {env['git_commit']}; {env['date']}", "",
+             f"{env.get('machine')}; torch {env.get('torch')}, transformers {env.get('transformers')}; {measured}", "",
              f"Perplexity at seq_len 128 on `{LM_EVAL}`"
              + (f" (first {plan.eval_limit} windows)" if plan.eval_limit else "")
              + f"; calibration {TOKENS:,} tokens of `{LM_CALIB}` for every method. Dense: {dense_ppl:.2f}." if dense_ppl else "", "",
-             table(lm, levels, "ppl", lower=True)]
+             table(lm, levels, "ppl", lower=True) if lm else ""]
     if task:
         dense_mc = results.dense.get("mc", {})
         scored = sorted({r["calibration_tokens"] for r in task if r.get("calibration_tokens")})
@@ -551,9 +555,10 @@ def report(plan: Plan, results: Results, work: Path) -> None:
     if recovered:
         parts += ["", f"Recovered rows: the `{RECOVERY_BASE}` GISP run's export at each level, `gisp recover` on "
                       f"{RECOVERY_TOKENS:,} tokens of the calibration half, the same evaluation:", "",
-                  "| method | level | ppl before | ppl after | after / before | recover s |", "|---|---|---|---|---|---|"]
-        parts += [f"| {r['method']} | {r['requested']:.0%} | {r['ppl_before']:.2f} | {r['ppl']:.2f} | "
-                  f"{r['ppl'] / r['ppl_before']:.2f} | {r['recover_seconds'] or float('nan'):.0f} |" for r in recovered]
+                  markdown_table(["method", "level", "ppl before", "ppl after", "after / before", "recover s"],
+                                 [[r["method"], f"{r['requested']:.0%}", f"{r['ppl_before']:.2f}", f"{r['ppl']:.2f}",
+                                   f"{r['ppl'] / r['ppl_before']:.2f}", f"{r['recover_seconds'] or float('nan'):.0f}"]
+                                  for r in recovered])]
     if abl:
         parts += ["", "Ablations (perplexity; the main rows repeated for reference):", "",
                   table(abl, sorted({r["requested"] for r in abl}), "ppl", lower=True)]
@@ -571,36 +576,17 @@ def report(plan: Plan, results: Results, work: Path) -> None:
 
 def plot_lines(records: list[dict], metric: str, path: Path, title: str, ylabel: str, log: bool = False,
                dense: float | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(r["method"] for r in records):
-        pts = sorted((r["sparsity"], r[metric]) for r in records if r["method"] == method and metric in r)
-        ax.plot(*zip(*pts), marker="o", label=method, lw=2.5 if method == "gisp" else 1.2)
-    if dense is not None:
-        ax.axhline(dense, color="gray", ls=":", label="dense")
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("decoder parameter sparsity")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """``metric`` against sparsity, one line per method (GISP drawn thicker)."""
+    series = {m: [(r["sparsity"], r[metric]) for r in records if r["method"] == m and metric in r]
+              for m in dict.fromkeys(r["method"] for r in records)}
+    fig, ax = subplots(figsize=(7, 4.5))
+    plot_series(ax, series, xlabel="decoder parameter sparsity", ylabel=ylabel, title=title, dense=dense,
+                emphasise="gisp", log_y=log)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_layers(plan: Plan, work: Path, path: Path) -> None:
     """Heads and channels kept per layer at 50% for GISP, FLAP and Wanda-sp (issue #7's insight plot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from gisp.trajectory import Trajectory
 
     runs = {"gisp": "gisp-ppl", "flap": "flap-ppl-50", "wanda-sp": "wanda-sp-ppl-50"}
@@ -611,7 +597,7 @@ def plot_layers(plan: Plan, work: Path, path: Path) -> None:
             masks[label] = traj.masks_at_step(traj.completed_steps)
     if not masks:
         return
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2) = subplots(2, figsize=(11, 4))
     for label, m in masks.items():
         layers = range(m.heads.shape[0])
         a1.plot(layers, m.heads.float().mean(1), marker="o", label=label)
@@ -623,9 +609,7 @@ def plot_layers(plan: Plan, work: Path, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{plan.model} at 50% decoder sparsity: what each method keeps per layer", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:

@@ -129,12 +129,9 @@ def _save(results: dict, args: argparse.Namespace, rec: Recorder) -> None:
 
 
 def plot(results: dict, out: Path) -> None:
-    import matplotlib
+    from gisp.report import save_figure, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = subplots(2, figsize=(10, 4))
     for sparsity in sorted({r["sparsity"] for r in results["records"]}):
         before = results["before"][f"{sparsity:g}"]
         for method, style in (("lora", "o-"), ("distill", "s--")):
@@ -152,8 +149,7 @@ def plot(results: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("SmolLM2-135M, GISP: recovery after pruning")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out, dpi=120)
     print(f"wrote {out}")
 
 

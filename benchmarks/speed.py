@@ -33,6 +33,8 @@ from pathlib import Path
 
 from common import SHARED, environment, run_measured, write_results
 
+from gisp.report import markdown_table
+
 WORK = Path("runs/speed")
 CALIB = f"wikitext2:{SHARED}/wikitext-2/test.txt[:31]"
 RUN = Path("runs/recovery-smollm2/gisp")  # the same run benchmarks/recovery.py makes and uses
@@ -320,13 +322,13 @@ SECTIONS = {"throughput": throughput, "inference": inference, "inference-round32
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# Speed: SmolLM2-135M (and Qwen2.5-0.5B memory)\n", f"{results['environment']['machine']}; torch "
+    lines = ["# Speed: SmolLM2-135M (and Qwen2.5-0.5B memory)\n", f"{results['environment']['machine']}; torch "
              f"{results['environment']['torch']}; commit {results['environment']['git_commit']}; {results['environment']['date']}\n"]
     if "throughput" in results:
         t = results["throughput"]
         lines += [f"\n## Scoring throughput ({t['tokens_per_pass']} tokens per pass, micro-batches {t['micro_batch']})\n",
-                  "| pass | tokens/s | vs plain fwd+bwd |", "|---|---|---|"]
-        lines += [f"| {r['pass']} | {r['tokens_per_s']:.0f} | {r['vs_plain']:.2f}x |" for r in t["rows"]]
+                  markdown_table(["pass", "tokens/s", "vs plain fwd+bwd"],
+                                 [[r["pass"], f"{r['tokens_per_s']:.0f}", f"{r['vs_plain']:.2f}x"] for r in t["rows"]])]
     for section, title in (("inference", "one run, LM objective"), ("inference-round32", "the same run with --round-to 32")):
         if section not in results:
             continue
@@ -334,12 +336,13 @@ def markdown(results: dict) -> str:
                   "prefill: a cache-less forward with the last position's logits (as `generate`); forward: every "
                   "position's logits (as scoring and perplexity); decode: greedy tokens with the KV cache. "
                   "Ideal: dense / export parameters (embeddings and lm_head included).\n",
-                  "| level | batch x prompt | parameters | prefill tok/s | prefill ratio | forward ratio | decode tok/s | "
-                  "decode ratio | ideal | peak MB |", "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['level']:.0%} | {r['batch']}x{r['seq_len']} | {r['parameters']:,} | {r['prefill_tokens_per_s']:.0f} | "
-                  f"{r['prefill_ratio']:.2f}x | {r.get('forward_ratio', float('nan')):.2f}x | {r['decode_tokens_per_s']:.1f} | "
-                  f"{r['decode_ratio']:.2f}x | {r['ideal_ratio']:.2f}x | {r['peak_memory_mb']:.0f} |"
-                  for r in results[section]["rows"]]
+                  markdown_table(["level", "batch x prompt", "parameters", "prefill tok/s", "prefill ratio", "forward ratio",
+                                  "decode tok/s", "decode ratio", "ideal", "peak MB"],
+                                 [[f"{r['level']:.0%}", f"{r['batch']}x{r['seq_len']}", f"{r['parameters']:,}",
+                                   f"{r['prefill_tokens_per_s']:.0f}", f"{r['prefill_ratio']:.2f}x",
+                                   f"{r.get('forward_ratio', float('nan')):.2f}x", f"{r['decode_tokens_per_s']:.1f}",
+                                   f"{r['decode_ratio']:.2f}x", f"{r['ideal_ratio']:.2f}x", f"{r['peak_memory_mb']:.0f}"]
+                                  for r in results[section]["rows"]])]
         sizes = [(r["level"], r["shapes"]) for r in results[section]["rows"] if "shapes" in r and r["batch"] == 1]
         if sizes:
             lines.append("\nlayers whose MLP width is a multiple of 32: " + ", ".join(
@@ -353,27 +356,26 @@ def markdown(results: dict) -> str:
         if section not in results:
             continue
         lines += [f"\n## Pruning peak memory vs `gisp plan`, {title} ({results[section]['settings']})\n",
-                  "| model | measured peak MB | planned MB | planned / measured |", "|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['measured_peak_mb']:.0f} | {r['planned_mb']:.0f} | {r['planned_over_measured']:.2f} |"
-                  for r in results[section]["rows"]]
+                  markdown_table(["model", "measured peak MB", "planned MB", "planned / measured"],
+                                 [[r["model"], f"{r['measured_peak_mb']:.0f}", f"{r['planned_mb']:.0f}",
+                                   f"{r['planned_over_measured']:.2f}"] for r in results[section]["rows"]])]
     for section, title in (("torchrun", "1 vs 2 processes (torchrun, gloo"),
                            ("sharded-load", "Loading in shards (--fsdp from a safetensors checkpoint")):
         if section not in results:
             continue
         lines += [f"\n## {title}; {results[section]['settings']})\n",
-                  "| processes | fsdp | wall s | step s | peak MB (largest process) | `gisp plan` MB per rank |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['processes']} | {'yes' if r.get('fsdp') else 'no'} | {r['wall_seconds']:.0f} | {r['step_seconds']:.0f} | "
-                  f"{r.get('peak_memory_mb') or float('nan'):.0f} | {r.get('planned_mb', float('nan')):.0f} |"
-                  for r in results[section]["rows"]]
+                  markdown_table(["processes", "fsdp", "wall s", "step s", "peak MB (largest process)", "`gisp plan` MB per rank"],
+                                 [[r["processes"], "yes" if r.get("fsdp") else "no", f"{r['wall_seconds']:.0f}",
+                                   f"{r['step_seconds']:.0f}", f"{r.get('peak_memory_mb') or float('nan'):.0f}",
+                                   f"{r.get('planned_mb', float('nan')):.0f}"] for r in results[section]["rows"]])]
         for name, agree in results[section].get("vs_one_process", {}).items():
             lines.append(f"\n{name} vs 1 process: {_agreement_text(agree)}")
     if "compaction" in results:
         c = results["compaction"]
         lines += [f"\n## Progressive compaction (SmolLM2-135M, {c['settings']})\n",
-                  "| --compact-every | wall s | per step s | peak MB | `gisp plan` MB |", "|---|---|---|---|---|"]
-        lines += [f"| {r['compact_every']} | {r['wall_seconds']:.0f} | {', '.join(f'{x:.0f}' for x in r['step_seconds'])} | "
-                  f"{r['peak_memory_mb']:.0f} | {r.get('planned_mb', float('nan')):.0f} |" for r in c["rows"]]
+                  markdown_table(["--compact-every", "wall s", "per step s", "peak MB", "`gisp plan` MB"],
+                                 [[r["compact_every"], f"{r['wall_seconds']:.0f}", ", ".join(f"{x:.0f}" for x in r["step_seconds"]),
+                                   f"{r['peak_memory_mb']:.0f}", f"{r.get('planned_mb', float('nan')):.0f}"] for r in c["rows"]])]
         lines.append(f"\n{_agreement_text(c)}; wall time saved: {c['saved']:.0%}")
     return "\n".join(lines) + "\n"
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from gisp.device import check_spec
-from gisp.errors import GispError, check_choice
+from gisp.errors import GispError, check_choice, check_positive
 from gisp.methods import DEFAULT_METHOD
 
 OBJECTIVE_NAMES = ("lm", "answer", "margin")
@@ -88,9 +88,7 @@ class PruneConfig:
         method_for(self.method).validate(self)  # every rule that depends on the method
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
-        for name in ("steps", "samples", "seq_len", "batch_size", "round_to"):
-            if getattr(self, name) < 1:
-                raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        check_positive(self, ("steps", "samples", "seq_len", "batch_size", "round_to"))
         if self.compact_every < 0:
             raise GispError(f"compact-every must be >= 0 (0: never), got {self.compact_every}")
         check_sharding(self.fsdp, self.compact_every)
@@ -174,9 +172,7 @@ class RecoverConfig:
         check_choice("method", self.method, RECOVERY_METHODS)
         check_choice("objective", self.objective, OBJECTIVE_NAMES)
         check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        for name in ("max_tokens", "seq_len", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise GispError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        check_positive(self, ("max_tokens", "seq_len", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"))
         if self.seq_len < 2:
             raise GispError("seq-len must be at least 2 (one predicted token)")
         if not self.lr > 0 or not 0 <= self.warmup < 1:

@@ -270,7 +270,7 @@ def load_sharded(spec: str, files: list[Path], prepare: Callable[[nn.Module], No
     zero; the fingerprint is the one :func:`fingerprint` gives the model loaded whole.
     """
     from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if dtype not in DTYPES:
         raise GispError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")

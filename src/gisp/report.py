@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterable, Mapping, Sequence
 
 from gisp.methods import LEGACY_METHOD
 from gisp.structures import protected_layers
@@ -20,6 +21,13 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A GitHub markdown table; cells are written as given (callers format their numbers)."""
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -128,20 +136,58 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
-    plt = _pyplot()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+def subplots(panels: int = 1, figsize: tuple[float, float] = (6, 4)):
+    """A figure and its axes (one ``Axes`` for one panel, else a list), drawn off-screen."""
+    fig, axes = _pyplot().subplots(1, panels, figsize=figsize)
+    return fig, axes
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temporary name, then rename) and close it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix or '.png'}")
+    fig.tight_layout()
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _pyplot().close(fig)
+    return path
+
+
+Point = tuple  # (x, y) or (x, y, error)
+
+
+def plot_series(ax, series: Mapping[str, Sequence[Point]], *, xlabel: str, ylabel: str, title: str = "",
+                dense: float | None = None, emphasise: str | None = None, log_y: bool = False) -> None:
+    """One line per named series of ``(x, y)`` or ``(x, y, error)`` points (error bars when given),
+    sorted by x; ``dense`` as a dotted reference line; ``emphasise`` drawn thicker."""
+    for name, points in series.items():
+        points = sorted(points)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        width = 2.5 if name == emphasise else 1.2
+        if points and all(len(p) > 2 for p in points):
+            ax.errorbar(xs, ys, yerr=[p[2] for p in points], marker="o", capsize=3, lw=width, label=name)
+        else:
+            ax.plot(xs, ys, marker="o", lw=width, label=name)
+    if dense is not None:
+        ax.axhline(dense, color="gray", ls=":", label="dense")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
 
 
 def _plot_progress(traj: Trajectory, path: Path) -> None:
     """Three panels against the step: calibration loss, target and achieved sparsity, seconds."""
-    plt = _pyplot()
     records = traj.steps
     total = traj.config.get("steps") or traj.completed_steps
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = subplots(3, figsize=(12, 3.4))
     losses = [(r.step, r.loss) for r in records if r.loss is not None]
     axes[0].plot([s for s, _ in losses], [v for _, v in losses], marker="o")
     axes[0].set_title("calibration loss (at the start of each step's level)", fontsize=9)
@@ -157,20 +203,18 @@ def _plot_progress(traj: Trajectory, path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_xlim(-0.5, total + 0.5)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_layers(traj: Trajectory, path: Path) -> None:
     """Two heatmaps, layer x step: the fraction of heads and of channels each layer keeps."""
     import torch
 
-    plt = _pyplot()
     steps = list(range(traj.completed_steps + 1))
     masks = [traj.masks_at_step(s) for s in steps]
     heads = torch.stack([m.heads.float().mean(1) for m in masks], 1).numpy()  # [L, steps]
     channels = torch.stack([m.channels.float().mean(1) for m in masks], 1).numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(10, max(3.0, 0.18 * heads.shape[0] + 1.2)))
+    fig, axes = subplots(2, figsize=(10, max(3.0, 0.18 * heads.shape[0] + 1.2)))
     for ax, data, name in ((axes[0], heads, "heads"), (axes[1], channels, "MLP channels")):
         image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"fraction of {name} kept", fontsize=9)
@@ -178,18 +222,12 @@ def _plot_layers(traj: Trajectory, path: Path) -> None:
         ax.set_ylabel("layer")
         ax.set_xticks(steps)
         fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_metric(rows: list[dict], metric: str, path, *, title: str, ylabel: str) -> None:
     """``metric`` against decoder sparsity, each point labelled with its parameter count; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots()
     ax.plot([r["sparsity"] for r in rows], [r[metric] for r in rows], marker="o")
     for r in rows:
         if r.get("parameters"):
@@ -199,11 +237,7 @@ def plot_metric(rows: list[dict], metric: str, path, *, title: str, ylabel: str)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.12, y=0.12)  # room for the point labels
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def levels_table(rows: list[dict], task: str) -> str:

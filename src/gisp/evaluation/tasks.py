@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from gisp.errors import GispError
+from gisp.errors import GispError, check_positive
 
 TASKS = ("ppl", "answer_ppl", "mc", "gsm8k", "speed")
 #: The metric each task is summarised (tabled, plotted, compared) by, and whether higher is better.
@@ -42,9 +42,7 @@ class EvalOptions:
             raise GispError(f"task {self.task} needs --data")
         if self.limit is not None and self.limit < 1:
             raise GispError(f"--limit must be positive, got {self.limit}")
-        for name in ("batch_size", "max_new_tokens", "speed_batch", "new_tokens", "repeats"):
-            if getattr(self, name) < 1:
-                raise GispError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        check_positive(self, ("batch_size", "max_new_tokens", "speed_batch", "new_tokens", "repeats"), flag="--")
         if self.seq_len < 2:
             raise GispError(f"--seq-len must be at least 2 (one predicted token), got {self.seq_len}")
         if self.shots < 0:
