@@ -54,8 +54,21 @@ def environment() -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(), "git_commit": commit,
+        "torch_threads": torch.get_num_threads(), "git_commit": commit, "cpu": cpu_model(),
     }
+
+
+def cpu_model() -> str:
+    """The processor's name and widest vector units (``/proc/cpuinfo``): CPU float kernels, and so the
+    last bits of a result, differ between processors."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = [u for u in ("avx512f", "avx512_bf16", "amx_tile", "avx2") if u in flags]
+    return f"{name} ({', '.join(units) or 'no AVX'})"
 
 
 class Recorder:

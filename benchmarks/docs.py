@@ -42,7 +42,7 @@ def provenance(name: str, data: dict) -> str:
         commits = sorted({str(r.get("git_commit")) for r in data["records"] if r.get("git_commit")})
         env = {"git_commit": ", ".join(commits)}
     parts = [f"`benchmarks/results/{name}.json`"]
-    parts += [f"{k} {env[k]}" for k in ("git_commit", "date", "machine", "torch", "transformers") if env.get(k)]
+    parts += [f"{k} {env[k]}" for k in ("git_commit", "date", "machine", "cpu", "torch", "transformers") if env.get(k)]
     return "*" + "; ".join(parts) + "*"
 
 
