@@ -26,7 +26,7 @@ TINY = {
     "granite": dict(model_type="granite", num_attention_heads=6, num_key_value_heads=3, embedding_multiplier=3.0,
                     attention_multiplier=0.2, residual_multiplier=0.7, logits_scaling=2.5),
     # q/k norms over the whole projection
-    # not shipped: tests/test_families.py registers its own adapter (MLP without a gate, biases)
+    # not shipped: tests/test_adapters.py registers its own adapter (MLP without a gate, biases)
     "starcoder2": dict(model_type="starcoder2", num_attention_heads=6, num_key_value_heads=2, bos_token_id=1,
                        eos_token_id=2),
     "olmo2": dict(model_type="olmo2", num_attention_heads=6, num_key_value_heads=2, pad_token_id=0, eos_token_id=2),
