@@ -112,8 +112,8 @@ def recheck_section(name: str) -> str:
                      f"{r[metric] / r['table']['value'] - 1:+.3%}", r["table"].get("git_commit"), r.get("git_commit")])
     return "\n".join([f"## Re-runs of table cells ({name})", "", provenance(name, data), "",
                       "Each cell re-run from nothing and compared with the table's value:", "",
-                      markdown_table(["run", "level", "metric", "table", "re-run", "difference", "table commit", "re-run commit"],
-                            rows)]) + "\n"
+                      markdown_table(["run", "level", "metric", "table", "re-run", "difference", "table commit",
+                                      "re-run commit"], rows)]) + "\n"
 
 
 def same_removals_section(name: str) -> str:
@@ -129,8 +129,9 @@ def same_removals_section(name: str) -> str:
                      + ("" if v["identical"] else " (" + ", ".join(k for k, ok in v["tensors"].items() if not ok) + ")")
                      for pair, v in result["pairs"].items()]
     return "\n".join([f"## Same command, two versions of gisp ({name})", "", provenance(name, data), "",
-                      f"`{data['command']}`", "", markdown_table(["cell", "version", "heads removed", "channels removed", "sparsity"],
-                                                        rows), "", "Trajectories compared tensor by tensor:", "",
+                      f"`{data['command']}`", "",
+                      markdown_table(["cell", "version", "heads removed", "channels removed", "sparsity"], rows), "",
+                      "Trajectories compared tensor by tensor:", "",
                       *verdicts]) + "\n"
 
 
@@ -399,7 +400,9 @@ PAGES: dict[str, tuple[str, str, list[Callable[[], str]]]] = {
                    [lambda: quality_section("quality-smollm2", "SmolLM2-135M"),
                     lambda: quality_section("quality-qwen2.5-0.5b", "Qwen2.5-Coder-0.5B-Instruct"),
                     lambda: recheck_section("quality-smollm2-recheck"),
-                    lambda: same_removals_section("refactor_check-smollm2")]),
+                    lambda: same_removals_section("refactor_check-smollm2"),
+                    lambda: recheck_section("quality-smollm2-piqa-recheck"),
+                    lambda: same_removals_section("refactor_check-smollm2-piqa")]),
     "task-alignment.md": ("Task alignment",
                           "Calibrating on the task's own loss: multiple choice (margin), answers (GSM8K).",
                           [lambda: quality_section("quality-smollm2-piqa", "PIQA, SmolLM2-135M, 30%"),
