@@ -15,6 +15,7 @@ and pruning by it cannot carry to held-out questions.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from gisp.config import PruneConfig  # noqa: E402
 from gisp.examples import AnswerExample  # noqa: E402
 from gisp.gradients import TaylorImportance  # noqa: E402
 from gisp.models import load  # noqa: E402
-from gisp.objectives import OBJECTIVES, answer_batches  # noqa: E402
+from gisp.objectives import OBJECTIVES, answer_batches, sequence_ce  # noqa: E402
 from gisp.report import markdown_table  # noqa: E402
 
 MODEL = "smollm2-135m"
@@ -44,10 +45,20 @@ def calibrations(tokens: int) -> dict[str, tuple[str, dict]]:
     """Objective label -> (objective, PruneConfig settings without the data's slice)."""
     return {
         "margin (PIQA)": ("margin", {"data": f"piqa:{PIQA}", "objective": "margin", "max_tokens": tokens, "seq_len": 256}),
+        "margin + correct options' CE (PIQA)": ("anchored", {"data": f"piqa:{PIQA}", "objective": "margin",
+                                                             "max_tokens": tokens, "seq_len": 256}),
         "answer: correct option's tokens (PIQA)": ("answer", {"data": f"piqa:{PIQA}", "objective": "margin",
                                                              "max_tokens": tokens, "seq_len": 256}),
         "lm (WikiText-2)": ("lm", {"data": f"wikitext2:{WIKI}", "objective": "lm", "max_tokens": tokens, "seq_len": 128}),
     }
+
+
+def anchored_margin(model, batch: dict):
+    """The margin plus the correct options' mean CE: the likelihood of the right answer anchors a
+    difference whose shared part cancels."""
+    ce = sequence_ce(model, batch)
+    correct = batch["correct"]
+    return 2 * ce[correct].mean() - ce[~correct].mean()
 
 
 def batches_for(kind: str, settings: dict, half: str, tokenizer) -> list[dict]:
@@ -85,32 +96,39 @@ def unprotected(scores: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--only", default=None, help="objectives to run, comma-separated (margin, anchored, answer, lm)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = load(MODEL)
     adapter = adapter_for(model.config)
-    rows = []
+    path = RESULTS / "piqa_score_noise.json"
+    kept = {r["calibration"]: r for r in (json.loads(path.read_text())["rows"] if path.is_file() else [])}
+    only = set(args.only.split(",")) if args.only else None
     for label, (kind, settings) in calibrations(args.tokens).items():
+        if only and kind not in only:
+            continue
         scores, tokens = [], []
         start = time.time()
         for half in ("a", "b"):
             batches = batches_for(kind, settings, half, tokenizer)
             tokens.append(int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                                   for b in batches)))
-            objective = OBJECTIVES["answer" if kind == "answer" else kind]
+            objective = anchored_margin if kind == "anchored" else OBJECTIVES[kind]
             importance = TaylorImportance(batches, objective, progress=False, aggregate="head", weights="output",
                                           compensate=True, saliency="fisher")
             scores.append(importance(model, adapter))
         heads = [unprotected(s.heads) for s in scores]
         channels = [unprotected(s.channels) for s in scores]
-        rows.append({"calibration": label, "tokens_per_half": tokens,
+        kept[label] = ({"calibration": label, "tokens_per_half": tokens,
                      "heads_spearman": spearman(*heads), "channels_spearman": spearman(*channels),
                      "heads_lowest30_shared": lowest_overlap(*heads), "channels_lowest30_shared": lowest_overlap(*channels),
                      "seconds": round(time.time() - start, 1)})
-        print(rows[-1], flush=True)
+        print(kept[label], flush=True)
+    order = list(calibrations(args.tokens))
+    rows = sorted(kept.values(), key=lambda r: order.index(r["calibration"]) if r["calibration"] in order else len(order))
     payload = {"command": " ".join(["python", "benchmarks/piqa_score_noise.py", *sys.argv[1:]]), "environment": environment(),
                "model": MODEL, "halves": HALVES, "lowest": LOWEST, "rows": rows}
-    write_json(RESULTS / "piqa_score_noise.json", payload)
+    write_json(path, payload)
     table = markdown_table(
         ["calibration", "tokens per half", "heads: Spearman", "channels: Spearman", "lowest 30% heads shared",
          "lowest 30% channels shared"],
