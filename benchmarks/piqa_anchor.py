@@ -1,7 +1,10 @@
-"""Margin calibration with a likelihood anchor, on the PIQA protocol of ``quality.py --model smollm2-piqa``
-(issue #25): does scoring with ``margin + mean CE(correct options)`` carry to held-out questions?
+"""Task calibration for multiple choice beyond the margin, on the PIQA protocol of ``quality.py --model
+smollm2-piqa`` (issue #25): do objectives whose scores a second sample reproduces carry to held-out questions?
 
-    python benchmarks/piqa_anchor.py [--tokens 4096]   # -> benchmarks/results/piqa_anchor.json
+    python benchmarks/piqa_anchor.py --objective answer [--tokens 4096]   # -> benchmarks/results/piqa_anchor.json
+
+- ``answer``: the correct option's tokens only (the answer objective on PIQA's right answers);
+- ``anchored``: ``margin + mean CE(correct options)``.
 
 ``benchmarks/piqa_score_noise.py`` found the margin's scores the least reproducible between two
 samples of PIQA: the margin is a difference of two options' cross-entropies, so what a removal does
@@ -36,7 +39,7 @@ def anchored_margin(model, batch: dict):
     return 2 * ce[correct].mean() - ce[~correct].mean()
 
 
-def prune(tokens: int, out: Path) -> None:
+def prune(objective: str, tokens: int, out: Path) -> None:
     import gisp
     from gisp.batches import build_batches, read_source
     from gisp.config import PruneConfig
@@ -44,18 +47,29 @@ def prune(tokens: int, out: Path) -> None:
 
     config = PruneConfig(model=MODEL, data=CALIB, objective="margin", sparsity=0.3, steps=3, max_tokens=tokens, seq_len=256)
     _, tokenizer = load(MODEL)
-    batches = build_batches(config, read_source(config), tokenizer)
-    gisp.prune(config, out=out, objective=anchored_margin, batches=batches)
+    examples = read_source(config)
+    if objective == "answer":
+        from gisp.examples import AnswerExample
+        from gisp.objectives import answer_batches, answer_loss
+
+        answers = [AnswerExample(e.context, e.delimiter + e.choices[e.label]) for e in examples]
+        batches = answer_batches(tokenizer, answers, samples=None, max_tokens=tokens, seq_len=256,
+                                 batch_size=config.batch_size, seed=config.seed)
+        gisp.prune(config, out=out, objective=answer_loss, batches=batches)
+    else:
+        gisp.prune(config, out=out, objective=anchored_margin, batches=build_batches(config, examples, tokenizer))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objective", choices=["answer", "anchored"], default="answer")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--work", type=Path, default=Path("runs/piqa-anchor"))
     args = parser.parse_args()
-    out = args.work / f"anchored-{args.tokens // 1024}k"
+    key = f"{args.objective}-{args.tokens // 1024}k"
+    out = args.work / key
     if not (out / "run.json").is_file() or json.loads((out / "run.json").read_text())["completed_steps"] < 3:
-        prune(args.tokens, out)
+        prune(args.objective, args.tokens, out)
     record = json.loads((out / "run.json").read_text())
     cmd = [str(Path(sys.executable).with_name("gisp")), "eval", str(out), "--levels", "0.3", "--task", "mc", "--data",
            HELD_OUT, "--batch-size", "16", "--no-dense", "--json", "--out", str(out / "eval-mc")]
@@ -63,7 +77,7 @@ def main() -> None:
     row = json.loads(proc.stdout.strip().splitlines()[-1])["rows"][0]
     path = RESULTS / "piqa_anchor.json"
     results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
-    results["cells"][f"anchored-{args.tokens // 1024}k"] = {
+    results["cells"][key] = {
         "acc": row.get("acc"), "acc_norm": row.get("acc_norm"), "sparsity": row.get("sparsity"),
         "heads_removed": record["steps"][-1]["heads_removed"], "calibration_loss": record["steps"][-1].get("loss"),
         "calibration_tokens": record.get("calibration", {}).get("tokens"),
