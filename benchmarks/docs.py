@@ -157,6 +157,36 @@ def gsm8k_section() -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def score_noise_section() -> str:
+    """Split-half agreement of the scores each calibration objective gives (piqa_score_noise.py)."""
+    data = load("piqa_score_noise")
+    if data is None:
+        return ""
+    rows = [[r["calibration"], "/".join(f"{t:,}" for t in r["tokens_per_half"]), f"{r['heads_spearman']:.3f}",
+             f"{r['channels_spearman']:.3f}", f"{r['heads_lowest30_shared']:.0%}", f"{r['channels_lowest30_shared']:.0%}"]
+            for r in data["rows"]]
+    return "\n".join([
+        "## How much of a 4K-token ranking is the task's, not the sample's", "", provenance("piqa_score_noise", data), "",
+        f"`{data['command']}`: GISP's default scores of the dense {data['model']} from two disjoint halves of the same "
+        "data at the same token budget (PIQA dev 1-250 against 251-500; WikiText-2 documents 0-14 against 15-30), "
+        "unprotected layers. A ranking a second sample reproduces is the task's; one it does not is the sample's noise.", "",
+        markdown_table(["calibration", "tokens per half", "heads: Spearman", "channels: Spearman", "lowest 30% heads shared",
+                        "lowest 30% channels shared"], rows)]) + "\n"
+
+
+def anchor_section() -> str:
+    """Held-out PIQA accuracy of the other multiple-choice objectives (piqa_anchor.py)."""
+    data = load("piqa_anchor")
+    if data is None:
+        return ""
+    rows = [[key, f"{c['acc']:.3f}", f"{c['acc_norm']:.3f}", c["heads_removed"], f"{c['calibration_tokens'] or 0:,}",
+             f"{c['prune_seconds']:.0f}"] for key, c in data["cells"].items()]
+    return "\n".join(["## Other objectives for multiple choice, same protocol (30%, held-out PIQA dev 501-1000)", "",
+                      provenance("piqa_anchor", data), "",
+                      markdown_table(["objective", "acc", "acc_norm", "heads removed", "calibration tokens", "prune s"],
+                                     rows)]) + "\n"
+
+
 def lmeval_agreement_section() -> str:
     data = load("piqa_lmeval_agreement")
     if data is None:
@@ -406,7 +436,7 @@ PAGES: dict[str, tuple[str, str, list[Callable[[], str]]]] = {
     "task-alignment.md": ("Task alignment",
                           "Calibrating on the task's own loss: multiple choice (margin), answers (GSM8K).",
                           [lambda: quality_section("quality-smollm2-piqa", "PIQA, SmolLM2-135M, 30%"),
-                           gsm8k_section, lmeval_agreement_section]),
+                           score_noise_section, anchor_section, gsm8k_section, lmeval_agreement_section]),
     "scale-and-speed.md": ("Scale, memory and speed",
                            "Scoring throughput and memory, inference speed of exports (transformers and llama.cpp), "
                            "KV cache, GPU plans.",
