@@ -220,7 +220,7 @@ def llamacpp_section(name: str, title: str) -> str:
             for key, r in data["rows"].items()]
     return "\n".join([f"## {title}", "", provenance(name, data), "", "Protocol: " + _protocol(data.get("protocol")), "",
                       markdown_table(["export", "sparsity", "GGUF type", "prefill tok/s", "decode tok/s", "prefill speedup",
-                             "decode speedup", "file MB", "parameter ratio speedup (ideal)"], rows),
+                                      "decode speedup", "file MB", "parameter ratio speedup (ideal)"], rows),
                       "", str(data.get("note", ""))]).rstrip() + "\n"
 
 
@@ -238,7 +238,7 @@ def plan_section() -> str:
                      f"{plan['assumed_tflops']:.0f}"])
     return "\n".join(["## `gisp plan` for Llama-3 on GPUs (from configs)", "", provenance("plan-llama3", data), "",
                       markdown_table(["case", "parameters", "dtype", "--fsdp", "planned GiB per GPU", "fits", "flags to fit",
-                             "s per step (gradient pass + rate search)", "assumed TFLOP/s"], rows)]) + "\n"
+                                      "s per step (gradient pass + rate search)", "assumed TFLOP/s"], rows)]) + "\n"
 
 
 def kv_section(name: str) -> str:
@@ -267,7 +267,7 @@ def gpu_section(name: str) -> str:
                       f"step than on the CPU; the export equals the masked model to {a['export_max_abs_logit_diff']:.1e}.", "",
                       "(b) one GISP step:", "",
                       markdown_table(["model", "parameters", "tokens", "s", "gradient pass s", "rate search and rest s",
-                             "peak GiB", "planned GiB"], rows), "", "(c) the 8B-shaped model's 50% export against dense:", "",
+                                      "peak GiB", "planned GiB"], rows), "", "(c) the 8B-shaped model's 50% export against dense:", "",
                       markdown_table(["model", "parameters", "prefill tok/s", "decode tok/s", "KV bytes/token"], speed)]) + "\n"
 
 
