@@ -215,12 +215,15 @@ def llamacpp_section(name: str, title: str) -> str:
     data = load(name)
     if data is None:
         return ""
-    rows = [[key, f"{r['sparsity']:.0%}", r["outtype"], f"{r['prefill_tokens_per_s']:.1f}", f"{r['decode_tokens_per_s']:.1f}",
-             f"{r['prefill_speedup']:.2f}x", f"{r['decode_speedup']:.2f}x", f"{r['file_mb']:.1f}", f"{r['ideal_speedup']:.2f}x"]
+    kv = any("kv_bytes_per_token" in r for r in data["rows"].values())  # recorded by runs after 2026-12-07
+    rows = [[key, f"{r['sparsity']:.0%}", r["outtype"], *([f"{r.get('kv_bytes_per_token', float('nan')) / 1024:.2f}"] if kv else []),
+             f"{r['prefill_tokens_per_s']:.1f}", f"{r['decode_tokens_per_s']:.1f}", f"{r['prefill_speedup']:.2f}x",
+             f"{r['decode_speedup']:.2f}x", f"{r['file_mb']:.1f}", f"{r['ideal_speedup']:.2f}x"]
             for key, r in data["rows"].items()]
     return "\n".join([f"## {title}", "", provenance(name, data), "", "Protocol: " + _protocol(data.get("protocol")), "",
-                      markdown_table(["export", "sparsity", "GGUF type", "prefill tok/s", "decode tok/s", "prefill speedup",
-                                      "decode speedup", "file MB", "parameter ratio speedup (ideal)"], rows),
+                      markdown_table(["export", "sparsity", "GGUF type", *(["KV KiB/token (16-bit)"] if kv else []),
+                                      "prefill tok/s", "decode tok/s", "prefill speedup", "decode speedup", "file MB",
+                                      "parameter ratio speedup (ideal)"], rows),
                       "", str(data.get("note", ""))]).rstrip() + "\n"
 
 

@@ -67,6 +67,15 @@ def gguf_parameters(path: Path) -> int:
     return int(sum(int(t.n_elements) for t in GGUFReader(path).tensors))
 
 
+def gguf_kv_values_per_token(path: Path) -> int:
+    """K and V values one token adds to llama.cpp's cache: the output rows of every layer's
+    ``attn_k`` and ``attn_v`` (x2 bytes at 16 bits)."""
+    from gguf import GGUFReader
+
+    return int(sum(int(t.n_elements) // int(t.shape[0]) for t in GGUFReader(path).tensors
+                   if t.name.endswith((".attn_k.weight", ".attn_v.weight"))))
+
+
 def agreement(gguf: Path, export: Path) -> dict:
     """Greedy continuations and log-probabilities of llama.cpp vs transformers on one export."""
     import torch
@@ -133,6 +142,7 @@ def main() -> None:
         print(key, rows[key], flush=True)
     for key, item in files.items():
         rows[key]["parameters"] = gguf_parameters(item["path"])
+        rows[key]["kv_bytes_per_token"] = 2 * gguf_kv_values_per_token(item["path"])  # at 16 bits
     for key, row in rows.items():
         base = rows[f"dense/{row['outtype']}"]
         row["prefill_speedup"] = round(row["prefill_tokens_per_s"] / base["prefill_tokens_per_s"], 3)

@@ -121,6 +121,10 @@ def inference(run: Path = RUN, extra: tuple[str, ...] = (), exports: str = "expo
                          "prefill_tokens_per_s": r.prefill_tokens_per_s, "forward_tokens_per_s": r.forward_tokens_per_s,
                          "decode_tokens_per_s": r.decode_tokens_per_s, "peak_memory_mb": r.peak_memory_mb,
                          **({"shapes": _layer_sizes(target)} if level else {})})
+    kv = {level: json.loads((WORK / f"{exports}-{level:g}" / "gisp_export.json").read_text()) for level in LEVELS}
+    for r in rows:  # K and V bytes a token adds to the cache at 16 bits, as the export records it (dense: any export's)
+        info = kv[r["level"] or LEVELS[0]]
+        r["kv_bytes_per_token"] = 2 * (info["kv_values_per_token"] if r["level"] else info["dense_kv_values_per_token"])
     for r in rows:
         dense = next(d for d in rows if d["level"] == 0 and d["batch"] == r["batch"])
         r["ideal_ratio"] = dense["parameters"] / r["parameters"]
@@ -336,13 +340,7 @@ def markdown(results: dict) -> str:
                   "prefill: a cache-less forward with the last position's logits (as `generate`); forward: every "
                   "position's logits (as scoring and perplexity); decode: greedy tokens with the KV cache. "
                   "Ideal: dense / export parameters (embeddings and lm_head included).\n",
-                  markdown_table(["level", "batch x prompt", "parameters", "prefill tok/s", "prefill ratio", "forward ratio",
-                                  "decode tok/s", "decode ratio", "ideal", "peak MB"],
-                                 [[f"{r['level']:.0%}", f"{r['batch']}x{r['seq_len']}", f"{r['parameters']:,}",
-                                   f"{r['prefill_tokens_per_s']:.0f}", f"{r['prefill_ratio']:.2f}x",
-                                   f"{r.get('forward_ratio', float('nan')):.2f}x", f"{r['decode_tokens_per_s']:.1f}",
-                                   f"{r['decode_ratio']:.2f}x", f"{r['ideal_ratio']:.2f}x", f"{r['peak_memory_mb']:.0f}"]
-                                  for r in results[section]["rows"]])]
+                  _inference_table(results[section]["rows"])]
         sizes = [(r["level"], r["shapes"]) for r in results[section]["rows"] if "shapes" in r and r["batch"] == 1]
         if sizes:
             lines.append("\nlayers whose MLP width is a multiple of 32: " + ", ".join(
@@ -378,6 +376,19 @@ def markdown(results: dict) -> str:
                                    f"{r['peak_memory_mb']:.0f}", f"{r.get('planned_mb', float('nan')):.0f}"] for r in c["rows"]])]
         lines.append(f"\n{_agreement_text(c)}; wall time saved: {c['saved']:.0%}")
     return "\n".join(lines) + "\n"
+
+
+def _inference_table(rows: list[dict]) -> str:
+    """One row per export and shape; the KV cache column where the results record it."""
+    kv = any("kv_bytes_per_token" in r for r in rows)
+    head = ["level", "batch x prompt", "parameters", *(["KV KiB/token"] if kv else []), "prefill tok/s", "prefill ratio",
+            "forward ratio", "decode tok/s", "decode ratio", "ideal", "peak MB"]
+    return markdown_table(head, [[f"{r['level']:.0%}", f"{r['batch']}x{r['seq_len']}", f"{r['parameters']:,}",
+                                  *([f"{r.get('kv_bytes_per_token', float('nan')) / 1024:.2f}"] if kv else []),
+                                  f"{r['prefill_tokens_per_s']:.0f}", f"{r['prefill_ratio']:.2f}x",
+                                  f"{r.get('forward_ratio', float('nan')):.2f}x", f"{r['decode_tokens_per_s']:.1f}",
+                                  f"{r['decode_ratio']:.2f}x", f"{r['ideal_ratio']:.2f}x", f"{r['peak_memory_mb']:.0f}"]
+                                 for r in rows])
 
 
 def _agreement_text(a: dict) -> str:
