@@ -24,19 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, SHARED, environment, run_measured, write_json  # noqa: E402
+from piqa_score_noise import anchored_margin, correct_answer_batches  # noqa: E402
 
 MODEL = "smollm2-135m"
 CALIB = f"piqa:{SHARED}/piqa/dev.jsonl[:500]"
 HELD_OUT = f"piqa:{SHARED}/piqa/dev.jsonl[500:1000]"
-
-
-def anchored_margin(model, batch: dict):
-    """``mean CE(correct) - mean CE(incorrect) + mean CE(correct)`` over the batch's options."""
-    from gisp.objectives import sequence_ce
-
-    ce = sequence_ce(model, batch)
-    correct = batch["correct"]
-    return 2 * ce[correct].mean() - ce[~correct].mean()
 
 
 def prune(objective: str, tokens: int, out: Path) -> None:
@@ -49,13 +41,9 @@ def prune(objective: str, tokens: int, out: Path) -> None:
     _, tokenizer = load(MODEL)
     examples = read_source(config)
     if objective == "answer":
-        from gisp.examples import AnswerExample
-        from gisp.objectives import answer_batches, answer_loss
+        from gisp.objectives import answer_loss
 
-        answers = [AnswerExample(e.context, e.delimiter + e.choices[e.label]) for e in examples]
-        batches = answer_batches(tokenizer, answers, samples=None, max_tokens=tokens, seq_len=256,
-                                 batch_size=config.batch_size, seed=config.seed)
-        gisp.prune(config, out=out, objective=answer_loss, batches=batches)
+        gisp.prune(config, out=out, objective=answer_loss, batches=correct_answer_batches(config, examples, tokenizer))
     else:
         gisp.prune(config, out=out, objective=anchored_margin, batches=build_batches(config, examples, tokenizer))
 

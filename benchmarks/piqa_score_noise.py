@@ -68,8 +68,13 @@ def batches_for(kind: str, settings: dict, half: str, tokenizer) -> list[dict]:
     source = read_source(config)
     if kind != "answer":
         return build_batches(config, source, tokenizer)
-    examples = [AnswerExample(e.context, e.delimiter + e.choices[e.label]) for e in source]
-    return answer_batches(tokenizer, examples, samples=None, max_tokens=config.max_tokens, seq_len=config.seq_len,
+    return correct_answer_batches(config, source, tokenizer)
+
+
+def correct_answer_batches(config: PruneConfig, examples: list, tokenizer) -> list[dict]:
+    """Answer-objective batches of each multiple-choice question's correct option (the context as prompt)."""
+    answers = [AnswerExample(e.context, e.delimiter + e.choices[e.label]) for e in examples]
+    return answer_batches(tokenizer, answers, samples=None, max_tokens=config.max_tokens, seq_len=config.seq_len,
                           batch_size=config.batch_size, seed=config.seed)
 
 
