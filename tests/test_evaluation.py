@@ -75,6 +75,36 @@ def test_gsm8k_generation_runs_on_a_tiny_model():
     assert tok.padding_side == "right" and tok.pad_token is None  # restored
 
 
+@pytest.mark.parametrize("family", ["llama-gqa", "qwen2"])
+def test_gsm8k_reused_fewshot_prefix_gives_the_plain_paths_tokens(family, tmp_path):
+    model, tok = tiny_model(family), tiny_tokenizer()
+    problems = [{"question": q, "answer": f"#### {i}"} for i, q in
+                enumerate(["What is 3 + 4?", "2 + 2?", "A farmer has 12 cows and buys 30 more; how many now?", "9?"])]
+    texts = {}
+    for reuse in (False, True):
+        records = tmp_path / f"{reuse}.jsonl"
+        gsm8k_exact_match(model, tok, problems, shots=2, max_new_tokens=8, batch_size=3, progress=False,
+                          records=records, reuse_prefix=reuse)
+        texts[reuse] = [r["text"] for r in sorted(read_records(records).values(), key=lambda r: r["index"])]
+    assert texts[True] == texts[False] and len(texts[True]) == 4
+
+
+def test_continue_from_prefix_moves_padding_after_the_prefix():
+    from gisp.evaluation.gsm8k import _continue_from_prefix, prefix_cache
+
+    model, tok = tiny_model("llama-gqa"), tiny_tokenizer()
+    shared = prefix_cache(model, tok, "Q: 1 + 1?\nA: 2.\n\n")
+    n = len(shared.ids)
+    rows = [shared.ids.tolist() + [5, 6, 7], shared.ids.tolist() + [8]]
+    out = _continue_from_prefix(shared, rows, pad=0)
+    assert out["input_ids"].tolist() == [rows[0], shared.ids.tolist() + [0, 0, 8]]
+    assert out["attention_mask"].tolist() == [[1] * (n + 3), [1] * n + [0, 0, 1]]
+    assert out["cache"].get_seq_length() == n and shared.cache.get_seq_length() == n  # a copy; the shared one intact
+    cut = _continue_from_prefix(shared, [shared.ids.tolist()[:-1] + [9]], pad=0)  # the last prefix token merged away
+    assert cut["cache"].get_seq_length() == n - 1 and cut["input_ids"][0].tolist()[-1] == 9
+    assert _continue_from_prefix(shared, [[shared.ids.tolist()[0] + 1]], pad=0) is None  # nothing shared: plain path
+
+
 def test_speed_measures_positive_throughput():
     result = measure(tiny_model("qwen2"), "tiny", batch=2, seq_len=16, new_tokens=4, repeats=2, warmup=1)
     assert result.prefill_tokens_per_s > 0 and result.decode_tokens_per_s > 0 and result.peak_memory_mb > 0

@@ -8,13 +8,20 @@
 
 The prediction (:func:`extract_answer`) is the number in ``\boxed{...}``, else the number after
 "The answer is" (lm-eval ``gsm8k_cot``'s strict-match), else the last number in the text (its
-flexible-extract); exact match against the number after ``####`` in the gold answer. With
+flexible-extract); exact match against the number after ``####`` in the gold answer.
+
+In the ``fewshot`` format every prompt starts with the same exemplars (about 900 tokens for 8
+shots) and the question adds a few dozen: the exemplars' keys and values are computed once
+(:func:`prefix_cache`) and every batch continues from a copy, its left padding moved after the
+shared prefix (the attention mask skips it and positions stay contiguous, so each row sees what it
+would see alone). Greedy tokens are those of the plain path up to float rounding. With
 ``records`` every problem's prediction is appended to a JSONL file as its batch finishes, and a
 rerun skips the problems already there: a long evaluation resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -89,6 +96,57 @@ def build_prompt(question: str, tokenizer, prompt_format: str = "fewshot", prefi
     return f"{prefix}Q: {question}\nA:"
 
 
+@dataclass
+class PrefixCache:
+    """The keys and values of a token prefix every prompt shares, computed once (batch 1)."""
+    ids: torch.Tensor  # (L,) the prefix's tokens
+    cache: object  # a transformers Cache holding L positions
+
+
+@torch.no_grad()
+def prefix_cache(model: nn.Module, tokenizer, prefix: str) -> PrefixCache | None:
+    """The cache of ``prefix``'s tokens (``None`` for an empty prefix)."""
+    ids = tokenizer(prefix, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    if ids.numel() < 2:
+        return None
+    device = next(model.parameters()).device
+    cache = model(input_ids=ids[None].to(device), use_cache=True).past_key_values
+    return PrefixCache(ids=ids, cache=cache)
+
+
+def _shared_length(shared: torch.Tensor, rows: list[list[int]]) -> int:
+    """How many leading tokens of ``shared`` every row starts with (a boundary token may merge with
+    the question's first one, so the usable prefix can be a token or two shorter)."""
+    n = len(shared)
+    for row in rows:
+        head = torch.tensor(row[:n])
+        differs = (head != shared[:len(head)]).nonzero()
+        n = min(n, len(head), int(differs[0]) if len(differs) else n)
+    return n
+
+
+def _continue_from_prefix(shared: PrefixCache, rows: list[list[int]], pad: int) -> dict | None:
+    """generate() inputs for ``rows`` (full prompts' tokens) that reuse ``shared``: the prefix,
+    then each row's rest left-padded, the attention mask zero on the padding, and a copy of the
+    prefix cache repeated once per row (cropped if a row's tokenisation leaves the prefix early);
+    ``None`` where the rows share no prefix token (the caller pads as usual)."""
+    n = _shared_length(shared.ids, rows)
+    if n < 1:
+        return None
+    rest = [row[n:] for row in rows]
+    width = max(len(r) for r in rest)
+    suffix = torch.tensor([[pad] * (width - len(r)) + r for r in rest])  # (B, width)
+    suffix_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest])  # (B, width)
+    batch = len(rows)
+    cache = copy.deepcopy(shared.cache)
+    if n < len(shared.ids):
+        cache.crop(n - len(shared.ids))  # negative: how many positions to drop
+    cache.batch_repeat_interleave(batch)
+    input_ids = torch.cat([shared.ids[:n].expand(batch, n), suffix], dim=1)  # (B, n + width)
+    attention_mask = torch.cat([torch.ones(batch, n, dtype=suffix_mask.dtype), suffix_mask], dim=1)  # (B, n + width)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache}
+
+
 _RECORD_KEYS = ("index", "gold", "prediction", "correct", "settings")
 
 
@@ -119,10 +177,11 @@ def exact_match_stderr(correct: int, n: int) -> float:
 @torch.no_grad()
 def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shots: int = 8, max_new_tokens: int = 256,
                       batch_size: int = 4, progress: bool = True, prompt_format: str = "fewshot",
-                      records: str | Path | None = None) -> Gsm8kResult:
+                      records: str | Path | None = None, reuse_prefix: bool = True) -> Gsm8kResult:
     """Greedy exact match on ``problems`` (``question``/``answer`` records) in ``prompt_format``;
     ``records``: a JSONL file of per-problem predictions, appended as batches finish and read back
-    on a rerun, so an interrupted evaluation resumes (the file must belong to the same problems)."""
+    on a rerun, so an interrupted evaluation resumes (the file must belong to the same problems);
+    ``reuse_prefix``: compute the few-shot exemplars' cache once (module docstring)."""
     if prompt_format not in PROMPT_FORMATS:
         raise GispError(f"unknown prompt format {prompt_format!r}; choose from {', '.join(PROMPT_FORMATS)}")
     prefix = fewshot_prefix(shots) if prompt_format == "fewshot" else ""
@@ -151,12 +210,18 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
         tokenizer.pad_token = tokenizer.eos_token
     pad = pad_id(tokenizer)
     stops = FEWSHOT_STOPS if prompt_format == "fewshot" else None
+    shared = prefix_cache(model, tokenizer, prefix) if reuse_prefix and prefix and todo else None
     try:
         for start in progress_bar(range(0, len(todo), batch_size), desc=f"gsm8k ({len(done)} done)", enabled=progress,
                                   leave=False):
             chunk = todo[start:start + batch_size]
             prompts = [build_prompt(problems[i]["question"], tokenizer, prompt_format, prefix) for i in chunk]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            reused = None if shared is None else \
+                _continue_from_prefix(shared, tokenizer(prompts, add_special_tokens=False)["input_ids"], pad)
+            if reused is not None:
+                enc = {k: v.to(device) if torch.is_tensor(v) else v for k, v in reused.items()}
+            else:
+                enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
                                  stop_strings=stops, tokenizer=tokenizer if stops else None)
             texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
