@@ -59,7 +59,7 @@ def main() -> None:
     }
     print(f"plain {seconds[False]:.0f} s, reused prefix {seconds[True]:.0f} s ({payload['speedup']}x); "
           f"identical texts {same_text}/{len(plain)}, predictions {same_prediction}/{len(plain)}")
-    write_results(f"gsm8k_prefix-{args.model}", payload)
+    write_results(f"gsm8k_prefix-{args.model}.json", payload)
 
 
 if __name__ == "__main__":
