@@ -2,7 +2,8 @@
 
 ``gisp lm-eval-tasks DIR --piqa dev.jsonl --gsm8k test.jsonl`` writes ``gisp_piqa`` (PIQA with
 its labels merged in, lm-eval's own PIQA prompt) and ``gisp_gsm8k_cot`` (greedy chain of thought
-with gisp's fixed train-split exemplars, strict "The answer is N" match) into DIR. Then::
+with gisp's fixed train-split exemplars; strict "The answer is N" match and lm-eval's
+flexible-extract, the last number) into DIR. Then::
 
     HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 lm_eval --model hf \\
         --model_args pretrained=EXPORT,trust_remote_code=True --include_path DIR --tasks gisp_piqa
@@ -50,7 +51,10 @@ def gsm8k_task(source: Path, shots: int = 8) -> dict:
             "target_delimiter": " ", "fewshot_delimiter": "\n\n",
             "generation_kwargs": {"do_sample": False, "until": ["Q:", "\n\n"], "max_gen_toks": 256},
             "filter_list": [{"name": "strict-match", "filter": [
-                {"function": "regex", "regex_pattern": r"The answer is (\-?[0-9\.\,]+)."}, {"function": "take_first"}]}],
+                {"function": "regex", "regex_pattern": r"The answer is (\-?[0-9\.\,]+)."}, {"function": "take_first"}]},
+                {"name": "flexible-extract", "filter": [  # lm-eval gsm8k-cot's: the last number
+                    {"function": "regex", "group_select": -1, "regex_pattern": r"(-?[$0-9.,]{2,})|(-?[0-9]+)"},
+                    {"function": "take_first"}]}],
             "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True,
                              "ignore_case": True, "ignore_punctuation": False, "regexes_to_ignore": [",", r"\$", r"(?s).*#### ", r"\.$"]}],
             "metadata": {"version": 1.0, "source": str(source)}}

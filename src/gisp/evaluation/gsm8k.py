@@ -110,7 +110,8 @@ def prefix_cache(model: nn.Module, tokenizer, prefix: str) -> PrefixCache | None
     if ids.numel() < 2:
         return None
     device = next(model.parameters()).device
-    cache = model(input_ids=ids[None].to(device), use_cache=True).past_key_values
+    out = model(input_ids=ids[None].to(device), use_cache=True)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values  # renamed in transformers 5.2x
     return PrefixCache(ids=ids, cache=cache)
 
 

@@ -1,0 +1,97 @@
+"""Issue #25 point 3: `gisp eval --task gsm8k` against lm-evaluation-harness, problem by problem.
+
+    python benchmarks/gsm8k_lmeval_agreement.py                       # dense qwen2.5-0.5b, test problems 0-49
+    python benchmarks/gsm8k_lmeval_agreement.py --export DIR --records R.jsonl --name gisp-answer@30
+
+lm-eval scores the ``gisp_gsm8k_cot`` task (``gisp lm-eval-tasks --gsm8k``: the same 8 exemplars and
+``Q: ...\\nA:`` layout as gisp's ``fewshot`` format, greedy, 256 tokens) with ``--log_samples``;
+gisp's predictions come from a records file of ``gisp eval --task gsm8k --records`` on the same
+problems (the dense default: the GSM8K benchmark's format cell). Compared: exact match by lm-eval's
+strict-match (``The answer is N``) and flexible-extract (last number) filters, gisp's exact match,
+gisp's strict-only exact match, and per problem how many generated texts and predictions agree.
+The two stop differently (lm-eval at ``Q:`` or a blank line, gisp at ``Q:``): texts are compared
+up to lm-eval's stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+from common import RESULTS, Recorder, environment, write_results
+
+from gisp.data import packaged_gsm8k_path
+from gisp.evaluation.gsm8k import gold_number, read_records
+
+DENSE_RECORDS = RESULTS / "gsm8k-qwen2.5-0.5b" / "records" / "dense-fewshot-100.jsonl"
+STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
+
+
+def lm_eval_stops(text: str) -> str:
+    """``text`` cut where lm-eval's ``until`` (``Q:``, a blank line) would have stopped it."""
+    return re.split(r"Q:|\n\n", text)[0]
+
+
+def strict(text: str) -> str:
+    """lm-eval's strict-match on ``text`` (its regex, then commas, ``$`` and a final period dropped)."""
+    m = STRICT.search(text)
+    return m.group(1).replace(",", "").replace("$", "").rstrip(".") if m else "[invalid]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=50)
+    ap.add_argument("--export", help="a gisp export; default: the dense model converted from the qwen2.5-0.5b alias")
+    ap.add_argument("--records", type=Path, default=DENSE_RECORDS, help="gisp's per-problem records on the same problems")
+    ap.add_argument("--name", default="dense")
+    ap.add_argument("--work", default="runs/gsm8k_lmeval")
+    args = ap.parse_args()
+    rec = Recorder(Path(args.work))
+    model = Path(args.export) if args.export else rec.work / "qwen-dense"
+    if not args.export:
+        rec.once(model / "config.json", ["gisp", "convert", "qwen2.5-0.5b", "--out", model])
+    tasks, out = rec.work / "tasks", rec.work / f"lm_eval_out-{args.name.replace('@', '-')}"
+    rec.run(["gisp", "lm-eval-tasks", tasks, "--gsm8k", packaged_gsm8k_path()])
+    ours = read_records(args.records)
+    missing = [i for i in range(args.limit) if i not in ours]
+    if missing:
+        raise SystemExit(f"{args.records} lacks problems {missing[:5]}...: run gisp eval --records first")
+    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if not list(out.rglob("samples_gisp_gsm8k_cot*.jsonl")):
+        rec.run(["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32,trust_remote_code=True",
+                 "--include_path", tasks, "--tasks", "gisp_gsm8k_cot", "--limit", str(args.limit), "--device", "cpu",
+                 "--batch_size", "8", "--log_samples", "--output_path", out])
+    samples = [json.loads(line) for line in max(out.rglob("samples_gisp_gsm8k_cot*.jsonl"), key=os.path.getmtime)
+               .read_text().splitlines()]
+    theirs = {s["doc_id"]: s for s in samples if s.get("filter") in (None, "strict-match")}
+    flexible = {s["doc_id"]: s for s in samples if s.get("filter") == "flexible-extract"}
+    n = args.limit
+    their_text = {i: theirs[i]["resps"][0][0] for i in range(n)}
+    gold = {i: ours[i]["gold"] for i in range(n)}
+    assert all(gold_number(theirs[i]["doc"]["answer"]) == gold[i] for i in range(n)), "lm-eval scored other problems"
+    comparison = {
+        "problems": n,
+        "lm_eval_strict_match": sum(float(theirs[i]["exact_match"]) for i in range(n)) / n,
+        "lm_eval_flexible_extract": (sum(float(flexible[i]["exact_match"]) for i in range(n)) / n) if flexible else None,
+        "gisp_exact_match": sum(bool(ours[i]["correct"]) for i in range(n)) / n,
+        "gisp_strict_only": sum(strict(lm_eval_stops(ours[i]["text"])) == gold[i] for i in range(n)) / n,
+        "identical_texts": sum(lm_eval_stops(ours[i]["text"]).strip() == lm_eval_stops(their_text[i]).strip()
+                               for i in range(n)),
+        "identical_strict_predictions": sum(strict(lm_eval_stops(ours[i]["text"])) == strict(their_text[i])
+                                            for i in range(n)),
+    }
+    comparison["differing"] = [{"index": i, "gisp": ours[i]["text"][:400], "lm_eval": their_text[i][:400]}
+                               for i in range(n) if lm_eval_stops(ours[i]["text"]).strip() != lm_eval_stops(their_text[i]).strip()]
+    print(json.dumps({k: v for k, v in comparison.items() if k != "differing"}, indent=2))
+    path = RESULTS / "gsm8k_lmeval_agreement.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[args.name] = {"model": str(model), "records": str(args.records), "comparison": comparison,
+                          "commands": rec.commands, "environment": environment()}
+    write_results(path.name, results)
+
+
+if __name__ == "__main__":
+    main()
