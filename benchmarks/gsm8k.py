@@ -5,6 +5,8 @@ calibration and the baselines (issue #25).
     python benchmarks/gsm8k.py --stage runs     # only GISP's two pruning runs (their trajectories)
     python benchmarks/gsm8k.py --stage formats  # only the dense model in both prompt formats
     python benchmarks/gsm8k.py --report         # rewrite the table and plot from the results
+    python benchmarks/gsm8k.py --rerun gisp-answer@30   # evaluate a finished cell again (export rebuilt):
+                                                        # does it reproduce, problem by problem?
 
 Protocol (written into the results file):
 - Prompt format: the dense model in both formats (8-shot chain of thought, and the chat template
@@ -124,6 +126,45 @@ def prune(runner: Runner, results: dict, key: str, spec: dict) -> Path:
     return run_dir
 
 
+def _cell_model(runner: Runner, results: dict, cell: str) -> tuple[str, str]:
+    """The model a cell evaluates (an export rebuilt from its kept run for a pruned level) and its data."""
+    if cell.startswith("dense"):
+        return MODEL, FORMAT_TEST if cell.endswith("-100") else TEST
+    name, _, level = cell.partition("@")
+    key = name if name.startswith("gisp-") else f"{name}-{level}"
+    run_dir = prune(runner, results, key, runs()[key])
+    export = WORK / f"{cell.replace('@', '-')}-rerun-export"
+    shutil.rmtree(export, ignore_errors=True)
+    runner.run(["gisp", "export", str(run_dir), "--sparsity", str(int(level) / 100), "--out", str(export), "--quiet"])
+    return str(export), TEST
+
+
+def rerun(runner: Runner, results: dict, cell: str) -> None:
+    """Evaluate finished ``cell`` again from scratch (new records, export rebuilt from the trajectory)
+    and record how many problems' predictions match the first evaluation's."""
+    from gisp.evaluation.gsm8k import read_records
+
+    if cell not in results["cells"]:
+        sys.exit(f"no finished cell {cell!r}; finished: {', '.join(sorted(results['cells']))}")
+    first = results["cells"][cell]
+    model, data = _cell_model(runner, results, cell)
+    records = OUT / "records" / f"{cell}-rerun.jsonl"
+    cmd = ["gisp", "eval", model, *EVAL, "--data", data, "--prompt-format", first["prompt_format"], "--records",
+           str(records), "--json"]
+    stdout, seconds, _ = runner.run(cmd)
+    em = json.loads(stdout.strip().splitlines()[-1])
+    before, again = read_records(OUT / "records" / f"{cell}.jsonl"), read_records(records)
+    flipped = sorted(i for i in before if i in again and before[i]["prediction"] != again[i]["prediction"])
+    results.setdefault("reruns", {})[cell] = {
+        "exact_match": em["exact_match"], "correct": em["correct"], "first_correct": first["correct"],
+        "problems": em["problems"], "predictions_differing": flipped, "eval_seconds": seconds,
+        "command": " ".join(cmd)}
+    save_results(results)
+    if model != MODEL:
+        shutil.rmtree(model, ignore_errors=True)
+    print(f"{cell} again: {em['correct']} correct (first {first['correct']}), {len(flipped)} predictions differ")
+
+
 def best_format(results: dict) -> str | None:
     cells = [results["cells"].get(f"dense-{fmt}-100") for fmt in ("fewshot", "chat")]
     if any(c is None for c in cells):
@@ -135,12 +176,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=["runs", "formats", "all"], default="all")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--rerun", metavar="CELL", help="evaluate a finished cell again into records/CELL-rerun.jsonl")
     args = parser.parse_args()
     results = load_results()
     if args.report:
         write_report(results)
         return
     runner = Runner(WORK)
+    if args.rerun:
+        rerun(runner, results, args.rerun)
+        return
     for key, spec in runs().items():  # GISP's runs first: their trajectories also serve kv_cache.py
         if key.startswith("gisp-"):
             prune(runner, results, key, spec)
@@ -177,14 +222,24 @@ def evaluate_level(runner: Runner, results: dict, key: str, spec: dict, level: f
 
 def write_report(results: dict) -> None:
     """The table (markdown) and the plot from the results file."""
-    cells = results["cells"]
+    cells, pruned = results["cells"], results["runs"]
     rows = []
     for key, cell in sorted(cells.items()):
         name, _, level = key.partition("@")
-        rows.append([name, level or "-", f"{cell['exact_match']:.3f}", f"{cell['stderr']:.3f}", f"{cell['answer_ppl']:.3f}"])
-    head = ["calibration", "level", "exact match", "stderr", "answer ppl (held out)"]
+        run = pruned.get(name if name.startswith("gisp-") else f"{name}-{level}")
+        rows.append([name, level or "-", f"{cell['correct']}/{cell['problems']}", f"{cell['exact_match']:.3f}",
+                     f"{cell['stderr']:.3f}", f"{cell['answer_ppl']:.3f}", f"{run['prune_seconds']:.0f}" if run else "-"])
+    head = ["calibration", "level", "correct", "exact match", "stderr", "answer ppl (held out)", "prune s"]
+    notes = ["", "GISP's prune seconds are one run's (3 steps to 30%; every level is one of its steps); a "
+             "baseline's are its run for that level. Every run shares the machine's 2 cores with other jobs, so "
+             "seconds compare loosely."]
+    for cell, again in results.get("reruns", {}).items():
+        notes.append(f"Re-run of `{cell}` (export rebuilt from the trajectory, new records): {again['correct']} correct "
+                     f"against {again['first_correct']} the first time; {len(again['predictions_differing'])} of "
+                     f"{again['problems']} predictions differ.")
     (RESULTS / f"{NAME}.md").write_text(f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, "
-                                        f"{results.get('chosen_format')} prompts)\n\n" + markdown_table(head, rows) + "\n")
+                                        f"{results.get('chosen_format')} prompts)\n\n" + markdown_table(head, rows)
+                                        + "\n" + "\n\n".join(notes) + "\n")
     _plot(cells)
 
 
