@@ -157,6 +157,41 @@ def gsm8k_section() -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def gsm8k_lmeval_section() -> str:
+    """gisp's GSM8K evaluation against lm-eval's, problem by problem (gsm8k_lmeval_agreement.py)."""
+    data = load("gsm8k_lmeval_agreement")
+    if data is None:
+        return ""
+    rows = []
+    for name, cell in data["cells"].items():
+        c = cell["comparison"]
+        flexible = "-" if c["lm_eval_flexible_extract"] is None else f"{c['lm_eval_flexible_extract']:.3f}"
+        rows.append([name, c["problems"], f"{c['gisp_exact_match']:.3f}", f"{c['gisp_strict_only']:.3f}",
+                     f"{c['lm_eval_strict_match']:.3f}", flexible, f"{c['identical_texts']}/{c['problems']}",
+                     f"{c['identical_strict_predictions']}/{c['problems']}"])
+    return "\n".join(["## `gisp eval --task gsm8k` against lm-eval", "", provenance("gsm8k_lmeval_agreement", data), "",
+                      "The same problems (GSM8K test, first ones), the same 8-shot chain-of-thought prompt "
+                      "(`gisp lm-eval-tasks --gsm8k`), greedy, 256 tokens; texts compared up to lm-eval's stops "
+                      "(`Q:` or a blank line); gisp's exact match takes `\\boxed{}`, then \"The answer is\", then the "
+                      "last number, its strict-only column only \"The answer is\" as lm-eval's strict-match.", "",
+                      markdown_table(["model", "problems", "gisp", "gisp strict-only", "lm-eval strict-match",
+                                      "lm-eval flexible-extract", "identical texts", "identical strict answers"], rows)]) + "\n"
+
+
+def gsm8k_prefix_section() -> str:
+    """What reusing the few-shot exemplars' KV cache saves, and whether it changes a token."""
+    data = load("gsm8k_prefix-qwen2.5-0.5b")
+    if data is None:
+        return ""
+    return "\n".join(["## GSM8K evaluation: the exemplars' KV cache computed once", "",
+                      provenance("gsm8k_prefix-qwen2.5-0.5b", data), "",
+                      f"`{data['command'].strip()}`: dense {data['model']}, {data['problems']} problems, batch "
+                      f"{data['batch_size']}, {data['shots']}-shot, {data['max_new_tokens']} new tokens: "
+                      f"{data['plain']['seconds']:.0f} s with every batch prefilling the exemplars, "
+                      f"{data['reuse_prefix']['seconds']:.0f} s continuing from one cache ({data['speedup']}x); "
+                      f"identical generated texts for {data['identical_texts']} of {data['problems']} problems."]) + "\n"
+
+
 def score_noise_section() -> str:
     """Split-half agreement of the scores each calibration objective gives (piqa_score_noise.py)."""
     data = load("piqa_score_noise")
@@ -439,7 +474,8 @@ PAGES: dict[str, tuple[str, str, list[Callable[[], str]]]] = {
     "task-alignment.md": ("Task alignment",
                           "Calibrating on the task's own loss: multiple choice (margin), answers (GSM8K).",
                           [lambda: quality_section("quality-smollm2-piqa", "PIQA, SmolLM2-135M, 30%"),
-                           score_noise_section, anchor_section, gsm8k_section, lmeval_agreement_section]),
+                           score_noise_section, anchor_section, gsm8k_section, gsm8k_lmeval_section,
+                           gsm8k_prefix_section, lmeval_agreement_section]),
     "scale-and-speed.md": ("Scale, memory and speed",
                            "Scoring throughput and memory, inference speed of exports (transformers and llama.cpp), "
                            "KV cache, GPU plans.",

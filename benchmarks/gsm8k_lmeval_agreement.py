@@ -87,9 +87,10 @@ def main() -> None:
                                for i in range(n) if lm_eval_stops(ours[i]["text"]).strip() != lm_eval_stops(their_text[i]).strip()]
     print(json.dumps({k: v for k, v in comparison.items() if k != "differing"}, indent=2))
     path = RESULTS / "gsm8k_lmeval_agreement.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    results[args.name] = {"model": str(model), "records": str(args.records), "comparison": comparison,
-                          "commands": rec.commands, "environment": environment()}
+    results = json.loads(path.read_text()) if path.is_file() else {"cells": {}}
+    results["environment"] = environment()  # of the latest cell; each cell keeps its own too
+    results["cells"][args.name] = {"model": str(model), "records": str(args.records), "comparison": comparison,
+                                   "commands": rec.commands, "environment": results["environment"]}
     write_results(path.name, results)
 
 
