@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -239,8 +240,46 @@ def write_report(results: dict) -> None:
                      f"{again['problems']} predictions differ.")
     (RESULTS / f"{NAME}.md").write_text(f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, "
                                         f"{results.get('chosen_format')} prompts)\n\n" + markdown_table(head, rows)
-                                        + "\n" + "\n\n".join(notes) + "\n")
+                                        + "\n" + "\n\n".join(notes) + "\n" + failure_table(cells))
     _plot(cells)
+
+
+def classify(record: dict) -> str:
+    """What a generation did: ``correct``; ``no answer`` (neither "The answer is" nor ``\\boxed``: the
+    prediction is a fallback last number); ``loops`` (a line or sentence repeated three times or more,
+    the way a damaged model runs on); else ``wrong answer`` (a final answer, the wrong number)."""
+    if record["correct"]:
+        return "correct"
+    text = record["text"].split("Q:")[0]
+    pieces = [p.strip() for p in re.split(r"[\n.]", text) if len(p.strip()) > 8]
+    if pieces and max(pieces.count(p) for p in pieces) >= 3:
+        return "loops"
+    if "The answer is" not in text and "\\boxed" not in text:
+        return "no answer"
+    return "wrong answer"
+
+
+def failure_table(cells: dict) -> str:
+    """Per evaluated cell, from its records: how its generations fail, and which problems flipped
+    against the dense model (dense right and the cell wrong, and the reverse)."""
+    from gisp.evaluation.gsm8k import read_records
+
+    dense = read_records(OUT / "records" / "dense.jsonl")
+    kinds = ["correct", "wrong answer", "no answer", "loops"]
+    rows = []
+    for key in sorted(cells):
+        records = read_records(OUT / "records" / f"{key}.jsonl")
+        if not records or key.endswith("-100"):
+            continue
+        counts = [sum(classify(r) == kind for r in records.values()) for kind in kinds]
+        lost = sum(1 for i, r in records.items() if i in dense and dense[i]["correct"] and not r["correct"])
+        gained = sum(1 for i, r in records.items() if i in dense and not dense[i]["correct"] and r["correct"])
+        rows.append([key, *counts, lost if key != "dense" else "-", gained if key != "dense" else "-"])
+    if not rows:
+        return ""
+    return ("\n## How the generations fail\n\nFrom each cell's records (`benchmarks/results/gsm8k-qwen2.5-0.5b/records/`); "
+            "see `classify` in `benchmarks/gsm8k.py`. Lost: problems the dense model solves and the cell does not; "
+            "gained: the reverse.\n\n" + markdown_table(["cell", *kinds, "lost", "gained"], rows) + "\n")
 
 
 def _plot(cells: dict) -> None:
