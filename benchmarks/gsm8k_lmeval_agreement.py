@@ -60,10 +60,13 @@ def main() -> None:
     if missing:
         raise SystemExit(f"{args.records} lacks problems {missing[:5]}...: run gisp eval --records first")
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    lm_eval = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32,trust_remote_code=True",
+               "--include_path", tasks, "--tasks", "gisp_gsm8k_cot", "--limit", str(args.limit), "--device", "cpu",
+               "--batch_size", "8", "--log_samples", "--output_path", out]
     if not list(out.rglob("samples_gisp_gsm8k_cot*.jsonl")):
-        rec.run(["lm_eval", "--model", "hf", "--model_args", f"pretrained={model},dtype=float32,trust_remote_code=True",
-                 "--include_path", tasks, "--tasks", "gisp_gsm8k_cot", "--limit", str(args.limit), "--device", "cpu",
-                 "--batch_size", "8", "--log_samples", "--output_path", out])
+        rec.run(lm_eval)
+    else:  # an earlier invocation ran it; its samples are read again
+        rec.commands.append({"cmd": " ".join(map(str, lm_eval)), "reused_samples": True})
     samples = [json.loads(line) for line in max(out.rglob("samples_gisp_gsm8k_cot*.jsonl"), key=os.path.getmtime)
                .read_text().splitlines()]
     theirs = {s["doc_id"]: s for s in samples if s.get("filter") in (None, "strict-match")}
