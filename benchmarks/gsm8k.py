@@ -94,8 +94,12 @@ def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt
     stdout, seconds, rss = runner.run(cmd)
     em = json.loads(stdout.strip().splitlines()[-1])
     ppl_cmd = ["gisp", "eval", model, "--task", "answer_ppl", "--data", HELD_OUT, "--batch-size", "8", "--json"]
-    ppl_out, ppl_seconds, _ = runner.run(ppl_cmd)
-    ppl = json.loads(ppl_out.strip().splitlines()[-1])
+    same_model = [c for c in results["cells"].values() if c["commands"][1] == " ".join(ppl_cmd)]
+    if same_model:  # the dense model in another prompt format: its perplexity does not depend on the format
+        ppl = {"ppl": same_model[0]["answer_ppl"]}
+    else:
+        ppl_out, _, _ = runner.run(ppl_cmd)
+        ppl = json.loads(ppl_out.strip().splitlines()[-1])
     cell = {"exact_match": em["exact_match"], "stderr": em["stderr"], "correct": em["correct"], "problems": em["problems"],
             "prompt_format": fmt, "answer_ppl": ppl["ppl"], "eval_seconds": seconds, "eval_peak_mb": rss,
             "commands": [" ".join(cmd), " ".join(ppl_cmd)]}
