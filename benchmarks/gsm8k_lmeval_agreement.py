@@ -1,7 +1,8 @@
 """Issue #25 point 3: `gisp eval --task gsm8k` against lm-evaluation-harness, problem by problem.
 
     python benchmarks/gsm8k_lmeval_agreement.py                       # dense qwen2.5-0.5b, test problems 0-49
-    python benchmarks/gsm8k_lmeval_agreement.py --export DIR --records R.jsonl --name gisp-answer@30
+    python benchmarks/gsm8k_lmeval_agreement.py --run benchmarks/results/gsm8k-qwen2.5-0.5b/runs/gisp-answer \
+        --level 0.3 --name gisp-answer@30    # an export rebuilt from a kept run; gisp's records made here
 
 lm-eval scores the ``gisp_gsm8k_cot`` task (``gisp lm-eval-tasks --gsm8k``: the same 8 exemplars and
 ``Q: ...\\nA:`` layout as gisp's ``fewshot`` format, greedy, 256 tokens) with ``--log_samples``;
@@ -45,14 +46,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=50)
     ap.add_argument("--export", help="a gisp export; default: the dense model converted from the qwen2.5-0.5b alias")
-    ap.add_argument("--records", type=Path, default=DENSE_RECORDS, help="gisp's per-problem records on the same problems")
+    ap.add_argument("--run", help="a gisp run directory: its --level is exported (instead of --export)")
+    ap.add_argument("--level", type=float, help="the sparsity level of --run to export")
+    ap.add_argument("--records", type=Path, help="gisp's per-problem records on the same problems (default: the dense "
+                    "model's format cell; for an export, made here with gisp eval --prompt-format fewshot)")
     ap.add_argument("--name", default="dense")
     ap.add_argument("--work", default="runs/gsm8k_lmeval")
     args = ap.parse_args()
     rec = Recorder(Path(args.work))
-    model = Path(args.export) if args.export else rec.work / "qwen-dense"
-    if not args.export:
+    if args.run:
+        if args.level is None:
+            raise SystemExit("--run needs --level")
+        model = rec.work / f"export-{args.name.replace('@', '-')}"
+        rec.once(model / "gisp_export.json", ["gisp", "export", args.run, "--sparsity", args.level, "--out", model, "--quiet"])
+    else:
+        model = Path(args.export) if args.export else rec.work / "qwen-dense"
+    if not args.export and not args.run:
         rec.once(model / "config.json", ["gisp", "convert", "qwen2.5-0.5b", "--out", model])
+        args.records = args.records or DENSE_RECORDS
+    if args.records is None:  # gisp's side, same problems and prompt (resumes from its records)
+        args.records = RESULTS / "gsm8k_lmeval_agreement" / f"gisp-{args.name.replace('@', '-')}.jsonl"
+        args.records.parent.mkdir(parents=True, exist_ok=True)
+        rec.run(["gisp", "eval", model, "--task", "gsm8k", "--data", f"gsm8k[:{args.limit}]", "--prompt-format", "fewshot",
+                 "--batch-size", "8", "--max-new-tokens", "256", "--records", args.records, "--json"])
     tasks, out = rec.work / "tasks", rec.work / f"lm_eval_out-{args.name.replace('@', '-')}"
     rec.run(["gisp", "lm-eval-tasks", tasks, "--gsm8k", packaged_gsm8k_path()])
     ours = read_records(args.records)
