@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from gisp.cli import main
 from gisp.errors import GispError
@@ -179,3 +180,21 @@ def test_eval_errors(tiny_dir, tmp_path, capsys):
     assert "task mc needs --data" in capsys.readouterr().err
     assert main(["eval", str(tiny_dir("qwen3")), "--levels", "0.1", "--task", "ppl", "--data", "gsm8k"]) == 2
     assert "--levels needs a run directory" in capsys.readouterr().err
+
+
+def test_kv_cache_helpers_use_the_name_this_transformers_takes():
+    import inspect
+
+    from gisp.evaluation.kvcache import cache_kwargs, returned_cache
+
+    model = tiny_model("llama-gqa")
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        first = model(input_ids=ids, use_cache=True)
+        cache = returned_cache(first)
+        assert cache.get_seq_length() == 3 and list(cache_kwargs(model, cache)) == [name]
+        step = model(input_ids=ids[:, :1], use_cache=True, **cache_kwargs(model, cache))
+        whole = model(input_ids=torch.tensor([[1, 2, 3, 1]]))
+    assert returned_cache(step).get_seq_length() == 4  # the step continued from the cache, not from scratch
+    torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], rtol=1e-4, atol=1e-5)

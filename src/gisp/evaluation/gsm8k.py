@@ -34,6 +34,7 @@ from torch import nn
 from gisp.errors import GispError
 
 from gisp.data import pad_id, read_jsonl
+from gisp.evaluation.kvcache import cache_kwargs, returned_cache
 from gisp.runtime import progress_bar
 
 EXEMPLARS = Path(__file__).resolve().parent.parent / "resources" / "gsm8k_train_exemplars.jsonl"
@@ -110,9 +111,7 @@ def prefix_cache(model: nn.Module, tokenizer, prefix: str) -> PrefixCache | None
     if ids.numel() < 2:
         return None
     device = next(model.parameters()).device
-    out = model(input_ids=ids[None].to(device), use_cache=True)
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values  # renamed in transformers 5.2x
-    return PrefixCache(ids=ids, cache=cache)
+    return PrefixCache(ids=ids, cache=returned_cache(model(input_ids=ids[None].to(device), use_cache=True)))
 
 
 def _shared_length(shared: torch.Tensor, rows: list[list[int]]) -> int:
@@ -220,7 +219,8 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
             reused = None if shared is None else \
                 _continue_from_prefix(shared, tokenizer(prompts, add_special_tokens=False)["input_ids"], pad)
             if reused is not None:
-                enc = {k: v.to(device) if torch.is_tensor(v) else v for k, v in reused.items()}
+                enc = {"input_ids": reused["input_ids"].to(device), "attention_mask": reused["attention_mask"].to(device),
+                       **cache_kwargs(model, reused["cache"])}
             else:
                 enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from gisp.errors import GispError
+from gisp.evaluation.kvcache import cache_kwargs, returned_cache
 
 
 @dataclass
@@ -62,12 +63,12 @@ def _prefill(model: nn.Module, ids: torch.Tensor, all_logits: bool = False) -> f
 @torch.no_grad()
 def _decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> float:
     out = model(input_ids=ids, use_cache=True)
-    past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    past, token = returned_cache(out), out.logits[:, -1:].argmax(-1)
     _sync(ids.device)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=token, past_key_values=past, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        out = model(input_ids=token, use_cache=True, **cache_kwargs(model, past))
+        past, token = returned_cache(out), out.logits[:, -1:].argmax(-1)
     _sync(ids.device)
     return time.perf_counter() - start
 
