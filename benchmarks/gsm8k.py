@@ -252,9 +252,10 @@ def write_report(results: dict) -> None:
 
 
 def classify(record: dict) -> str:
-    """What a generation did: ``correct``; ``no answer`` (neither "The answer is" nor ``\\boxed``: the
-    prediction is a fallback last number); ``loops`` (a line or sentence repeated three times or more,
-    the way a damaged model runs on); else ``wrong answer`` (a final answer, the wrong number)."""
+    """What a generation did: ``correct``; ``loops`` (a line or sentence repeated three times or more,
+    the way a damaged model runs on); ``out of tokens`` (no final answer when the token budget ran
+    out; records from before gisp counted tokens say ``no answer``); ``no answer`` (neither "The
+    answer is" nor ``\\boxed``: the prediction is a fallback last number); else ``wrong answer``."""
     if record["correct"]:
         return "correct"
     text = record["text"].split("Q:")[0]
@@ -262,7 +263,7 @@ def classify(record: dict) -> str:
     if pieces and max(pieces.count(p) for p in pieces) >= 3:
         return "loops"
     if "The answer is" not in text and "\\boxed" not in text:
-        return "no answer"
+        return "out of tokens" if record.get("out_of_tokens") else "no answer"
     return "wrong answer"
 
 
@@ -272,7 +273,7 @@ def failure_table(cells: dict) -> str:
     from gisp.evaluation.gsm8k import read_records
 
     dense = read_records(OUT / "records" / "dense.jsonl")
-    kinds = ["correct", "wrong answer", "no answer", "loops"]
+    kinds = ["correct", "wrong answer", "no answer", "out of tokens", "loops"]
     rows = []
     for key in sorted(cells):
         records = read_records(OUT / "records" / f"{key}.jsonl")

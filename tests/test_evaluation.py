@@ -32,6 +32,7 @@ def test_gsm8k_records_resume_per_problem_and_refuse_other_problems(tmp_path):
                               records=records)
     lines = [json.loads(line) for line in records.read_text().splitlines()]
     assert [r["index"] for r in lines] == [0, 1, 2] and [r["gold"] for r in lines] == ["1", "2", "3"]
+    assert all(1 <= r["new_tokens"] <= 4 and r["out_of_tokens"] == (r["new_tokens"] == 4) for r in lines)
     calls = []
     generate = model.generate
     model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or generate(**kw)
@@ -198,3 +199,10 @@ def test_kv_cache_helpers_use_the_name_this_transformers_takes():
         whole = model(input_ids=torch.tensor([[1, 2, 3, 1]]))
     assert returned_cache(step).get_seq_length() == 4  # the step continued from the cache, not from scratch
     torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_generated_lengths_count_up_to_the_first_end_token():
+    from gisp.evaluation.gsm8k import generated_lengths
+
+    generated = torch.tensor([[5, 6, 0, 0], [5, 6, 7, 8], [0, 0, 0, 0]])  # pad (= eos) 0
+    assert generated_lengths(generated, pad=0) == [3, 4, 1]

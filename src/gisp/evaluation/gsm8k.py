@@ -147,6 +147,15 @@ def _continue_from_prefix(shared: PrefixCache, rows: list[list[int]], pad: int) 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache}
 
 
+def generated_lengths(generated: torch.Tensor, pad: int) -> list[int]:
+    """Tokens each row of ``generated`` (B, steps) produced: up to and including its first ``pad``
+    (the end-of-sequence token ends a row, and generate() pads finished rows with it), else all."""
+    is_pad = generated == pad  # (B, steps)
+    first = torch.where(is_pad.any(1), is_pad.int().argmax(1) + 1, torch.full_like(is_pad[:, 0], generated.shape[1],
+                                                                                    dtype=torch.long))
+    return first.tolist()
+
+
 _RECORD_KEYS = ("index", "gold", "prediction", "correct", "settings")
 
 
@@ -225,12 +234,14 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
                 enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad,
                                  stop_strings=stops, tokenizer=tokenizer if stops else None)
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            generated = out[:, enc["input_ids"].shape[1]:]  # (B, steps): a finished row is padded to the longest
+            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
             lines = []
-            for i, text in zip(chunk, texts):
+            for i, text, length in zip(chunk, texts, generated_lengths(generated, pad)):
                 answer = text.split("Q:")[0] if prompt_format == "fewshot" else text
                 record = {"index": i, "gold": gold_number(problems[i]["answer"]), "prediction": extract_answer(answer),
-                          "text": text, "settings": settings}
+                          "text": text, "new_tokens": length, "out_of_tokens": length >= max_new_tokens,
+                          "settings": settings}
                 record["correct"] = record["prediction"] == record["gold"]
                 done[i] = record
                 lines.append(json.dumps(record) + "\n")
