@@ -142,7 +142,8 @@ def gsm8k_section() -> str:
     if data is None:
         return ("## GSM8K exact match (Qwen2.5-Coder-0.5B-Instruct)\n\n"
                 "`benchmarks/gsm8k.py` has not finished a cell yet; no figure is quoted.\n")
-    rows = [[key.partition("@")[0], key.partition("@")[2] or "-", cell["prompt_format"], cell["problems"],
+    rows = [[key.partition("@")[0], key.partition("@")[2] or "-",
+             f"{cell['prompt_format']}, {cell.get('max_new_tokens', 256)} tokens", cell["problems"],
              f"{cell['exact_match']:.3f}", f"{cell['stderr']:.3f}", f"{cell['answer_ppl']:.3f}"]
             for key, cell in sorted(data["cells"].items())]
     runs = [[key, run["label"], f"{run['prune_seconds']:.0f}", f"{run['prune_peak_mb']:.0f}"]

