@@ -296,9 +296,30 @@ def classify(record: dict) -> str:
     return "wrong answer"
 
 
+def reached_budget(records: dict[int, dict], budget: int) -> int:
+    """How many generations used the whole token budget: from ``out_of_tokens`` where records carry
+    it; for older records, their text re-tokenised with the model's tokenizer and counted at
+    ``budget - 6`` or more (a decode/encode round trip can merge a few tokens)."""
+    if all("out_of_tokens" in r for r in records.values()):
+        return sum(bool(r["out_of_tokens"]) for r in records.values())
+    tokenizer = _tokenizer()
+    return sum(len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) >= budget - 6 for r in records.values())
+
+
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    from gisp import models
+
+    src = models.resolve(MODEL)
+    with models.quiet_gguf_bars():
+        return AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file)
+
+
 def failure_table(cells: dict) -> str:
-    """Per evaluated cell, from its records: how its generations fail, and which problems flipped
-    against the dense model (dense right and the cell wrong, and the reverse)."""
+    """Per evaluated cell, from its records: how its generations fail, how many used the whole token
+    budget, and which problems flipped against the dense model (dense right and the cell wrong, and
+    the reverse)."""
     from gisp.evaluation.gsm8k import read_records
 
     dense = read_records(OUT / "records" / "dense.jsonl")
@@ -306,17 +327,19 @@ def failure_table(cells: dict) -> str:
     rows = []
     for key in sorted(cells):
         records = read_records(OUT / "records" / f"{key}.jsonl")
-        if not records or key.endswith("-100"):
+        if not records:
             continue
         counts = [sum(classify(r) == kind for r in records.values()) for kind in kinds]
         lost = sum(1 for i, r in records.items() if i in dense and dense[i]["correct"] and not r["correct"])
         gained = sum(1 for i, r in records.items() if i in dense and not dense[i]["correct"] and r["correct"])
-        rows.append([key, *counts, lost if key != "dense" else "-", gained if key != "dense" else "-"])
+        budget = cells[key].get("max_new_tokens", 256)
+        rows.append([key, *counts, f"{reached_budget(records, budget)} ({budget})", lost if key != "dense" else "-",
+                     gained if key != "dense" else "-"])
     if not rows:
         return ""
     return ("\n## How the generations fail\n\nFrom each cell's records (`benchmarks/results/gsm8k-qwen2.5-0.5b/records/`); "
             "see `classify` in `benchmarks/gsm8k.py`. Lost: problems the dense model solves and the cell does not; "
-            "gained: the reverse.\n\n" + markdown_table(["cell", *kinds, "lost", "gained"], rows) + "\n")
+            "gained: the reverse (lost/gained are counted on the problems both answered).\n\n" + markdown_table(["cell", *kinds, "used the whole budget (tokens)", "lost", "gained"], rows) + "\n")
 
 
 def _plot(cells: dict) -> None:
