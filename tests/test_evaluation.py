@@ -105,6 +105,8 @@ def test_continue_from_prefix_moves_padding_after_the_prefix():
     cut = _continue_from_prefix(shared, [shared.ids.tolist()[:-1] + [9]], pad=0)  # the last prefix token merged away
     assert cut["cache"].get_seq_length() == n - 1 and cut["input_ids"][0].tolist()[-1] == 9
     assert _continue_from_prefix(shared, [[shared.ids.tolist()[0] + 1]], pad=0) is None  # nothing shared: plain path
+    whole = _continue_from_prefix(shared, [shared.ids.tolist()], pad=0)  # a row that is all prefix keeps its last token
+    assert whole["cache"].get_seq_length() == n - 1 and whole["input_ids"].shape == (1, n)
 
 
 def test_speed_measures_positive_throughput():

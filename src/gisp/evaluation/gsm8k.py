@@ -130,7 +130,7 @@ def _continue_from_prefix(shared: PrefixCache, rows: list[list[int]], pad: int) 
     then each row's rest left-padded, the attention mask zero on the padding, and a copy of the
     prefix cache repeated once per row (cropped if a row's tokenisation leaves the prefix early);
     ``None`` where the rows share no prefix token (the caller pads as usual)."""
-    n = _shared_length(shared.ids, rows)
+    n = min(_shared_length(shared.ids, rows), min(len(r) for r in rows) - 1)  # every row keeps a token to feed
     if n < 1:
         return None
     rest = [row[n:] for row in rows]
