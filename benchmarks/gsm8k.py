@@ -259,9 +259,10 @@ def write_report(results: dict) -> None:
     for key, cell in sorted(cells.items()):
         name, _, level = key.partition("@")
         run = pruned.get(name if name.startswith("gisp-") else f"{name}-{level}")
-        rows.append([name, level or "-", f"{cell['correct']}/{cell['problems']}", f"{cell['exact_match']:.3f}",
+        rows.append([name, level or "-", f"{cell['prompt_format']}, {cell.get('max_new_tokens', 256)}",
+                     f"{cell['correct']}/{cell['problems']}", f"{cell['exact_match']:.3f}",
                      f"{cell['stderr']:.3f}", f"{cell['answer_ppl']:.3f}", f"{run['prune_seconds']:.0f}" if run else "-"])
-    head = ["calibration", "level", "correct", "exact match", "stderr", "answer ppl (held out)", "prune s"]
+    head = ["calibration", "level", "prompt, new tokens", "correct", "exact match", "stderr", "answer ppl (held out)", "prune s"]
     notes = ["", "GISP's prune seconds are one run's (3 steps to 30%; every level is one of its steps); a "
              "baseline's are its run for that level. Every run shares the machine's 2 cores with other jobs, so "
              "seconds compare loosely."]
