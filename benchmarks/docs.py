@@ -193,6 +193,26 @@ def gsm8k_prefix_section() -> str:
                       f"identical generated texts for {data['identical_texts']} of {data['problems']} problems."]) + "\n"
 
 
+def gsm8k_batch_section() -> str:
+    """What GSM8K generation's batch size costs and whether it changes a token (gsm8k_batch.py)."""
+    data = load("gsm8k_batch-qwen2.5-0.5b")
+    if data is None:
+        return ""
+    costs = [[c["batch"], f"{c['prefill_s']:.1f}", f"{c['decode_step_s']:.3f}", f"{c['row_step_ms']:.1f}"]
+             for c in data["step_costs"]]
+    replayed = [[e["batch"], e["decode_steps"], f"{e['row_steps_wasted']:.0%}", e["estimated_s"]] for e in data["replayed"]]
+    checks = [f"{e['identical_texts']} of {e['problems']} problems' texts identical to batch 8's at batch {e['batch_size']} "
+              f"({e['seconds']:.0f} s)" for e in data["identity"]]
+    return "\n".join(["## GSM8K evaluation: batch size", "", provenance("gsm8k_batch-qwen2.5-0.5b", data), "",
+                      f"Dense {data['model']}, chat prompts. A decode step's cost barely grows with the batch (the "
+                      "weights are read once a step), while a batch runs until its longest row ends; the cell "
+                      f"`{data['cell']}` replayed at each batch size (its generated lengths):", "",
+                      markdown_table(["batch", "prefill s", "decode step s", "ms per row-step"], costs), "",
+                      markdown_table(["batch", "decode steps for the cell", "row-steps after a row ended",
+                                      "estimated s"], replayed), "",
+                      "Greedy texts against the cell's records (batch 8): " + "; ".join(checks) + "."]) + "\n"
+
+
 def score_noise_section() -> str:
     """Split-half agreement of the scores each calibration objective gives (piqa_score_noise.py)."""
     data = load("piqa_score_noise")
@@ -476,7 +496,7 @@ PAGES: dict[str, tuple[str, str, list[Callable[[], str]]]] = {
                           "Calibrating on the task's own loss: multiple choice (margin), answers (GSM8K).",
                           [lambda: quality_section("quality-smollm2-piqa", "PIQA, SmolLM2-135M, 30%"),
                            score_noise_section, anchor_section, gsm8k_section, gsm8k_lmeval_section,
-                           gsm8k_prefix_section, lmeval_agreement_section]),
+                           gsm8k_prefix_section, gsm8k_batch_section, lmeval_agreement_section]),
     "scale-and-speed.md": ("Scale, memory and speed",
                            "Scoring throughput and memory, inference speed of exports (transformers and llama.cpp), "
                            "KV cache, GPU plans.",

@@ -55,9 +55,10 @@ LEVELS = (0.1, 0.2, 0.3)
 ANSWER_CALIB = ["--data", f"gsm8k:{TRAIN}", "--objective", "answer", "--max-tokens", str(TOKENS), "--seq-len", "512",
                 "--batch-size", "4"]
 LM_CALIB = ["--data", f"wikitext2:{WIKI}[:31]", "--max-tokens", str(TOKENS), "--seq-len", "128"]
-#: Batch 32: decode here is bound by reading the weights (0.35 s a step at batch 8, 0.46 at 32), so a
-#: cell costs about 2.5x less than at batch 8, and the texts are those of batch 8 (16 of 16 problems at
-#: batch 16, 32 of 32 at batch 32: ``benchmarks/gsm8k_batch.py``). Cells measured before used batch 8.
+#: Batch 32: a decode step here costs little more at batch 32 than at 8 (0.38 s against 0.27: the
+#: weights are read once a step), so a cell takes about half the time (the dense 100-problem cell
+#: replayed: 748 s against 1507 s), and the texts are those of batch 8 (16 of 16 problems at batch 16,
+#: 32 of 32 at batch 32): ``benchmarks/gsm8k_batch.py``. The format cells used batch 8.
 EVAL = ["--task", "gsm8k", "--batch-size", "32"]
 #: Prompt settings measured on the dense model: name -> (prompt format, generation budget in tokens).
 #: At 256 tokens 152 of the dense model's 250 chat generations were cut before their answer
