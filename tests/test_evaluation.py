@@ -22,6 +22,20 @@ def test_gsm8k_answer_extraction():
     assert extract_answer("First 12, then 15 apples") == "15"
     assert extract_answer("no numbers here") == ""
     assert extract_answer("so 12 + 3 = 15, and \\boxed{1,215} in all. The answer is 7") == "1215"  # boxed first
+    # a model that revises itself boxes its final answer last
+    assert extract_answer("win by \\(\\boxed{-20}\\) seconds, they lose by \\(\\boxed{20}\\) seconds.") == "20"
+
+
+def test_gsm8k_answers_compare_as_numbers():
+    from gisp.evaluation.gsm8k import same_number, score
+
+    assert same_number("57.00", "57") and same_number(".5", "0.5") and same_number("-3", "-3.0")
+    assert not same_number("57.01", "57") and not same_number("", "57") and not same_number("-57", "57")
+    # a record is re-scored from its text: an old record's string comparison ("57.00" != "57") is replaced
+    old = {"index": 0, "gold": "57", "prediction": "57.00", "correct": False, "text": "so \\boxed{57.00}."}
+    assert score(old, "chat") == old | {"prediction": "57.00", "correct": True}
+    fewshot = {"index": 0, "gold": "7", "text": "3 + 4 = 7. The answer is 7.\n\nQ: Next? A: The answer is 8."}
+    assert score(fewshot, "fewshot")["prediction"] == "7"  # only the answer before the next exemplar counts
 
 
 def test_gsm8k_records_resume_per_problem_and_refuse_other_problems(tmp_path):
@@ -49,6 +63,13 @@ def test_gsm8k_records_resume_per_problem_and_refuse_other_problems(tmp_path):
         gsm8k_exact_match(model, tok, problems, shots=1, max_new_tokens=6, progress=False, records=records)
     with pytest.raises(GispError, match="does not exist"):
         gsm8k_exact_match(model, tok, problems, shots=1, progress=False, records=tmp_path / "no" / "em.jsonl")
+    with pytest.raises(GispError, match="is a folder"):
+        gsm8k_exact_match(model, tok, problems, shots=1, progress=False, records=tmp_path)
+    calls.clear()  # a shorter selection reads the first problems' records and ignores the rest
+    short = gsm8k_exact_match(model, tok, problems[:2], shots=1, max_new_tokens=4, progress=False, records=records)
+    assert calls == [] and short.problems == 2
+    with pytest.raises(GispError, match="ships 8 GSM8K exemplars"):
+        gsm8k_exact_match(model, tok, problems, shots=9, progress=False)
 
 
 def test_gsm8k_chat_format_uses_the_chat_template():
@@ -161,6 +182,21 @@ def test_prune_with_answer_objective_and_eval_levels(answer_run, tmp_path, capsy
     assert json.loads(out)["ppl"] == pytest.approx(rows[1]["ppl"], rel=1e-5)
 
 
+def test_eval_levels_gsm8k_keeps_one_records_file_per_level(answer_run, tmp_path, capsys):
+    run, _ = answer_run
+    problems = tmp_path / "gsm8k.jsonl"
+    problems.write_text("\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"})
+                                  for i in range(3)))
+    records = tmp_path / "em.jsonl"
+    out = _cli(capsys, "eval", run, "--levels", "0.2", "--task", "gsm8k", "--data", f"gsm8k:{problems}", "--shots", "1",
+               "--max-new-tokens", "3", "--records", records, "--json")
+    rows = json.loads(out)["rows"]
+    made = {label: read_records(tmp_path / f"em-{label}.jsonl") for label in ("dense", "0.2")}
+    assert not records.exists() and all(sorted(r) == [0, 1, 2] for r in made.values())
+    assert [r["correct"] for r in rows] == [sum(r["correct"] for r in made[label].values()) for label in ("dense", "0.2")]
+    assert made["dense"][0]["settings"]["parameters"] > made["0.2"][0]["settings"]["parameters"]
+
+
 def test_prune_with_margin_objective(tiny_dir, tmp_path, capsys):
     mc = tmp_path / "mc.jsonl"
     mc.write_text("\n".join(json.dumps({"context": f"Pick {i}:", "choices": [" the fox", " the dog"], "label": i % 2})
@@ -181,6 +217,8 @@ def test_prune_with_margin_objective(tiny_dir, tmp_path, capsys):
 def test_eval_errors(tiny_dir, tmp_path, capsys):
     assert main(["eval", str(tiny_dir("qwen3")), "--task", "mc"]) == 2
     assert "task mc needs --data" in capsys.readouterr().err
+    assert main(["eval", str(tiny_dir("qwen3")), "--task", "gsm8k", "--data", "gsm8k", "--shots", "12"]) == 2
+    assert capsys.readouterr().err.strip().endswith("gisp ships 8 GSM8K exemplars; use --shots 8 or fewer")
     assert main(["eval", str(tiny_dir("qwen3")), "--levels", "0.1", "--task", "ppl", "--data", "gsm8k"]) == 2
     assert "--levels needs a run directory" in capsys.readouterr().err
 
@@ -208,3 +246,6 @@ def test_generated_lengths_count_up_to_the_first_end_token():
 
     generated = torch.tensor([[5, 6, 0, 0], [5, 6, 7, 8], [0, 0, 0, 0]])  # pad (= eos) 0
     assert generated_lengths(generated, pad=0) == [3, 4, 1]
+    # another end-of-sequence id (9) ends a row too; after a stop string the padding is not a token
+    generated = torch.tensor([[5, 9, 0, 0], [5, 6, 7, 0], [5, 6, 7, 0]])
+    assert generated_lengths(generated, pad=0, end_ids={0, 9}, stopped=[False, True, False]) == [2, 3, 4]

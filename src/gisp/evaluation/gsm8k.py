@@ -6,9 +6,12 @@
 - ``chat``: zero-shot through the tokenizer's chat template, the question followed by
   :data:`CHAT_INSTRUCTION` (the instruction chat models such as Qwen2.5 are tuned with).
 
-The prediction (:func:`extract_answer`) is the number in ``\boxed{...}``, else the number after
-"The answer is" (lm-eval ``gsm8k_cot``'s strict-match), else the last number in the text (its
-flexible-extract); exact match against the number after ``####`` in the gold answer.
+The prediction (:func:`extract_answer`) is the number in the last ``\boxed{...}``, else the number
+after the first "The answer is" (lm-eval ``gsm8k_cot``'s strict-match), else the last number in the
+text (its flexible-extract). It is correct when it equals the number after ``####`` in the gold
+answer *as a number* (:func:`same_number`: ``57.00`` is ``57``); lm-eval compares the strings, so it
+counts ``The answer is 57.00`` wrong where gisp counts it right. Records are re-scored from their
+text whenever they are read, so a cell never mixes scoring rules.
 
 In the ``fewshot`` format every prompt starts with the same exemplars (about 900 tokens for 8
 shots) and the question adds a few dozen: the exemplars' keys and values are computed once
@@ -26,6 +29,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import torch
@@ -66,13 +70,33 @@ def _normalize(text: str) -> str:
 
 
 def extract_answer(generated: str) -> str:
-    """The number in ``\\boxed{}``, else after "The answer is", else the last number in ``generated``."""
-    m = re.search(r"\\boxed\{\s*\$?\s*(" + _NUMBER + ")", generated) or \
-        re.search(r"The answer is\s*\$?\s*(" + _NUMBER + ")", generated)
+    """The number in the last ``\\boxed{}`` (a model that revises itself boxes its final answer
+    last), else after the first "The answer is" (lm-eval's strict-match), else the last number in
+    ``generated``."""
+    boxed = re.findall(r"\\boxed\{\s*\$?\s*(" + _NUMBER + ")", generated)
+    if boxed:
+        return _normalize(boxed[-1])
+    m = re.search(r"The answer is\s*\$?\s*(" + _NUMBER + ")", generated)
     if m:
         return _normalize(m.group(1))
     numbers = re.findall(_NUMBER, generated.replace("$", ""))
     return numbers[-1].replace(",", "").rstrip(".") if numbers else ""
+
+
+def same_number(prediction: str, gold: str) -> bool:
+    """Whether two extracted numbers are equal as numbers (``57.00`` and ``57``; ``.5`` and ``0.5``)."""
+    try:
+        return Decimal(prediction) == Decimal(gold)
+    except InvalidOperation:  # an empty prediction (no number at all)
+        return False
+
+
+def score(record: dict, prompt_format: str) -> dict:
+    """``record`` with its prediction and correctness derived from its generated text by the current
+    rules (records written by an older gisp are scored as new ones)."""
+    answer = record["text"].split("Q:")[0] if prompt_format == "fewshot" else record["text"]
+    prediction = extract_answer(answer)
+    return record | {"prediction": prediction, "correct": same_number(prediction, record["gold"])}
 
 
 def chain_of_thought(answer: str) -> str:
@@ -81,8 +105,18 @@ def chain_of_thought(answer: str) -> str:
     return f"{body} The answer is {gold_number(answer)}."
 
 
+def exemplar_count() -> int:
+    """How many chain-of-thought exemplars gisp ships (the most ``--shots`` can be)."""
+    return len(read_jsonl(EXEMPLARS))
+
+
 def fewshot_prefix(shots: int) -> str:
-    records = read_jsonl(EXEMPLARS)[:shots]
+    """The first ``shots`` exemplars as ``Q: ...\\nA: ...`` blocks (more than are shipped is refused,
+    so a result never claims more shots than its prompt had)."""
+    records = read_jsonl(EXEMPLARS)
+    if shots > len(records):
+        raise GispError(f"--shots {shots}: gisp ships {len(records)} GSM8K exemplars; use --shots {len(records)} or fewer")
+    records = records[:shots]
     return "".join(f"Q: {r['question']}\nA: {chain_of_thought(r['answer'])}\n\n" for r in records)
 
 
@@ -112,6 +146,12 @@ def prefix_cache(model: nn.Module, tokenizer, prefix: str) -> PrefixCache | None
         return None
     device = next(model.parameters()).device
     return PrefixCache(ids=ids, cache=returned_cache(model(input_ids=ids[None].to(device), use_cache=True)))
+
+
+def _end_ids(model: nn.Module) -> set[int]:
+    """The token ids that end a generation (the generation config's end-of-sequence ids)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
 def _shared_length(shared: torch.Tensor, rows: list[list[int]]) -> int:
@@ -147,13 +187,21 @@ def _continue_from_prefix(shared: PrefixCache, rows: list[list[int]], pad: int) 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "cache": cache}
 
 
-def generated_lengths(generated: torch.Tensor, pad: int) -> list[int]:
-    """Tokens each row of ``generated`` (B, steps) produced: up to and including its first ``pad``
-    (the end-of-sequence token ends a row, and generate() pads finished rows with it), else all."""
-    is_pad = generated == pad  # (B, steps)
-    first = torch.where(is_pad.any(1), is_pad.int().argmax(1) + 1, torch.full_like(is_pad[:, 0], generated.shape[1],
-                                                                                    dtype=torch.long))
-    return first.tolist()
+def generated_lengths(generated: torch.Tensor, pad: int, end_ids: set[int] | None = None,
+                      stopped: list[bool] | None = None) -> list[int]:
+    """Tokens each row of ``generated`` (B, steps) produced. generate() fills a finished row with
+    ``pad``: a row counts up to and including its first token in ``end_ids`` (its end-of-sequence
+    token; ``pad`` is one when the tokenizer pads with it), but not the padding after a row that a
+    stop string ended (``stopped``); a row that never ended counts every step."""
+    ends = torch.isin(generated, torch.tensor(sorted((end_ids or set()) | {pad}), device=generated.device))  # (B, steps)
+    lengths = []
+    for row, ended, was_stopped in zip(generated, ends, stopped or [False] * len(generated)):
+        if not ended.any():
+            lengths.append(len(row))
+            continue
+        first = int(ended.int().argmax())
+        lengths.append(first if was_stopped and int(row[first]) == pad else first + 1)
+    return lengths
 
 
 _RECORD_KEYS = ("index", "gold", "prediction", "correct", "settings")
@@ -201,9 +249,12 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
     settings = {"model": str(getattr(model, "name_or_path", "") or type(model).__name__),
                 "parameters": sum(p.numel() for p in model.parameters()), "prompt_format": prompt_format,
                 "shots": shots if prompt_format == "fewshot" else 0, "max_new_tokens": max_new_tokens}
-    done = read_records(path)
+    if path is not None and path.is_dir():
+        raise GispError(f"--records {path} is a folder; give a file name (predictions are appended to it)")
+    # problems past this selection are left as they are (a records file of a longer run serves a shorter one)
+    done = {i: score(r, prompt_format) for i, r in read_records(path).items() if i < len(problems)}
     for index, record in done.items():
-        if index >= len(problems) or record.get("gold") != gold_number(problems[index]["answer"]):
+        if record.get("gold") != gold_number(problems[index]["answer"]):
             raise GispError(f"{path} holds predictions for other problems (problem {index}); use a new records file")
         if record["settings"] != settings:
             raise GispError(f"{path} holds predictions made with other settings ({record['settings']} there, {settings} "
@@ -219,6 +270,7 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
         tokenizer.pad_token = tokenizer.eos_token
     pad = pad_id(tokenizer)
     stops = FEWSHOT_STOPS if prompt_format == "fewshot" else None
+    end_ids = _end_ids(model)
     shared = prefix_cache(model, tokenizer, prefix) if reuse_prefix and prefix and todo else None
     try:
         for start in progress_bar(range(0, len(todo), batch_size), desc=f"gsm8k ({len(done)} done)", enabled=progress,
@@ -237,12 +289,11 @@ def gsm8k_exact_match(model: nn.Module, tokenizer, problems: list[dict], *, shot
             generated = out[:, enc["input_ids"].shape[1]:]  # (B, steps): a finished row is padded to the longest
             texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
             lines = []
-            for i, text, length in zip(chunk, texts, generated_lengths(generated, pad)):
-                answer = text.split("Q:")[0] if prompt_format == "fewshot" else text
-                record = {"index": i, "gold": gold_number(problems[i]["answer"]), "prediction": extract_answer(answer),
-                          "text": text, "new_tokens": length, "out_of_tokens": length >= max_new_tokens,
-                          "settings": settings}
-                record["correct"] = record["prediction"] == record["gold"]
+            stopped = [any(stop in text for stop in stops or ()) for text in texts]
+            for i, text, length in zip(chunk, texts, generated_lengths(generated, pad, end_ids, stopped)):
+                record = score({"index": i, "gold": gold_number(problems[i]["answer"]), "text": text,
+                                "new_tokens": length, "out_of_tokens": length >= max_new_tokens,
+                                "settings": settings}, prompt_format)
                 done[i] = record
                 lines.append(json.dumps(record) + "\n")
             if path is not None:

@@ -8,6 +8,7 @@ renders and writes them (:func:`gisp.report.write_levels`).
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from gisp.adapters import adapter_for
@@ -39,7 +40,7 @@ def evaluate_levels(run_dir: str | Path, levels: list[float], opts: EvalOptions,
     shape = layer_shape(model, adapter_for(model.config), compensate=traj.compensated)
     dense_total = dense_layer_params(shape) * shape.geometry.num_layers
     rows = [{"level": "dense", "step": 0, "sparsity": 0.0, "parameters": model_parameters(model)}
-            | _run(traj.model["spec"], model, tokenizer, opts)] if dense else []
+            | _run(traj.model["spec"], model, tokenizer, _for_level(opts, "dense"))] if dense else []
     for level in levels:
         masks, step = traj.masks_at_sparsity(level, shape)
         pruned, remote = build_pruned_model(model, masks, traj.input_means)
@@ -52,9 +53,18 @@ def evaluate_levels(run_dir: str | Path, levels: list[float], opts: EvalOptions,
                 save_export(pruned, tokenizer, remote, info, target)
                 rows.append(row | evaluate_spec(str(target), opts))
         else:
-            rows.append(row | evaluate_model(pruned, tokenizer, opts))
+            rows.append(row | evaluate_model(pruned, tokenizer, _for_level(opts, f"{level:g}")))
         del pruned
     return rows
+
+
+def _for_level(opts: EvalOptions, label: str) -> EvalOptions:
+    """``opts`` for one level: its own records file (``em.jsonl`` -> ``em-0.2.jsonl``, ``em-dense.jsonl``),
+    since a records file holds one model's predictions."""
+    if opts.records is None:
+        return opts
+    path = Path(opts.records)
+    return replace(opts, records=str(path.with_name(f"{path.stem}-{label}{path.suffix}")))
 
 
 def _run(spec: str, model, tokenizer, opts: EvalOptions) -> dict:
