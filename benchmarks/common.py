@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import NoReturn
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -106,3 +107,9 @@ def write_results(name: str, payload: dict) -> Path:
     path = write_json(RESULTS / name, payload)
     print(f"wrote {path}")
     return path
+
+
+def bad_input(message: str) -> NoReturn:
+    """Stop a benchmark on bad input the way gisp does: one line on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

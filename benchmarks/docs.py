@@ -173,8 +173,9 @@ def gsm8k_lmeval_section() -> str:
     return "\n".join(["## `gisp eval --task gsm8k` against lm-eval", "", provenance("gsm8k_lmeval_agreement", data), "",
                       "The same problems (GSM8K test, first ones), the same 8-shot chain-of-thought prompt "
                       "(`gisp lm-eval-tasks --gsm8k`), greedy, 256 tokens; texts compared up to lm-eval's stops "
-                      "(`Q:` or a blank line); gisp's exact match takes `\\boxed{}`, then \"The answer is\", then the "
-                      "last number, its strict-only column only \"The answer is\" as lm-eval's strict-match.", "",
+                      "(`Q:` or a blank line); gisp's exact match takes the last `\\boxed{}`, then \"The answer is\", then the "
+                      "last number, and compares numbers (`20.00` is `20`; lm-eval compares strings); its strict-only "
+                      "column is lm-eval's strict-match rule applied to gisp's text.", "",
                       markdown_table(["model", "problems", "gisp", "gisp strict-only", "lm-eval strict-match",
                                       "lm-eval flexible-extract", "identical texts", "identical strict answers"], rows)]) + "\n"
 

