@@ -155,6 +155,11 @@ def gsm8k_section() -> str:
     if runs:
         parts += ["", "Pruning runs:", "", markdown_table(["run", "calibration", "prune s", "peak MB"], runs)]
     parts += ["", image("gsm8k-qwen2.5-0.5b.png")]
+    if data.get("crosstask"):  # the same table the benchmark's report writes
+        sys.path.insert(0, str(Path(__file__).parent))
+        from gsm8k import crosstask_table
+
+        parts += [crosstask_table(data).replace("\n## ", "\n### ", 1)]
     return "\n".join(parts).rstrip() + "\n"
 
 

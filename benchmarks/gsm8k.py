@@ -4,6 +4,7 @@ calibration and the baselines (issue #25).
     python benchmarks/gsm8k.py                  # every stage in order, resumable (hours on 2 CPU cores)
     python benchmarks/gsm8k.py --stage runs     # only GISP's two pruning runs (their trajectories)
     python benchmarks/gsm8k.py --stage formats  # only the dense model in each prompt setting
+    python benchmarks/gsm8k.py --stage crosstask  # the runs' 20% levels on PIQA and WikiText-2 (off-task)
     python benchmarks/gsm8k.py --report         # rewrite the table and plot from the results
     python benchmarks/gsm8k.py --rerun gisp-answer@30   # evaluate a finished cell again (export rebuilt,
                                                         # new records): does it reproduce, problem by problem?
@@ -21,6 +22,9 @@ Protocol (written into the results file):
   ``answer`` objective (loss on the solution tokens), or WikiText-2 windows with ``lm``.
 - GISP: one run per objective, 3 steps of 10% (every level a step's target: nested); baselines one
   run per level.
+- Off-task (prune once, deploy many): each GISP run's 20% level and the dense model on PIQA dev
+  501-1000 (``mc``) and WikiText-2 test articles 32 on (perplexity, 400 windows of 128 tokens; the LM
+  run calibrates on articles 1-31).
 
 Every prune and eval is a real ``gisp`` command, recorded with its wall time and peak memory.
 Run directories (trajectories) and per-problem predictions are kept under
@@ -48,6 +52,7 @@ NAME = "gsm8k-qwen2.5-0.5b"
 PROBLEMS = 250
 TEST = f"gsm8k[:{PROBLEMS}]"
 FORMAT_TEST = "gsm8k[:100]"
+PIQA = f"{SHARED}/piqa/dev.jsonl"
 HELD_OUT = "gsm8k[1000:1319]"
 TRAIN = f"{SHARED}/gsm8k/train.jsonl"
 WIKI = f"{SHARED}/wikitext-2/test.txt"
@@ -65,6 +70,12 @@ EVAL = ["--task", "gsm8k", "--batch-size", "32"]
 #: At 256 tokens 152 of the dense model's 250 chat generations were cut before their answer
 #: (``dense`` records, re-tokenised), so the chat template is also measured with 512.
 FORMATS = {"fewshot": ("fewshot", 256), "chat": ("chat", 256), "chat512": ("chat", 512)}
+#: Off-task evaluations of one level of each GISP run: PIQA (held out from every calibration here) and
+#: WikiText-2's held-out articles (the quality benchmark's split and window count).
+CROSS_LEVEL = 0.2
+CROSS_TASKS = {"piqa": ["--task", "mc", "--data", f"piqa:{PIQA}[500:1000]", "--batch-size", "16"],
+               "wikitext2": ["--task", "ppl", "--data", f"wikitext2:{WIKI}[31:]", "--seq-len", "128", "--batch-size", "16",
+                             "--limit", "400"]}
 OUT = RESULTS / NAME
 WORK = Path("runs") / NAME
 
@@ -258,6 +269,28 @@ def rerun(runner: Runner, results: dict, cell: str) -> None:
     print(f"{cell} again: {em['correct']} correct (first {first['correct']}), {len(flipped)} predictions differ")
 
 
+def crosstask(runner: Runner, results: dict) -> None:
+    """The dense model and each GISP run's :data:`CROSS_LEVEL` level on :data:`CROSS_TASKS` (each
+    measurement once; the level is cut from the trajectory in memory: no export)."""
+    done = results.setdefault("crosstask", {})
+    models = {"dense": [MODEL]} | {f"{key}@{int(CROSS_LEVEL * 100)}":
+                                   [str(prune(runner, results, key, spec)), "--levels", str(CROSS_LEVEL), "--no-dense"]
+                                   for key, spec in runs().items() if key.startswith("gisp-")}
+    for name, target in models.items():
+        for task, args in CROSS_TASKS.items():
+            if task in done.get(name, {}):
+                continue
+            cmd = ["gisp", "eval", *target, *args, "--json"]
+            stdout, seconds, _ = runner.run(cmd)
+            row = json.loads(stdout.strip().splitlines()[-1])
+            row = row["rows"][0] if "rows" in row else row
+            keep = ("acc", "acc_norm", "questions") if task == "piqa" else ("ppl", "tokens")
+            done.setdefault(name, {})[task] = {k: row[k] for k in keep if k in row} | {
+                "parameters": row.get("parameters"), "seconds": seconds, "command": " ".join(cmd)}
+            save_results(results)
+            print(f"{name} {task}: {done[name][task]}", flush=True)
+
+
 def best_format(results: dict) -> str | None:
     """The setting that gives the dense model its best exact match (a tie: the cheaper, listed first)."""
     cells = [results["cells"].get(f"dense-{fmt}-100") for fmt in FORMATS]
@@ -268,7 +301,7 @@ def best_format(results: dict) -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=["runs", "formats", "all"], default="all")
+    parser.add_argument("--stage", choices=["runs", "formats", "crosstask", "all"], default="all")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--rerun", metavar="CELL", help="evaluate a finished cell again into records/CELL-rerun.jsonl")
     args = parser.parse_args()
@@ -287,6 +320,10 @@ def main() -> None:
             prune(runner, results, key, spec)
     if args.stage == "runs":
         return
+    if args.stage == "crosstask":
+        crosstask(runner, results)
+        write_report(results)
+        return
     for fmt in FORMATS:
         evaluate(runner, results, f"dense-{fmt}-100", MODEL, FORMAT_TEST, fmt)
     fmt = best_format(results)
@@ -299,6 +336,8 @@ def main() -> None:
         for key, spec in runs().items():
             if level in spec["levels"]:
                 evaluate_level(runner, results, key, spec, level, fmt)
+        if level == max(LEVELS):  # the off-task cells next: an hour here, against about one per GSM8K cell
+            crosstask(runner, results)
         write_report(results)
 
 
@@ -343,8 +382,27 @@ def write_report(results: dict) -> None:
     chosen = results.get("chosen_format")
     setting = f"{FORMATS[chosen][0]} prompts, {FORMATS[chosen][1]} new tokens" if chosen in FORMATS else "no setting chosen"
     (RESULTS / f"{NAME}.md").write_text(f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, {setting})\n\n" + markdown_table(head, rows)
-                                        + "\n" + "\n\n".join(notes) + "\n" + failure_table(cells, stale))
+                                        + "\n" + "\n\n".join(notes) + "\n" + failure_table(cells, stale)
+                                        + crosstask_table(results))
     _plot({key: cell for key, cell in cells.items() if key not in stale})
+
+
+def crosstask_table(results: dict) -> str:
+    """Off-task figures of the dense model and each GISP run's 20% level (markdown; empty before any)."""
+    from gisp.evaluation.gsm8k import exact_match_stderr
+
+    rows = []
+    for name, tasks in results.get("crosstask", {}).items():
+        piqa, wiki, gsm = tasks.get("piqa"), tasks.get("wikitext2"), results["cells"].get(name)
+        rows.append([name, f"{gsm['exact_match']:.3f}" if gsm else "-",
+                     f"{piqa['acc']:.3f} +- {exact_match_stderr(round(piqa['acc'] * piqa['questions']), piqa['questions']):.3f}"
+                     if piqa else "-", f"{piqa['acc_norm']:.3f}" if piqa else "-", f"{wiki['ppl']:.2f}" if wiki else "-"])
+    if not rows:
+        return ""
+    return ("\n## Prune once, deploy many: the 20% level off-task\n\nOne run per calibration, its 20% level on tasks it was "
+            "not calibrated for: PIQA dev 501-1000 (acc with its standard error) and WikiText-2's held-out articles "
+            "(perplexity, 400 windows of 128 tokens).\n\n" + markdown_table(
+                ["model", "GSM8K exact match", "PIQA acc", "PIQA acc_norm", "WikiText-2 ppl"], rows) + "\n")
 
 
 def _current(results: dict, key: str, cell: dict) -> bool:

@@ -63,3 +63,26 @@ def test_a_cell_under_another_setting_is_marked_and_kept_off_the_comparisons():
     assert gsm8k._current(results, "dense-chat-100", _cell("chat"))  # a format cell has its own setting
     assert not gsm8k._current(results, "gisp-lm@30", _cell("chat"))
     assert gsm8k._current(results, "gisp-lm@30", _cell("chat512"))
+
+
+def test_crosstask_evaluates_each_model_once_and_tables_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(gsm8k, "save_results", lambda results: None)
+    monkeypatch.setattr(gsm8k, "prune", lambda runner, results, key, spec: tmp_path / key)
+    commands = []
+
+    class Runner:
+        def run(self, cmd):
+            commands.append(cmd)
+            row = {"acc": 0.6, "acc_norm": 0.5, "questions": 500} if "mc" in cmd else {"ppl": 20.0, "tokens": 51200}
+            return json.dumps({"rows": [row | {"parameters": 7}]} if "--levels" in cmd else row) + "\n", 1.0, 1.0
+
+    results = {"cells": {"gisp-answer@20": _cell("chat512", 1)}, "runs": {}}
+    gsm8k.crosstask(Runner(), results)
+    assert len(commands) == 6  # dense + two runs, two tasks each
+    assert results["crosstask"]["gisp-lm@20"]["piqa"]["acc"] == 0.6
+    assert results["crosstask"]["gisp-answer@20"]["wikitext2"]["parameters"] == 7
+    assert "--levels" in commands[2] and "0.2" in commands[2] and "--no-dense" in commands[2]
+    gsm8k.crosstask(Runner(), results)
+    assert len(commands) == 6  # finished measurements are not repeated
+    table = gsm8k.crosstask_table(results)
+    assert "| gisp-answer@20 | 0.500 | 0.600 +- 0.022 | 0.500 | 20.00 |" in table
