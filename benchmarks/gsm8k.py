@@ -5,6 +5,7 @@ calibration and the baselines (issue #25).
     python benchmarks/gsm8k.py --stage runs     # only GISP's two pruning runs (their trajectories)
     python benchmarks/gsm8k.py --stage formats  # only the dense model in each prompt setting
     python benchmarks/gsm8k.py --stage crosstask  # the runs' 20% levels on PIQA and WikiText-2 (off-task)
+    python benchmarks/gsm8k.py --stage recovery   # the answer run's 30% export recovered (LoRA, distillation)
     python benchmarks/gsm8k.py --report         # rewrite the table and plot from the results
     python benchmarks/gsm8k.py --rerun gisp-answer@30   # evaluate a finished cell again (export rebuilt,
                                                         # new records): does it reproduce, problem by problem?
@@ -22,6 +23,10 @@ Protocol (written into the results file):
   ``answer`` objective (loss on the solution tokens), or WikiText-2 windows with ``lm``.
 - GISP: one run per objective, 3 steps of 10% (every level a step's target: nested); baselines one
   run per level.
+- Recovery: the answer-calibrated run's 30% export fine-tuned on GSM8K train (prompt + solution,
+  loss on the solution) with :data:`RECOVER_TOKENS` tokens, by LoRA (the answer loss) and by
+  distillation from the dense model (the same tokens), each then evaluated as a cell
+  (``gisp-answer+lora@30``, ``gisp-answer+distill@30``).
 - Off-task (prune once, deploy many): each GISP run's 20% level and the dense model on PIQA dev
   501-1000 (``mc``) and WikiText-2 test articles 32 on (perplexity, 400 windows of 128 tokens; the LM
   run calibrates on articles 1-31).
@@ -76,6 +81,10 @@ CROSS_LEVEL = 0.2
 CROSS_TASKS = {"piqa": ["--task", "mc", "--data", f"piqa:{PIQA}[500:1000]", "--batch-size", "16"],
                "wikitext2": ["--task", "ppl", "--data", f"wikitext2:{WIKI}[31:]", "--seq-len", "128", "--batch-size", "16",
                              "--limit", "400"]}
+#: Recovery of the answer run's 30% export: the same training tokens for both methods.
+RECOVER_TOKENS = 50000
+RECOVERY = {method: ["--data", f"gsm8k:{TRAIN}", "--objective", "answer", "--method", method, "--max-tokens",
+                     str(RECOVER_TOKENS), "--seq-len", "512", "--batch-size", "4"] for method in ("lora", "distill")}
 OUT = RESULTS / NAME
 WORK = Path("runs") / NAME
 
@@ -231,6 +240,9 @@ def _cell_model(runner: Runner, results: dict, cell: str) -> tuple[str, str]:
         return MODEL, FORMAT_TEST if cell.endswith("-100") else TEST
     name, _, level = cell.partition("@")
     key = name if name.startswith("gisp-") else f"{name}-{level}"
+    if key not in runs():
+        bad_input(f"{cell} is not a pruning run's level (a recovered cell is re-run by deleting its records and "
+                  "recovery output and running --stage recovery)")
     run_dir = prune(runner, results, key, runs()[key])
     export = WORK / f"{cell.replace('@', '-')}-rerun-export"
     shutil.rmtree(export, ignore_errors=True)
@@ -291,6 +303,29 @@ def crosstask(runner: Runner, results: dict) -> None:
             print(f"{name} {task}: {done[name][task]}", flush=True)
 
 
+def recovery(runner: Runner, results: dict, fmt: str) -> None:
+    """The answer run's 30% export recovered by each of :data:`RECOVERY` and evaluated as a cell
+    (recovery resumes from its checkpoints; the export is rebuilt from the trajectory if gone)."""
+    key, level = "gisp-answer", max(LEVELS)
+    for method, args in RECOVERY.items():
+        cell = f"{key}+{method}@{int(level * 100)}"
+        if cell in results["cells"] and _setting(results["cells"][cell]) == fmt:
+            continue
+        export, recovered = WORK / f"{key}-{int(level * 100)}-export", WORK / f"{key}-{int(level * 100)}-{method}"
+        if not (recovered / "gisp_recovery.json").is_file():
+            if not (export / "gisp_export.json").is_file():
+                shutil.rmtree(export, ignore_errors=True)
+                runner.run(["gisp", "export", str(prune(runner, results, key, runs()[key])), "--sparsity", str(level),
+                            "--out", str(export), "--quiet"])
+            cmd = ["gisp", "recover", str(export), *args, "--out", str(recovered), "--quiet"]
+            _, seconds, rss = runner.run(cmd)
+            results.setdefault("recovery", {})[cell] = {"command": " ".join(cmd), "recover_seconds": seconds,
+                                                        "recover_peak_mb": rss}
+            save_results(results)
+        evaluate(runner, results, cell, str(recovered), TEST, fmt)
+    shutil.rmtree(WORK / f"{key}-{int(level * 100)}-export", ignore_errors=True)
+
+
 def best_format(results: dict) -> str | None:
     """The setting that gives the dense model its best exact match (a tie: the cheaper, listed first)."""
     cells = [results["cells"].get(f"dense-{fmt}-100") for fmt in FORMATS]
@@ -301,7 +336,7 @@ def best_format(results: dict) -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=["runs", "formats", "crosstask", "all"], default="all")
+    parser.add_argument("--stage", choices=["runs", "formats", "crosstask", "recovery", "all"], default="all")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--rerun", metavar="CELL", help="evaluate a finished cell again into records/CELL-rerun.jsonl")
     args = parser.parse_args()
@@ -331,13 +366,18 @@ def main() -> None:
     save_results(results)
     if args.stage == "formats":
         return
+    if args.stage == "recovery":
+        recovery(runner, results, fmt)
+        write_report(results)
+        return
     evaluate(runner, results, "dense", MODEL, TEST, fmt)
     for level in sorted(LEVELS, reverse=True):  # 30% first: the level where the methods part most
         for key, spec in runs().items():
             if level in spec["levels"]:
                 evaluate_level(runner, results, key, spec, level, fmt)
-        if level == max(LEVELS):  # the off-task cells next: an hour here, against about one per GSM8K cell
+        if level == max(LEVELS):  # the off-task and recovery cells next: the 30% picture first
             crosstask(runner, results)
+            recovery(runner, results, fmt)
         write_report(results)
 
 
@@ -375,6 +415,8 @@ def write_report(results: dict) -> None:
         notes.append(f"Superseded: `{key}` ({cell['prompt_format']}, {cell.get('max_new_tokens', 256)} tokens): "
                      f"{cell['correct']}/{cell['problems']} = {cell['exact_match']:.3f} +- {cell['stderr']:.3f}; "
                      "measured before the setting above was chosen.")
+    for cell, rec in results.get("recovery", {}).items():
+        notes.append(f"`{cell}`: recovered in {rec['recover_seconds']:.0f} s by `{rec['command']}`.")
     for cell, again in results.get("reruns", {}).items():
         notes.append(f"Re-run of `{cell}` (export rebuilt from the trajectory, new records): {again['correct']} correct "
                      f"against {again['first_correct']} the first time; {len(again['predictions_differing'])} of "

@@ -86,3 +86,31 @@ def test_crosstask_evaluates_each_model_once_and_tables_it(monkeypatch, tmp_path
     assert len(commands) == 6  # finished measurements are not repeated
     table = gsm8k.crosstask_table(results)
     assert "| gisp-answer@20 | 0.500 | 0.600 +- 0.022 | 0.500 | 20.00 |" in table
+
+
+def test_recovery_trains_each_method_once_from_one_export_and_evaluates_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(gsm8k, "WORK", tmp_path)
+    monkeypatch.setattr(gsm8k, "save_results", lambda results: None)
+    monkeypatch.setattr(gsm8k, "prune", lambda runner, results, key, spec: tmp_path / key)
+    evaluated = []
+    monkeypatch.setattr(gsm8k, "evaluate", lambda runner, results, key, model, data, fmt:
+                        evaluated.append((key, model, fmt)) or results["cells"].setdefault(key, _cell(fmt)))
+    commands = []
+
+    class Runner:
+        def run(self, cmd):
+            commands.append(cmd[:2])
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True)
+            (out / ("gisp_export.json" if cmd[1] == "export" else "gisp_recovery.json")).write_text("{}")
+            return "", 2.0, 1.0
+
+    results = {"cells": {}, "runs": {}}
+    gsm8k.recovery(Runner(), results, "chat512")
+    assert commands == [["gisp", "export"], ["gisp", "recover"], ["gisp", "recover"]]
+    assert [e[0] for e in evaluated] == ["gisp-answer+lora@30", "gisp-answer+distill@30"]
+    assert evaluated[0][1] == str(tmp_path / "gisp-answer-30-lora")
+    assert "--method distill" in results["recovery"]["gisp-answer+distill@30"]["command"]
+    assert not (tmp_path / "gisp-answer-30-export").exists()  # 2 GB: rebuilt from the trajectory when needed
+    gsm8k.recovery(Runner(), results, "chat512")
+    assert len(commands) == 3 and len(evaluated) == 2  # finished cells are not repeated
