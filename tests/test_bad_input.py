@@ -161,11 +161,16 @@ CASES = {
     "run-of-another-model": _other_model,
     "run-locked-by-another-process": _locked,
     "pickled-weights": _pickled,
+    "chat-template-for-lm-data": lambda e: e.prune("--chat-template"),
+    "chat-template-missing": lambda e: e.prune("--objective", "answer", "--chat-template", data="jsonl:" + str(e.file(
+        "qa2.jsonl", '{"prompt": "2 + 2?", "answer": "4"}\n' * 8))),
     "model-code-not-trusted": _own_code,
     "export-built-on-other-code": _export_on_other_code,
 }
 
 MESSAGES = {
+    "chat-template-for-lm-data": "--chat-template renders prompt/answer data (--objective answer), not --objective lm",
+    "chat-template-missing": "--chat-template needs a tokenizer with a chat template; this one has none",
     "missing-model": "model path not found: {root}/no-such-model",
     "unreadable-model": "cannot read the config of {root}/broken: It looks like the config file at "
                         "'{root}/broken/config.json' is not a valid JSON file.",

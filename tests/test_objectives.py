@@ -143,3 +143,57 @@ def test_piqa_and_generic_loaders(tmp_path):
     with pytest.raises(GispError, match="no field 'prompt'"):
         answer_examples(f"jsonl:{tmp_path / 'qa.jsonl'}")
     assert answer_examples("gsm8k[:1]")[0].prompt.startswith("Q: Janet")
+
+
+CHAT = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_gsm8k_answers_for_a_chat_model(tmp_path):
+    from gisp.examples import CHAT_INSTRUCTION
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "Natalia sold clips. How many?",
+                                "answer": "She sold 48/2 = <<48/2=24>>24 in May.\n#### 72"}) + "\n")
+    [plain] = answer_examples(f"gsm8k:{data}")
+    [chat] = answer_examples(f"gsm8k:{data}", chat=True)
+    assert plain == AnswerExample("Q: Natalia sold clips. How many?\nA: ", "She sold 48/2 = <<48/2=24>>24 in May.\n#### 72")
+    assert chat == AnswerExample(f"Natalia sold clips. How many?\n{CHAT_INSTRUCTION}",
+                                 "She sold 48/2 = 24 in May.\nThe answer is \\boxed{72}.")
+
+
+def test_chat_rendered_prompts_as_a_user_turn_and_scores_the_reply():
+    from gisp.examples import chat_rendered
+
+    tok = tiny_tokenizer()
+    with pytest.raises(GispError, match="needs a tokenizer with a chat template"):
+        chat_rendered(tok, [AnswerExample("2 + 2?", "4")])
+    tok.chat_template = CHAT
+    [ex] = chat_rendered(tok, [AnswerExample("2 + 2?", "4")])
+    assert ex == AnswerExample("<user>2 + 2?</s><assistant>", "4</s>")  # the reply ends its turn
+    tok.chat_template = CHAT + "<bos>"  # a reply that does not continue the generation prompt
+    with pytest.raises(GispError, match="does not continue its generation prompt"):
+        chat_rendered(tok, [AnswerExample("2 + 2?", "4")])
+
+
+def test_chat_template_batches_score_the_rendered_reply(tmp_path):
+    from gisp.batches import build_batches, read_source
+    from gisp.config import PruneConfig, RecoverConfig
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"})
+                              for i in range(3)))
+    tok = tiny_tokenizer()
+    tok.chat_template = CHAT
+    config = PruneConfig(model="m", data=f"gsm8k:{data}", objective="answer", chat_template=True, samples=3,
+                         seq_len=256, batch_size=3)
+    [batch] = build_batches(config, read_source(config), tok)
+    row = batch["input_ids"][0][batch["attention_mask"][0].bool()]
+    scored = batch["input_ids"][0][batch["target_mask"][0]]
+    assert tok.decode(row).startswith("<user>What is")
+    assert tok.decode(scored).strip().endswith("</s>") and "<assistant>" not in tok.decode(scored)
+    assert "The answer is \\boxed{" in tok.decode(scored)
+    with pytest.raises(GispError, match="--chat-template renders prompt/answer data"):
+        PruneConfig(model="m", data="wikitext2", chat_template=True)
+    with pytest.raises(GispError, match="--chat-template renders prompt/answer data"):
+        RecoverConfig(model="m", data="wikitext2", out="o", chat_template=True)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from gisp.data import calibration_batches, joined_text
-from gisp.examples import answer_examples, choice_examples
+from gisp.examples import answer_examples, chat_rendered, choice_examples
 from gisp.objectives import answer_batches, choice_batches
 
 
@@ -18,7 +18,7 @@ def read_source(config: Any):
     if config.objective == "lm":
         return joined_text(config.data, "calibration")
     if config.objective == "answer":
-        return answer_examples(config.data, config.prompt_field, config.answer_field)
+        return answer_examples(config.data, config.prompt_field, config.answer_field, chat=config.chat_template)
     return choice_examples(config.data)
 
 
@@ -27,6 +27,8 @@ def build_batches(config: Any, source, tokenizer) -> list[dict]:
     if config.objective == "lm":
         samples = config.samples if config.max_tokens is None else max(1, config.max_tokens // config.seq_len)
         return calibration_batches(tokenizer, source, samples, config.seq_len, config.seed, config.batch_size)
+    if config.objective == "answer" and config.chat_template:  # as a chat model is prompted at deployment
+        source = chat_rendered(tokenizer, source)
     build = answer_batches if config.objective == "answer" else choice_batches
     samples = config.samples if config.max_tokens is None else None
     return build(tokenizer, source, samples=samples, max_tokens=config.max_tokens, seq_len=config.seq_len,

@@ -28,6 +28,9 @@ _HELP = {
     "seed": "seed of the calibration windows, and of methods that draw at random",
     "dtype": "weights' dtype while scoring: float32, bfloat16 or float16 (gradients, scores and moments stay float32)",
     "prompt_field": "prompt field of jsonl:PATH answer data", "answer_field": "answer field of jsonl:PATH answer data",
+    "chat_template": "answer data: render each prompt as a user turn of the tokenizer's chat template and the answer "
+                     "as the assistant's reply, as a chat model is prompted at deployment (gsm8k: the question with "
+                     "the gsm8k task's chat instruction, the solution ending in \\boxed{N})",
     "method": "pruning method, registered by name (gisp methods lists every one with its defaults)",
     "normalize": "how head and channel scores are made comparable in a global ranking "
                  "(search, params, reference, zscore, none; default: the method's)",
@@ -76,6 +79,7 @@ _RECOVER_HELP = {
     "lora_rank": "LoRA rank", "lora_alpha": "LoRA alpha",
     "lora_targets": "all-linear, or comma-separated module names (e.g. q_proj,v_proj)",
     "kd_weight": "distill: weight of the KL term", "lm_weight": "distill: weight of the objective mixed in",
+    "chat_template": "answer data rendered with the chat template (as for prune)",
     "temperature": "distill: softmax temperature", "checkpoint_every": "optimizer steps between checkpoints",
 }
 

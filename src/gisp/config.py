@@ -57,6 +57,7 @@ class PruneConfig:
     max_tokens: int | None = None
     prompt_field: str = "prompt"
     answer_field: str = "answer"
+    chat_template: bool = False
     normalize: str | None = None
     scope: str | None = None
     taylor_weights: str | None = None
@@ -105,6 +106,7 @@ class PruneConfig:
         if self.protect_last < 0:
             raise GispError(f"protect-last must be >= 0, got {self.protect_last}")
         check_choice("objective", self.objective, OBJECTIVE_NAMES)
+        check_chat_template(self.chat_template, self.objective)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("normalize", self.normalize, NORMALIZATIONS)
         check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -124,6 +126,12 @@ class PruneConfig:
     def trajectory_keys(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
         return {k: v for k, v in self.to_dict().items() if k != "model" and k not in self.EXECUTION}
+
+
+def check_chat_template(chat_template: bool, objective: str) -> None:
+    """``chat_template`` renders prompt/answer pairs as chat turns: only the answer objective has them."""
+    if chat_template and objective != "answer":
+        raise GispError(f"--chat-template renders prompt/answer data (--objective answer), not --objective {objective}")
 
 
 RECOVERY_METHODS = ("lora", "distill")
@@ -163,6 +171,7 @@ class RecoverConfig:
     kd_weight: float = 1.0
     lm_weight: float = 0.0
     temperature: float = 1.0
+    chat_template: bool = False
     checkpoint_every: int = 20
     seed: int = 0
     dtype: str = "float32"
@@ -171,6 +180,7 @@ class RecoverConfig:
     def __post_init__(self) -> None:
         check_choice("method", self.method, RECOVERY_METHODS)
         check_choice("objective", self.objective, OBJECTIVE_NAMES)
+        check_chat_template(self.chat_template, self.objective)
         check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         check_positive(self, ("max_tokens", "seq_len", "batch_size", "grad_accum", "lora_rank", "checkpoint_every"))
         if self.seq_len < 2:

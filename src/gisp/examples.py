@@ -3,7 +3,9 @@
 Specs (each takes a trailing slice over examples, e.g. ``piqa:dev.jsonl[:500]``):
 
 - answer data: ``gsm8k`` / ``gsm8k:PATH`` (prompt ``"Q: {question}\\nA: "``, answer = the gold
-  solution), or ``jsonl:PATH`` with ``prompt_field`` / ``answer_field``;
+  solution; for a chat model, :func:`chat_rendered` of the question with :data:`CHAT_INSTRUCTION`
+  and the solution's steps ending in ``\\boxed{N}``), or ``jsonl:PATH`` with ``prompt_field`` /
+  ``answer_field``;
 - multiple choice: ``piqa:PATH`` (``goal``/``sol1``/``sol2``, labels from the sibling
   ``*-labels.lst``; prompt ``"Question: {goal}\\nAnswer:"``, options ``" {sol}"``), or ``mc:PATH``
   with the generic schema ``{"context": ..., "choices": [...], "label": i}``; options follow the
@@ -22,6 +24,10 @@ from gisp.errors import GispError
 
 GSM8K_PROMPT = "Q: {question}\nA: "
 PIQA_PROMPT = "Question: {goal}\nAnswer:"
+#: The instruction chat models such as Qwen2.5 are tuned with for math word problems: the gsm8k
+#: task's chat format asks it, and chat-rendered GSM8K calibration data carries it.
+CHAT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+NUMBER = r"-?[\d,]*\.?\d+"
 
 
 @dataclass(frozen=True)
@@ -59,19 +65,70 @@ def _select(items: list, part: slice, spec: str, what: str) -> list:
     return items
 
 
-def answer_examples(spec: str, prompt_field: str = "prompt", answer_field: str = "answer") -> list[AnswerExample]:
-    """Prompt/answer pairs for the answer objective and answer perplexity."""
+def normalize_number(text: str) -> str:
+    """The first number in ``text``, without ``$``, thousands commas or a final period ('' if none)."""
+    m = re.search(NUMBER, text.replace("$", ""))
+    return m.group(0).replace(",", "").rstrip(".") if m else ""
+
+
+def gold_number(answer: str) -> str:
+    """The final number of a GSM8K solution (after ``####``)."""
+    return normalize_number(answer.split("####")[-1])
+
+
+def solution_steps(answer: str) -> str:
+    """A GSM8K solution's reasoning without its ``<<...>>`` calculator annotations and ``#### N`` line."""
+    return re.sub(r"<<[^>]*>>", "", answer.split("####")[0]).strip()
+
+
+def chain_of_thought(answer: str) -> str:
+    """A gold solution as a few-shot exemplar: no annotations, a closing "The answer is N."."""
+    return f"{solution_steps(answer)} The answer is {gold_number(answer)}."
+
+
+def _gsm8k_example(record: dict, where: str, chat: bool) -> AnswerExample:
+    """A GSM8K problem as prompt/answer: ``Q: ...\\nA: `` and the solution as written; or, for a chat
+    model (``chat``), the question with :data:`CHAT_INSTRUCTION` and the solution's steps ending in
+    ``\\boxed{N}``, as the gsm8k task's chat format prompts and expects."""
+    question, answer = text_field(record, "question", where), text_field(record, "answer", where)
+    if chat:
+        return AnswerExample(f"{question}\n{CHAT_INSTRUCTION}",
+                             f"{solution_steps(answer)}\nThe answer is \\boxed{{{gold_number(answer)}}}.")
+    return AnswerExample(GSM8K_PROMPT.format(question=question), answer)
+
+
+def answer_examples(spec: str, prompt_field: str = "prompt", answer_field: str = "answer",
+                    chat: bool = False) -> list[AnswerExample]:
+    """Prompt/answer pairs for the answer objective and answer perplexity (``chat``: GSM8K problems
+    in the form a chat model is prompted with; render them with :func:`chat_rendered`)."""
     kind, path, part = _parse(spec)
     if kind == "gsm8k":
         path = path or packaged_gsm8k_path()
-        out = [AnswerExample(GSM8K_PROMPT.format(question=text_field(r, "question", f"{path}:{n}")),
-                             text_field(r, "answer", f"{path}:{n}")) for n, r in read_jsonl_lines(path)]
+        out = [_gsm8k_example(r, f"{path}:{n}", chat) for n, r in read_jsonl_lines(path)]
     elif kind == "jsonl" and path:
         out = [AnswerExample(text_field(r, prompt_field, f"{path}:{n}", numbers=True),
                              text_field(r, answer_field, f"{path}:{n}", numbers=True)) for n, r in read_jsonl_lines(path)]
     else:
         raise GispError(f"unknown answer data {spec!r}; use gsm8k[:PATH] or jsonl:PATH (with --prompt-field/--answer-field)")
     return _select(out, part, spec, "examples")
+
+
+def chat_rendered(tokenizer, examples: list[AnswerExample]) -> list[AnswerExample]:
+    """``examples`` through the tokenizer's chat template: the prompt as a user turn with the
+    assistant's turn opened (what a chat model is prompted with at deployment), the answer as the
+    assistant's reply up to and including its end-of-turn token."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise GispError("--chat-template needs a tokenizer with a chat template; this one has none")
+    out = []
+    for e in examples:
+        turn = [{"role": "user", "content": e.prompt}]
+        prompt = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        whole = tokenizer.apply_chat_template(turn + [{"role": "assistant", "content": e.answer}], tokenize=False)
+        if not whole.startswith(prompt):
+            raise GispError("this chat template renders a reply that does not continue its generation prompt; "
+                            "calibrate without --chat-template")
+        out.append(AnswerExample(prompt, whole[len(prompt):]))
+    return out
 
 
 def piqa_labels(path: Path) -> list[int]:

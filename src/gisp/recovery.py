@@ -111,7 +111,8 @@ def training_batches(config: RecoverConfig, tokenizer) -> list[dict]:
         windows = consecutive_windows(tokenize(tokenizer, joined_text(config.data, "calibration")), config.seq_len)
         return [{"input_ids": chunk} for chunk in windows.split(config.batch_size)]
     prune = PruneConfig(model=config.model, data=config.data, objective=config.objective, seq_len=config.seq_len,
-                        batch_size=config.batch_size, seed=config.seed, max_tokens=None)
+                        batch_size=config.batch_size, seed=config.seed, max_tokens=None,
+                        chat_template=config.chat_template)
     source = read_source(prune)
     return build_batches(dataclasses.replace(prune, samples=len(source)), source, tokenizer)  # every example
 

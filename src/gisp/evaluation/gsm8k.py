@@ -4,7 +4,7 @@
   Exemplars are the first problems of the GSM8K train split (shipped in ``gisp/resources``), their
   solutions with calculator annotations removed and ``#### N`` rewritten as ``The answer is N.``.
 - ``chat``: zero-shot through the tokenizer's chat template, the question followed by
-  :data:`CHAT_INSTRUCTION` (the instruction chat models such as Qwen2.5 are tuned with).
+  :data:`gisp.examples.CHAT_INSTRUCTION` (the instruction chat models such as Qwen2.5 are tuned with).
 
 The prediction (:func:`extract_answer`) is the number in the last ``\boxed{...}``, else the number
 after the first "The answer is" (lm-eval ``gsm8k_cot``'s strict-match), else the last number in the
@@ -38,13 +38,12 @@ from torch import nn
 from gisp.errors import GispError
 
 from gisp.data import pad_id, read_jsonl
+from gisp.examples import CHAT_INSTRUCTION, NUMBER, chain_of_thought, gold_number, normalize_number
 from gisp.evaluation.kvcache import cache_kwargs, returned_cache
 from gisp.runtime import progress_bar
 
 EXEMPLARS = Path(__file__).resolve().parent.parent / "resources" / "gsm8k_train_exemplars.jsonl"
-_NUMBER = r"-?[\d,]*\.?\d+"
 PROMPT_FORMATS = ("fewshot", "chat")
-CHAT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 #: Where a ``fewshot`` continuation stops: the model starting the next exemplar question.
 FEWSHOT_STOPS = ["\n\nQ:", "\nQ:"]
 
@@ -59,27 +58,17 @@ class Gsm8kResult:
     stderr: float = 0.0  # standard error of the exact match, sqrt(p(1-p)/(n-1))
 
 
-def gold_number(answer: str) -> str:
-    """The final number of a GSM8K solution (after ``####``)."""
-    return _normalize(answer.split("####")[-1])
-
-
-def _normalize(text: str) -> str:
-    m = re.search(_NUMBER, text.replace("$", ""))
-    return m.group(0).replace(",", "").rstrip(".") if m else ""
-
-
 def extract_answer(generated: str) -> str:
     """The number in the last ``\\boxed{}`` (a model that revises itself boxes its final answer
     last), else after the first "The answer is" (lm-eval's strict-match), else the last number in
     ``generated``."""
-    boxed = re.findall(r"\\boxed\{\s*\$?\s*(" + _NUMBER + ")", generated)
+    boxed = re.findall(r"\\boxed\{\s*\$?\s*(" + NUMBER + ")", generated)
     if boxed:
-        return _normalize(boxed[-1])
-    m = re.search(r"The answer is\s*\$?\s*(" + _NUMBER + ")", generated)
+        return normalize_number(boxed[-1])
+    m = re.search(r"The answer is\s*\$?\s*(" + NUMBER + ")", generated)
     if m:
-        return _normalize(m.group(1))
-    numbers = re.findall(_NUMBER, generated.replace("$", ""))
+        return normalize_number(m.group(1))
+    numbers = re.findall(NUMBER, generated.replace("$", ""))
     return numbers[-1].replace(",", "").rstrip(".") if numbers else ""
 
 
@@ -97,12 +86,6 @@ def score(record: dict, prompt_format: str) -> dict:
     answer = record["text"].split("Q:")[0] if prompt_format == "fewshot" else record["text"]
     prediction = extract_answer(answer)
     return record | {"prediction": prediction, "correct": same_number(prediction, record["gold"])}
-
-
-def chain_of_thought(answer: str) -> str:
-    """A gold solution as an exemplar: no ``<<...>>`` annotations, a closing "The answer is N."."""
-    body = re.sub(r"<<[^>]*>>", "", answer.split("####")[0]).strip()
-    return f"{body} The answer is {gold_number(answer)}."
 
 
 def exemplar_count() -> int:
