@@ -85,6 +85,11 @@ CROSS_TASKS = {"piqa": ["--task", "mc", "--data", f"piqa:{PIQA}[500:1000]", "--b
 RECOVER_TOKENS = 50000
 RECOVERY = {method: ["--data", f"gsm8k:{TRAIN}", "--objective", "answer", "--method", method, "--max-tokens",
                      str(RECOVER_TOKENS), "--seq-len", "512", "--batch-size", "4"] for method in ("lora", "distill")}
+#: The order cells are measured in (each about an hour here): GISP's two calibrations where the
+#: issue compares them (20%, then 30%: at 30% the answer run solved 0 of the first 32 problems, dense
+#: 7), the baselines at those levels, the off-task and recovery cells, then 10%.
+ORDER = [("gisp", 0.2), ("gisp", 0.3), ("baselines", 0.2), "crosstask", ("baselines", 0.3), "recovery",
+         ("gisp", 0.1), ("baselines", 0.1)]
 OUT = RESULTS / NAME
 WORK = Path("runs") / NAME
 
@@ -371,13 +376,16 @@ def main() -> None:
         write_report(results)
         return
     evaluate(runner, results, "dense", MODEL, TEST, fmt)
-    for level in sorted(LEVELS, reverse=True):  # 30% first: the level where the methods part most
-        for key, spec in runs().items():
-            if level in spec["levels"]:
-                evaluate_level(runner, results, key, spec, level, fmt)
-        if level == max(LEVELS):  # the off-task and recovery cells next: the 30% picture first
+    for stage in ORDER:
+        if stage == "crosstask":
             crosstask(runner, results)
+        elif stage == "recovery":
             recovery(runner, results, fmt)
+        else:
+            group, level = stage
+            for key, spec in runs().items():
+                if level in spec["levels"] and key.startswith("gisp-") == (group == "gisp"):
+                    evaluate_level(runner, results, key, spec, level, fmt)
         write_report(results)
 
 
