@@ -110,6 +110,22 @@ def test_multiple_choice_acc_and_normalisations():
     assert result.acc == hits(lambda c: 1)
     assert result.acc_norm == hits(len)
     assert result.acc_bytes == hits(lambda c: len(c.encode("utf-8")))
+    p = result.acc
+    assert result.acc_stderr == pytest.approx((p * (1 - p) / 1) ** 0.5)  # lm-eval's sqrt(p(1-p)/(n-1))
+
+
+def test_multiple_choice_records_every_question(tmp_path):
+    model = tiny_model("llama-mha")
+    qs = [ChoiceExample("The quick brown", ("fox", "dog"), 1), ChoiceExample("A tiny", ("modél", "text"), 0)]
+    result = multiple_choice(model, TOK, qs, progress=False, records=tmp_path / "mc.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "mc.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in lines] == [0, 1] and [r["label"] for r in lines] == [1, 0]
+    scores = continuation_logprobs(model, TOK, [(q.context, " " + c) for q in qs for c in q.choices], progress=False)
+    assert [ll for r in lines for ll in r["loglikelihoods"]] == pytest.approx([s for s, _ in scores])
+    assert sum(r["pick"] == r["label"] for r in lines) / 2 == result.acc
+    assert not list(tmp_path.glob(".*"))  # written through a temporary name, nothing left behind
+    with pytest.raises(GispError, match="give a file in an existing folder"):
+        multiple_choice(model, TOK, qs, progress=False, records=tmp_path)
 
 
 def test_answer_perplexity_is_exp_mean_nll():

@@ -405,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-format", default="fewshot", choices=["fewshot", "chat"],
                    help="gsm8k: fewshot (--shots chain-of-thought exemplars) or chat (the tokenizer's chat template, "
                         "zero-shot, answer in \\boxed{}) (default: fewshot)")
-    p.add_argument("--records", help="gsm8k: JSONL of per-problem predictions, appended as batches finish; "
+    p.add_argument("--records", help="mc: JSONL of every question's option log-likelihoods and picks; "
+                                     "gsm8k: JSONL of per-problem predictions, appended as batches finish; "
                                      "rerun with the same file to resume (with --levels, one file per level: NAME-0.2.jsonl, NAME-dense.jsonl)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="gsm8k: generation length (default: 256)")
     p.add_argument("--prompt-field", default="prompt")

@@ -9,12 +9,17 @@ option text without the delimiter that joins it to the context, as in lm-eval.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from gisp.data import pad_id, pad_sequences, scored_sequence
+from gisp.errors import GispError
+from gisp.evaluation.stats import proportion_stderr
 from gisp.examples import AnswerExample, ChoiceExample
 from gisp.objectives import token_ce
 from gisp.runtime import progress_bar
@@ -26,6 +31,8 @@ class ChoiceResult:
     acc_norm: float
     acc_bytes: float
     questions: int
+    acc_stderr: float = 0.0  # standard errors as lm-eval reports them, sqrt(p(1-p)/(n-1))
+    acc_norm_stderr: float = 0.0
 
 
 @dataclass
@@ -53,19 +60,34 @@ def continuation_logprobs(model: nn.Module, tokenizer, pairs: list[tuple[str, st
 
 
 def multiple_choice(model: nn.Module, tokenizer, examples: list[ChoiceExample], *, batch_size: int = 16,
-                    progress: bool = True) -> ChoiceResult:
-    """``acc``, ``acc_norm`` and ``acc_bytes`` over ``examples``."""
+                    progress: bool = True, records: str | Path | None = None) -> ChoiceResult:
+    """``acc``, ``acc_norm`` and ``acc_bytes`` over ``examples``, with standard errors; ``records``:
+    a JSONL file of every question's option log-likelihoods and picks (written whole at the end,
+    through a temporary name), so two models can be compared question by question."""
+    if records is not None and (Path(records).is_dir() or not Path(records).parent.is_dir()):
+        raise GispError(f"--records {records}: give a file in an existing folder")
     pairs = [(e.context, c) for e in examples for c in e.continuations()]
     scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size, progress))
     hits = torch.zeros(3, dtype=torch.float64)
-    for e in examples:
+    lines = []
+    for index, e in enumerate(examples):
         ll = torch.tensor([next(scores)[0] for _ in e.choices], dtype=torch.float64)
         chars = torch.tensor([len(c) for c in e.choices], dtype=torch.float64)
         nbytes = torch.tensor([len(c.encode("utf-8")) for c in e.choices], dtype=torch.float64)
-        hits += torch.tensor([int(v.argmax()) == e.label for v in (ll, ll / chars, ll / nbytes)], dtype=torch.float64)
+        picks = [int(v.argmax()) for v in (ll, ll / chars, ll / nbytes)]
+        hits += torch.tensor([p == e.label for p in picks], dtype=torch.float64)
+        lines.append(json.dumps({"index": index, "label": e.label, "loglikelihoods": ll.tolist(), "pick": picks[0],
+                                 "pick_norm": picks[1], "pick_bytes": picks[2]}) + "\n")
     n = len(examples)
     acc, acc_norm, acc_bytes = (hits / n).tolist()
-    return ChoiceResult(acc=acc, acc_norm=acc_norm, acc_bytes=acc_bytes, questions=n)
+    if records is not None:
+        path = Path(records)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.replace(tmp, path)
+    return ChoiceResult(acc=acc, acc_norm=acc_norm, acc_bytes=acc_bytes, questions=n,
+                        acc_stderr=proportion_stderr(round(acc * n), n),
+                        acc_norm_stderr=proportion_stderr(round(acc_norm * n), n))
 
 
 def answer_perplexity(model: nn.Module, tokenizer, examples: list[AnswerExample], *, batch_size: int = 8,

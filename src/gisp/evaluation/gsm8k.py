@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -40,6 +39,7 @@ from gisp.errors import GispError
 from gisp.data import pad_id, read_jsonl
 from gisp.examples import CHAT_INSTRUCTION, NUMBER, chain_of_thought, gold_number, normalize_number
 from gisp.evaluation.kvcache import cache_kwargs, returned_cache
+from gisp.evaluation.stats import proportion_stderr
 from gisp.runtime import progress_bar
 
 EXEMPLARS = Path(__file__).resolve().parent.parent / "resources" / "gsm8k_train_exemplars.jsonl"
@@ -207,11 +207,8 @@ def read_records(path: Path | None) -> dict[int, dict]:
 
 
 def exact_match_stderr(correct: int, n: int) -> float:
-    """Standard error of a proportion, as lm-eval reports it (sample standard deviation / sqrt n)."""
-    if n < 2:
-        return 0.0
-    p = correct / n
-    return math.sqrt(p * (1 - p) / (n - 1))
+    """Standard error of the exact match (:func:`gisp.evaluation.stats.proportion_stderr`)."""
+    return proportion_stderr(correct, n)
 
 
 @torch.no_grad()

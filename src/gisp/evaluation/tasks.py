@@ -77,7 +77,7 @@ def evaluate_model(model: nn.Module, tokenizer, opts: EvalOptions) -> dict:
         result = answer_perplexity(model, tokenizer, examples, batch_size=opts.batch_size, progress=opts.progress)
     elif opts.task == "mc":
         result = multiple_choice(model, tokenizer, _limited(choice_examples(opts.data), opts.limit),
-                                 batch_size=opts.batch_size, progress=opts.progress)
+                                 batch_size=opts.batch_size, progress=opts.progress, records=opts.records)
     elif opts.task == "gsm8k":
         result = gsm8k_exact_match(model, tokenizer, _limited(gsm8k_problems(opts.data), opts.limit), shots=opts.shots,
                                    max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size, progress=opts.progress,
@@ -121,8 +121,8 @@ def summary_line(task: str, result: dict) -> str:
     if task == "answer_ppl":
         return f"answer perplexity {result['ppl']:.4f} over {result['tokens']} answer tokens of {result['examples']} examples"
     if task == "mc":
-        return (f"acc {result['acc']:.4f}  acc_norm {result['acc_norm']:.4f}  acc_bytes {result['acc_bytes']:.4f}  "
-                f"({result['questions']} questions)")
+        return (f"acc {result['acc']:.4f} +- {result['acc_stderr']:.4f}  acc_norm {result['acc_norm']:.4f} +- "
+                f"{result['acc_norm_stderr']:.4f}  acc_bytes {result['acc_bytes']:.4f}  ({result['questions']} questions)")
     if task == "gsm8k":
         how = f"{result['shots']}-shot" if result["prompt_format"] == "fewshot" else "chat, zero-shot"
         return (f"exact match {result['exact_match']:.4f} +- {result['stderr']:.4f} ({result['correct']}/{result['problems']}, "
