@@ -433,8 +433,54 @@ def write_report(results: dict) -> None:
     setting = f"{FORMATS[chosen][0]} prompts, {FORMATS[chosen][1]} new tokens" if chosen in FORMATS else "no setting chosen"
     (RESULTS / f"{NAME}.md").write_text(f"# GSM8K exact match, {MODEL} ({PROBLEMS} test problems, {setting})\n\n" + markdown_table(head, rows)
                                         + "\n" + "\n\n".join(notes) + "\n" + failure_table(cells, stale)
-                                        + crosstask_table(results))
+                                        + paired_table(cells, stale) + crosstask_table(results))
     _plot({key: cell for key, cell in cells.items() if key not in stale})
+
+
+def paired_difference(a: dict[int, dict], b: dict[int, dict]) -> tuple[int, int, int, float]:
+    """Problems only ``a`` solves, only ``b`` solves, both answered, and the standard error of the
+    difference in exact match on the same problems (paired: sqrt of the discordant variance / n)."""
+    both = sorted(set(a) & set(b))
+    only_a = sum(1 for i in both if a[i]["correct"] and not b[i]["correct"])
+    only_b = sum(1 for i in both if b[i]["correct"] and not a[i]["correct"])
+    n = len(both)
+    if n < 2:
+        return only_a, only_b, n, 0.0
+    mean = (only_a - only_b) / n
+    var = ((only_a * (1 - mean) ** 2 + only_b * (-1 - mean) ** 2 + (n - only_a - only_b) * mean ** 2) / (n - 1))
+    return only_a, only_b, n, (var / n) ** 0.5
+
+
+def paired_table(cells: dict, stale: set[str] = frozenset()) -> str:
+    """Answer-calibrated GISP against every other pruned cell of the same level, problem by problem:
+    the difference in exact match and its paired standard error (the must-show's "more than one
+    standard error" read on the difference itself, which shares the problems)."""
+    from gisp.evaluation.gsm8k import read_records, score
+
+    def scored(key: str) -> dict[int, dict]:
+        return {i: score(r, cells[key]["prompt_format"]) for i, r in read_records(_records(key)).items()
+                if i < cells[key]["problems"]}
+
+    rows = []
+    for key in sorted(cells):
+        name, _, level = key.partition("@")
+        if name != "gisp-answer" or key in stale:
+            continue
+        mine = scored(key)
+        for other in sorted(cells):
+            o_name, _, o_level = other.partition("@")
+            if o_level != level or other == key or other in stale or "+" in o_name:
+                continue
+            only_a, only_b, n, se = paired_difference(mine, scored(other))
+            diff = (only_a - only_b) / n if n else 0.0
+            rows.append([f"{level}%", other, n, only_a, only_b, f"{diff:+.3f}", f"{se:.3f}",
+                         "yes" if se and diff > se else "no"])
+    if not rows:
+        return ""
+    return ("\n## Answer calibration against the rest, problem by problem\n\nOn the problems both cells answered: "
+            "solved only by answer-calibrated GISP, only by the other, the difference in exact match and its paired "
+            "standard error.\n\n" + markdown_table(["level", "against", "problems", "only answer", "only other",
+                                                    "difference", "paired stderr", "ahead by > 1 stderr"], rows) + "\n")
 
 
 def crosstask_table(results: dict) -> str:

@@ -114,3 +114,13 @@ def test_recovery_trains_each_method_once_from_one_export_and_evaluates_it(monke
     assert not (tmp_path / "gisp-answer-30-export").exists()  # 2 GB: rebuilt from the trajectory when needed
     gsm8k.recovery(Runner(), results, "chat512")
     assert len(commands) == 3 and len(evaluated) == 2  # finished cells are not repeated
+
+
+def test_paired_difference_of_two_cells_on_the_same_problems():
+    a = {i: {"correct": i < 6} for i in range(10)}  # solves 0-5
+    b = {i: {"correct": 4 <= i < 8} for i in range(10)}  # solves 4-7
+    only_a, only_b, n, se = gsm8k.paired_difference(a, b)
+    assert (only_a, only_b, n) == (4, 2, 10)
+    d = [1] * 4 + [-1] * 2 + [0] * 4  # per-problem differences: their mean's standard error
+    mean = sum(d) / 10
+    assert se == pytest.approx((sum((x - mean) ** 2 for x in d) / 9 / 10) ** 0.5)
