@@ -129,18 +129,25 @@ def _records(key: str) -> Path:
     return OUT / "records" / f"{key}.jsonl"
 
 
+def _scored(path: Path, prompt_format: str, problems: int | None = None) -> dict[int, dict]:
+    """The records in ``path`` (the first ``problems`` of them), re-scored by the current rules."""
+    from gisp.evaluation.gsm8k import read_records, score
+
+    return {i: score(r, prompt_format) for i, r in read_records(path).items() if problems is None or i < problems}
+
+
 def rescore(results: dict) -> None:
     """Every cell's exact match recomputed from its records by the current scoring rules (records
     are re-scored from their text: a cell measured before a rule changed reads as a new one)."""
-    from gisp.evaluation.gsm8k import exact_match_stderr, read_records, score
+    from gisp.evaluation.gsm8k import exact_match_stderr
 
     for group in ("cells", "superseded"):
         for key, cell in results.get(group, {}).items():
-            path = _records(cell.get("records_key") or key.replace(":", "-"))  # superseded "dense:chat": dense-chat
-            records = read_records(path)
+            key = cell.get("records_key") or key.replace(":", "-")  # superseded "dense:chat": dense-chat.jsonl
+            records = _scored(_records(key), cell["prompt_format"], cell["problems"])
             if len(records) < cell["problems"]:
                 continue  # records lost: the cell keeps the figures it was measured with
-            correct = sum(score(records[i], cell["prompt_format"])["correct"] for i in range(cell["problems"]))
+            correct = sum(r["correct"] for r in records.values())
             cell.update(correct=correct, exact_match=correct / cell["problems"],
                         stderr=exact_match_stderr(correct, cell["problems"]))
     results["scoring"] = ("gisp.evaluation.gsm8k.score: the last \\boxed{}, else 'The answer is', else the last "
@@ -166,7 +173,7 @@ def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt
     if key == "dense" and not records.exists() and seed.is_file():  # problems 0-99 in this format are answered:
         shutil.copy2(seed, records)  # the same model, problems and settings, so gisp eval resumes after them
     cmd = ["gisp", "eval", model, *_eval_args(fmt), "--data", data, "--records", str(records), "--json"]
-    answered = len(_answered(records))
+    answered = len(_scored(records, FORMATS[fmt][0]))
     stdout, seconds, rss = runner.run(cmd)
     em = json.loads(stdout.strip().splitlines()[-1])
     ppl_cmd = ["gisp", "eval", model, "--task", "answer_ppl", "--data", HELD_OUT, "--batch-size", "8", "--json"]
@@ -187,12 +194,6 @@ def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt
     print(f"{key}: exact match {cell['exact_match']:.3f} +- {cell['stderr']:.3f}, answer ppl {cell['answer_ppl']:.3f}",
           flush=True)
     return cell
-
-
-def _answered(path: Path) -> dict:
-    from gisp.evaluation.gsm8k import read_records
-
-    return read_records(path)
 
 
 def supersede(results: dict, key: str) -> None:
@@ -258,8 +259,6 @@ def _cell_model(runner: Runner, results: dict, cell: str) -> tuple[str, str]:
 def rerun(runner: Runner, results: dict, cell: str) -> None:
     """Evaluate finished ``cell`` again from scratch (new records, export rebuilt from the trajectory)
     and record how many problems' predictions match the first evaluation's."""
-    from gisp.evaluation.gsm8k import read_records, score
-
     if cell not in results["cells"]:
         bad_input(f"no finished cell {cell!r}; finished: {', '.join(sorted(results['cells']))}")
     if cell in results.get("reruns", {}):
@@ -272,9 +271,7 @@ def rerun(runner: Runner, results: dict, cell: str) -> None:
            str(records), "--json"]
     stdout, seconds, _ = runner.run(cmd)
     em = json.loads(stdout.strip().splitlines()[-1])
-    fmt = first["prompt_format"]
-    before = {i: score(r, fmt) for i, r in read_records(_records(cell)).items()}
-    again = {i: score(r, fmt) for i, r in read_records(records).items()}
+    before, again = _scored(_records(cell), first["prompt_format"]), _scored(records, first["prompt_format"])
     flipped = sorted(i for i in before if i in again and before[i]["prediction"] != again[i]["prediction"])
     results.setdefault("reruns", {})[cell] = {
         "exact_match": em["exact_match"], "correct": em["correct"], "first_correct": first["correct"],
@@ -455,11 +452,8 @@ def paired_table(cells: dict, stale: set[str] = frozenset()) -> str:
     """Answer-calibrated GISP against every other pruned cell of the same level, problem by problem:
     the difference in exact match and its paired standard error (the must-show's "more than one
     standard error" read on the difference itself, which shares the problems)."""
-    from gisp.evaluation.gsm8k import read_records, score
-
     def scored(key: str) -> dict[int, dict]:
-        return {i: score(r, cells[key]["prompt_format"]) for i, r in read_records(_records(key)).items()
-                if i < cells[key]["problems"]}
+        return _scored(_records(key), cells[key]["prompt_format"], cells[key]["problems"])
 
     rows = []
     for key in sorted(cells):
@@ -548,11 +542,8 @@ def failure_table(cells: dict, stale: set[str] = frozenset()) -> str:
     """Per evaluated cell, from its records (re-scored): how its generations fail, how many used the
     whole token budget, and which problems flipped against the dense model (dense right and the cell
     wrong, and the reverse; not for ``stale`` cells, measured under another setting than dense)."""
-    from gisp.evaluation.gsm8k import read_records, score
-
     def scored(key: str) -> dict[int, dict]:
-        fmt = cells[key]["prompt_format"]
-        return {i: score(r, fmt) for i, r in read_records(_records(key)).items() if i < cells[key]["problems"]}
+        return _scored(_records(key), cells[key]["prompt_format"], cells[key]["problems"])
 
     dense = scored("dense") if "dense" in cells else {}
     kinds = ["correct", "wrong answer", "no answer", "out of tokens", "loops"]

@@ -86,8 +86,7 @@ def multiple_choice(model: nn.Module, tokenizer, examples: list[ChoiceExample], 
         tmp.write_text("".join(lines), encoding="utf-8")
         os.replace(tmp, path)
     return ChoiceResult(acc=acc, acc_norm=acc_norm, acc_bytes=acc_bytes, questions=n,
-                        acc_stderr=proportion_stderr(round(acc * n), n),
-                        acc_norm_stderr=proportion_stderr(round(acc_norm * n), n))
+                        acc_stderr=proportion_stderr(int(hits[0]), n), acc_norm_stderr=proportion_stderr(int(hits[1]), n))
 
 
 def answer_perplexity(model: nn.Module, tokenizer, examples: list[AnswerExample], *, batch_size: int = 8,

@@ -69,7 +69,7 @@ def extract_answer(generated: str) -> str:
     if m:
         return normalize_number(m.group(1))
     numbers = re.findall(NUMBER, generated.replace("$", ""))
-    return numbers[-1].replace(",", "").rstrip(".") if numbers else ""
+    return normalize_number(numbers[-1]) if numbers else ""
 
 
 def same_number(prediction: str, gold: str) -> bool:
@@ -88,18 +88,18 @@ def score(record: dict, prompt_format: str) -> dict:
     return record | {"prediction": prediction, "correct": same_number(prediction, record["gold"])}
 
 
-def exemplar_count() -> int:
-    """How many chain-of-thought exemplars gisp ships (the most ``--shots`` can be)."""
-    return len(read_jsonl(EXEMPLARS))
-
-
-def fewshot_prefix(shots: int) -> str:
-    """The first ``shots`` exemplars as ``Q: ...\\nA: ...`` blocks (more than are shipped is refused,
-    so a result never claims more shots than its prompt had)."""
+def check_shots(shots: int) -> list[dict]:
+    """The first ``shots`` shipped exemplars; more than are shipped is refused, so a result never
+    claims more shots than its prompt had."""
     records = read_jsonl(EXEMPLARS)
     if shots > len(records):
         raise GispError(f"--shots {shots}: gisp ships {len(records)} GSM8K exemplars; use --shots {len(records)} or fewer")
-    records = records[:shots]
+    return records[:shots]
+
+
+def fewshot_prefix(shots: int) -> str:
+    """The first ``shots`` exemplars as ``Q: ...\\nA: ...`` blocks."""
+    records = check_shots(shots)
     return "".join(f"Q: {r['question']}\nA: {chain_of_thought(r['answer'])}\n\n" for r in records)
 
 

@@ -47,11 +47,10 @@ class EvalOptions:
             raise GispError(f"--seq-len must be at least 2 (one predicted token), got {self.seq_len}")
         if self.shots < 0:
             raise GispError(f"--shots must be >= 0, got {self.shots}")
-        from gisp.evaluation.gsm8k import exemplar_count
+        if self.task == "gsm8k" and self.prompt_format == "fewshot":
+            from gisp.evaluation.gsm8k import check_shots
 
-        if self.task == "gsm8k" and self.prompt_format == "fewshot" and self.shots > exemplar_count():
-            raise GispError(f"--shots {self.shots}: gisp ships {exemplar_count()} GSM8K exemplars; use --shots "
-                            f"{exemplar_count()} or fewer")
+            check_shots(self.shots)  # before any model loads
         if self.warmup < 0:
             raise GispError(f"warmup must be >= 0, got {self.warmup}")
         if self.prompt_format not in ("fewshot", "chat"):
