@@ -85,10 +85,10 @@ CROSS_TASKS = {"piqa": ["--task", "mc", "--data", f"piqa:{PIQA}[500:1000]", "--b
 RECOVER_TOKENS = 50000
 RECOVERY = {method: ["--data", f"gsm8k:{TRAIN}", "--objective", "answer", "--method", method, "--max-tokens",
                      str(RECOVER_TOKENS), "--seq-len", "512", "--batch-size", "4"] for method in ("lora", "distill")}
-#: The order cells are measured in (each about an hour here): GISP's two calibrations where the
-#: issue compares them (20%, then 30%: at 30% the answer run solved 0 of the first 32 problems, dense
-#: 7), the baselines at those levels, the off-task and recovery cells, then 10%.
-ORDER = [("gisp", 0.2), ("gisp", 0.3), ("baselines", 0.2), "crosstask", ("baselines", 0.3), "recovery",
+#: The order cells are measured in (each about half an hour to an hour here): 20% first, GISP's two
+#: calibrations and the baselines (the level where the dense model's ability survives: at 30% the answer
+#: run solved 0 of the first 32 problems, dense 7), then 30%, the off-task and recovery cells, then 10%.
+ORDER = [("gisp", 0.2), ("baselines", 0.2), ("gisp", 0.3), "crosstask", ("baselines", 0.3), "recovery",
          ("gisp", 0.1), ("baselines", 0.1)]
 OUT = RESULTS / NAME
 WORK = Path("runs") / NAME
