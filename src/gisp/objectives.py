@@ -46,10 +46,20 @@ def chunked_loss(positions: int) -> Iterator[None]:
         _LOSS_CHUNK.reset(token)
 
 
+def per_token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every position: logits [B, T, V], targets [B, T] -> [B, T] (-100: 0), in float32.
+
+    Flattened to [B*T, V] rows: on a CPU, ``cross_entropy`` over the class dimension of a transposed
+    [B, V, T] view is about 5x slower, forward and backward (strided softmax;
+    ``benchmarks/cross_entropy_layout.py``); the values are the same."""
+    b, t, v = logits.shape
+    return F.cross_entropy(logits.reshape(b * t, v).float(), targets.reshape(b * t), reduction="none",
+                           ignore_index=-100).view(b, t)
+
+
 def _chunk_ce(adapter, model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of one chunk: hidden [B, c, d], targets [B, c] -> [B, c] (-100: 0)."""
-    logits = adapter.logits(model, hidden).float()  # [B, c, V]
-    return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
+    return per_token_ce(adapter.logits(model, hidden), targets)  # logits [B, c, V]
 
 
 @torch.no_grad()
@@ -111,7 +121,7 @@ def token_ce(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]
         ce = chunked_ce(model, batch["input_ids"], batch["attention_mask"], targets, _LOSS_CHUNK.get())
         return ce * scored, scored
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, :-1]  # [B, T-1, V]
-    ce = F.cross_entropy(logits.transpose(1, 2).float(), targets, reduction="none")  # [B, V, T-1] -> [B, T-1]
+    ce = per_token_ce(logits, targets)  # [B, T-1]
     return ce * scored, scored
 
 
