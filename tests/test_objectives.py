@@ -213,3 +213,21 @@ def test_chat_template_batches_score_the_rendered_reply(tmp_path):
         PruneConfig(model="m", data="wikitext2", chat_template=True)
     with pytest.raises(GispError, match="--chat-template renders prompt/answer data"):
         RecoverConfig(model="m", data="wikitext2", out="o", chat_template=True)
+
+
+def test_per_token_ce_matches_cross_entropy_per_position():
+    """The flattened layout (fast on a CPU) gives each position's CE, -100 targets 0, in float32."""
+    from gisp.objectives import per_token_ce
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, dtype=torch.bfloat16)  # [B, T, V]
+    targets = torch.randint(0, 11, (3, 5))
+    targets[1, 2] = -100
+    ce = per_token_ce(logits, targets)
+    assert ce.shape == (3, 5) and ce.dtype == torch.float32
+    assert ce[1, 2] == 0
+    for b in range(3):
+        for t in range(5):
+            if targets[b, t] != -100:
+                expected = -torch.log_softmax(logits[b, t].float(), -1)[targets[b, t]]
+                assert torch.allclose(ce[b, t], expected, atol=1e-5)

@@ -1,0 +1,43 @@
+"""benchmarks/piqa_seeds.py's arithmetic: the paired difference of two calibrations on the same
+questions, and a table that says which seeds it has."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import piqa_seeds  # noqa: E402  (a failing import fails these tests, it does not skip them)
+
+
+def _records(picks: list[int], labels: list[int]) -> list[dict]:
+    return [{"index": i, "label": y, "pick": p, "pick_norm": y} for i, (p, y) in enumerate(zip(picks, labels))]
+
+
+def test_paired_difference_and_its_standard_error():
+    labels = [0, 1, 0, 1]
+    a = _records([0, 1, 0, 0], labels)  # 3 right
+    b = _records([1, 1, 0, 0], labels)  # 2 right: the first question differs
+    diff, se = piqa_seeds.paired(a, b)
+    d = [1, 0, 0, 0]
+    var = sum((x - 0.25) ** 2 for x in d) / 3
+    assert diff == 0.25 and math.isclose(se, math.sqrt(var / 4))
+    assert piqa_seeds.paired(a, b, "pick_norm") == (0.0, 0.0)
+
+
+def test_report_tables_the_seeds_it_has(tmp_path, monkeypatch):
+    monkeypatch.setattr(piqa_seeds, "RESULTS", tmp_path)
+    monkeypatch.setattr(piqa_seeds, "OUT", tmp_path / "records")
+    (tmp_path / "records").mkdir()
+    labels = [0, 1, 0, 1]
+    for cell, picks in {"margin-s0": [0, 1, 0, 0], "lm-s0": [1, 1, 0, 0]}.items():
+        text = "".join(json.dumps(r) + "\n" for r in _records(picks, labels))
+        (tmp_path / "records" / f"{cell}.jsonl").write_text(text)
+    cell = {"acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "questions": 4}
+    piqa_seeds.report({"cells": {"margin-s0": cell | {"acc": 0.75}, "lm-s0": cell | {"acc": 0.5}}})
+    text = (tmp_path / "piqa_seeds.md").read_text()
+    assert "| margin | 1 | 0.750 | 0.750 | - |" in text
+    assert "| margin - lm | 0 | +0.250 |" in text
+    assert "flap" not in text
