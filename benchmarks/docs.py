@@ -236,6 +236,19 @@ def score_noise_section() -> str:
                         "lowest 30% channels shared"], rows)]) + "\n"
 
 
+def seeds_section() -> str:
+    """PIQA at 30% and 4K tokens over several calibration draws (piqa_seeds.py): its own table."""
+    data = load("piqa_seeds")
+    table = RESULTS / "piqa_seeds.md"
+    if data is None or not table.is_file():
+        return ""
+    body = table.read_text().split("\n", 1)[1].replace("\n## ", "\n### ")
+    dense = data["cells"].get("dense")
+    line = f"Dense acc {dense['acc']:.3f} / acc_norm {dense['acc_norm']:.3f}." if dense else ""
+    return "\n".join(["## PIQA at 4K tokens: the calibration draw against the calibration", "",
+                      provenance("piqa_seeds", data), "", data["protocol"], "", line, body]) + "\n"
+
+
 def anchor_section() -> str:
     """Held-out PIQA accuracy of the other multiple-choice objectives (piqa_anchor.py)."""
     data = load("piqa_anchor")
@@ -501,7 +514,7 @@ PAGES: dict[str, tuple[str, str, list[Callable[[], str]]]] = {
     "task-alignment.md": ("Task alignment",
                           "Calibrating on the task's own loss: multiple choice (margin), answers (GSM8K).",
                           [lambda: quality_section("quality-smollm2-piqa", "PIQA, SmolLM2-135M, 30%"),
-                           score_noise_section, anchor_section, gsm8k_section, gsm8k_lmeval_section,
+                           score_noise_section, seeds_section, anchor_section, gsm8k_section, gsm8k_lmeval_section,
                            gsm8k_prefix_section, gsm8k_batch_section, lmeval_agreement_section]),
     "scale-and-speed.md": ("Scale, memory and speed",
                            "Scoring throughput and memory, inference speed of exports (transformers and llama.cpp), "
