@@ -50,6 +50,7 @@ from pathlib import Path
 from common import RESULTS, SHARED, bad_input, environment, write_json
 from quality import Runner
 
+from gisp.evaluation.stats import paired_stderr
 from gisp.report import markdown_table, plot_series, save_figure, subplots
 
 MODEL = "qwen2.5-0.5b"
@@ -440,12 +441,7 @@ def paired_difference(a: dict[int, dict], b: dict[int, dict]) -> tuple[int, int,
     both = sorted(set(a) & set(b))
     only_a = sum(1 for i in both if a[i]["correct"] and not b[i]["correct"])
     only_b = sum(1 for i in both if b[i]["correct"] and not a[i]["correct"])
-    n = len(both)
-    if n < 2:
-        return only_a, only_b, n, 0.0
-    mean = (only_a - only_b) / n
-    var = ((only_a * (1 - mean) ** 2 + only_b * (-1 - mean) ** 2 + (n - only_a - only_b) * mean ** 2) / (n - 1))
-    return only_a, only_b, n, (var / n) ** 0.5
+    return only_a, only_b, len(both), paired_stderr(only_a, only_b, len(both))
 
 
 def paired_table(cells: dict, stale: set[str] = frozenset()) -> str:

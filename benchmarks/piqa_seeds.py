@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from common import RESULTS, environment, write_json
 from quality import LM_CALIB, PIQA_CALIB, PIQA_EVAL, Runner
 
+from gisp.evaluation.stats import paired_stderr
 from gisp.report import markdown_table
 
 MODEL = "smollm2-135m"
@@ -106,10 +106,8 @@ def _metrics(row: dict) -> dict:
 def paired(a: list[dict], b: list[dict], key: str = "pick") -> tuple[float, float]:
     """Accuracy difference a - b on the same questions and its paired standard error."""
     diffs = [int(x[key] == x["label"]) - int(y[key] == y["label"]) for x, y in zip(a, b, strict=True)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-    return mean, math.sqrt(var / n)
+    only_a, only_b = diffs.count(1), diffs.count(-1)
+    return (only_a - only_b) / len(diffs), paired_stderr(only_a, only_b, len(diffs))
 
 
 def report(results: dict) -> None:

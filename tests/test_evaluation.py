@@ -249,3 +249,16 @@ def test_generated_lengths_count_up_to_the_first_end_token():
     # another end-of-sequence id (9) ends a row too; after a stop string the padding is not a token
     generated = torch.tensor([[5, 9, 0, 0], [5, 6, 7, 0], [5, 6, 7, 0]])
     assert generated_lengths(generated, pad=0, end_ids={0, 9}, stopped=[False, True, False]) == [2, 3, 4]
+
+
+def test_standard_errors_of_a_proportion_and_of_a_paired_difference():
+    """sqrt(p(1-p)/(n-1)); the paired one is the sample sd of the per-item differences over sqrt n."""
+    import math
+    import statistics
+
+    from gisp.evaluation.stats import paired_stderr, proportion_stderr
+
+    assert math.isclose(proportion_stderr(3, 10), statistics.stdev([1] * 3 + [0] * 7) / math.sqrt(10))
+    diffs = [1] * 5 + [-1] * 2 + [0] * 13  # right only for a on 5 items, only for b on 2
+    assert math.isclose(paired_stderr(5, 2, 20), statistics.stdev(diffs) / math.sqrt(20))
+    assert paired_stderr(0, 0, 20) == 0.0 and paired_stderr(1, 0, 1) == 0.0
