@@ -131,7 +131,8 @@ def report(results: dict) -> None:
                 d, se = paired(read_records(a), read_records(b))
                 dn, sen = paired(read_records(a), read_records(b), "pick_norm")
                 pairs.append([f"margin - {other}", str(seed), f"{d:+.3f}", f"{se:.3f}", f"{dn:+.3f}", f"{sen:.3f}"])
-    text = (f"# PIQA at {int(LEVEL * 100)}%, {TOKENS:,} calibration tokens, seeds {', '.join(map(str, SEEDS))} "
+    seeds = sorted({c["seed"] for c in cells.values() if "seed" in c})
+    text = (f"# PIQA at {int(LEVEL * 100)}%, {TOKENS:,} calibration tokens, seeds measured: {', '.join(map(str, seeds))} "
             f"({MODEL}, held-out PIQA dev 501-1000)\n\n" + markdown_table(head, rows) + "\n\n"
             "## Margin calibration against the others, question by question (same seed)\n\n"
             + markdown_table(["comparison", "seed", "acc difference", "paired stderr", "acc_norm difference",
@@ -151,8 +152,7 @@ def main() -> None:
             for name in CALIBRATIONS:
                 measure(runner, results, name, seed)
                 report(results)
-    save(results)
-    report(results)
+    report(results)  # --report rewrites the table only: the results file keeps its measurement's stamp
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def test_report_tables_the_seeds_it_has(tmp_path, monkeypatch):
         text = "".join(json.dumps(r) + "\n" for r in _records(picks, labels))
         (tmp_path / "records" / f"{cell}.jsonl").write_text(text)
     cell = {"acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "questions": 4}
-    piqa_seeds.report({"cells": {"margin-s0": cell | {"acc": 0.75}, "lm-s0": cell | {"acc": 0.5}}})
+    piqa_seeds.report({"cells": {"margin-s0": cell | {"acc": 0.75, "seed": 0}, "lm-s0": cell | {"acc": 0.5, "seed": 0}}})
     text = (tmp_path / "piqa_seeds.md").read_text()
     assert "| margin | 1 | 0.750 | 0.750 | - |" in text
     assert "| margin - lm | 0 | +0.250 |" in text
-    assert "flap" not in text
+    assert "flap" not in text and "seeds measured: 0 (" in text
