@@ -93,6 +93,17 @@ def test_option_scoring_matches_hand_computation():
         assert n == len(c) and logprob == pytest.approx(hand, abs=1e-4)
 
 
+def test_option_scoring_keeps_order_whatever_the_batching():
+    """Batched longest first, returned in the given order: the same values as one pair at a time."""
+    model = tiny_model("llama-mha")
+    pairs = [("Q:", " a"), ("A longer context here", " and a much longer continuation than the others"),
+             ("Mid", " three tokens"), ("x", " the quick brown fox jumps"), ("Q:", " b")]
+    alone = [continuation_logprobs(model, TOK, [p], batch_size=1, progress=False)[0] for p in pairs]
+    batched = continuation_logprobs(model, TOK, pairs, batch_size=3, progress=False)
+    assert [n for _, n in batched] == [n for _, n in alone]
+    assert [lp for lp, _ in batched] == pytest.approx([lp for lp, _ in alone], abs=1e-4)
+
+
 def test_multiple_choice_acc_and_normalisations():
     """acc: argmax of summed log-likelihood; acc_norm / acc_bytes: divided by the option's characters / UTF-8
     bytes, the option taken without the space that joins it to the context (as lm-eval does)."""

@@ -46,16 +46,25 @@ class AnswerPerplexityResult:
 @torch.no_grad()
 def continuation_logprobs(model: nn.Module, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16,
                           progress: bool = True, max_len: int = 2048) -> list[tuple[float, int]]:
-    """Summed log-probability of each continuation given its context, and its token count."""
+    """Summed log-probability of each continuation given its context, and its token count, in the
+    order of ``pairs``.
+
+    Sequences are batched longest first (lm-eval's order): neighbours in length share a batch, so
+    little of it is padding (GSM8K solutions vary several-fold in length), and the largest batch
+    comes first, so running out of memory shows at once. Padding is on the right and attention is
+    causal, so the values do not depend on the batching (up to float rounding)."""
     device = next(model.parameters()).device
     pid = pad_id(tokenizer)
-    out: list[tuple[float, int]] = []
-    for start in progress_bar(range(0, len(pairs), batch_size), desc="scoring", enabled=progress, leave=False):
-        encoded = [scored_sequence(tokenizer, c, x, max_len) for c, x in pairs[start:start + batch_size]]
-        batch = pad_sequences([s for s, _ in encoded], [first for _, first in encoded], pid)
+    encoded = [scored_sequence(tokenizer, c, x, max_len) for c, x in pairs]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+    for start in progress_bar(range(0, len(order), batch_size), desc="scoring", enabled=progress, leave=False):
+        chunk = order[start:start + batch_size]
+        batch = pad_sequences([encoded[i][0] for i in chunk], [encoded[i][1] for i in chunk], pid)
         batch = {k: v.to(device) for k, v in batch.items()}
         ce, scored = token_ce(model, batch)  # [B, T-1] each
-        out += [(-float(total), int(n)) for total, n in zip(ce.sum(1), scored.sum(1))]
+        for i, total, n in zip(chunk, ce.sum(1), scored.sum(1)):
+            out[i] = (-float(total), int(n))
     return out
 
 
