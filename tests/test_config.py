@@ -35,11 +35,22 @@ def test_defaults_come_from_the_method():
     (dict(scope="diagonal"), "unknown scope 'diagonal'; choose from"),
     (dict(saliency="second-order"), "unknown saliency 'second-order'; choose from first-order, fisher"),
     (dict(method="obs"), "unknown method 'obs'; choose from gisp,"),
+    (dict(normalize="params", search_every=1), "--search-every applies to --normalize search, not --normalize params"),
+    (dict(method="flap", search_every=2), "--search-every applies to --normalize search, not --normalize none"),
+    (dict(search_every=0), "search-every must be a positive integer, got 0"),
 ])
 def test_refusals_are_one_line_and_name_the_fix(kw, message):
     with pytest.raises(GispError) as exc:
         PruneConfig(model="m", data="d", **kw)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_search_every_is_filled_for_a_search_only():
+    assert PruneConfig(model="m", data="d").search_every == 4
+    assert PruneConfig(model="m", data="d", objective="margin").search_every == 4
+    assert PruneConfig(model="m", data="d", search_every=1).search_every == 1
+    assert PruneConfig(model="m", data="d", normalize="params").search_every is None
+    assert PruneConfig(model="m", data="d", method="flap").search_every is None
 
 
 def test_a_registered_method_joins_the_messages():

@@ -117,6 +117,19 @@ def test_resume_refuses_other_settings_or_model(tmp_path):
                      identity={"spec": "x", "fingerprint": "other"}, run_dir=tmp_path / "run", progress=False)
 
 
+def test_a_run_from_before_search_every_resumes_as_every_fourth(tmp_path):
+    """Runs saved before ``search_every`` existed searched on every fourth batch: they resume with
+    that value and are refused with another."""
+    _prune(run_dir=tmp_path / "run", steps=2, normalize="search")
+    saved = Trajectory.load(tmp_path / "run")
+    assert saved.config.pop("search_every") == 4
+    saved.save(tmp_path / "run")  # as an older version wrote it (checksums included)
+    _, traj = _prune(run_dir=tmp_path / "run", steps=2, normalize="search")  # resumes: nothing to do
+    assert traj.completed_steps == 2
+    with pytest.raises(GispError, match="search_every: 4 there vs 1 here"):
+        _prune(run_dir=tmp_path / "run", steps=2, normalize="search", search_every=1)
+
+
 def test_non_run_directory_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(GispError, match="not empty and holds no gisp run"):

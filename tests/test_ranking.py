@@ -96,3 +96,5 @@ def test_search_batches_is_every_fourth_and_never_empty():
     batches = [{"i": i} for i in range(9)]
     assert [b["i"] for b in search_batches(batches)] == [0, 4, 8]
     assert [b["i"] for b in search_batches(batches[:3])] == [0]
+    assert [b["i"] for b in search_batches(batches, 1)] == list(range(9))  # --search-every 1: all of them
+    assert [b["i"] for b in search_batches(batches, 3)] == [0, 3, 6]

@@ -124,7 +124,7 @@ def _prune(config: PruneConfig, device, out, model, tokenizer, objective, batche
     with chunked_loss(config.loss_chunk):
         return run_schedule(model, config, importance, identity=identity, run_dir=out, progress=progress,
                             loss=lambda m: mean_objective(m, batches, objective), calibration=calibration_size(batches),
-                            candidate_loss=lambda m: mean_objective(m, search_batches(batches), objective),
+                            candidate_loss=lambda m: mean_objective(m, search_batches(batches, config.search_every), objective),
                             on_step=after_step, shape=shape, model_total=parameters)
 
 
@@ -170,11 +170,12 @@ def _check_shards(config: PruneConfig, batches: list[dict]) -> None:
     if size == 1:
         logger.warning("--fsdp shards over the processes of torchrun / accelerate; alone, the model stays whole")
         return
-    parts = [batches] + ([search_batches(batches)] if config.normalize == "search" else [])
+    every = config.search_every or 1
+    parts = [batches] + ([search_batches(batches, every)] if config.normalize == "search" else [])
     if any(len(part) % size for part in parts):
-        raise GispError(f"--fsdp needs the calibration micro-batches (and every fourth of them, for --normalize search) "
+        raise GispError(f"--fsdp needs the calibration micro-batches (and the rate search's subset, every {every} of them) "
                         f"to split evenly over {size} processes; got {len(batches)}: make --samples / --batch-size a "
-                        f"multiple of {4 * size if len(parts) > 1 else size}")
+                        f"multiple of {every * size if len(parts) > 1 else size}")
 
 
 def _prepare_shards(model: nn.Module, config: PruneConfig) -> None:

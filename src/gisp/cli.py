@@ -34,6 +34,8 @@ _HELP = {
     "method": "pruning method, registered by name (gisp methods lists every one with its defaults)",
     "normalize": "how head and channel scores are made comparable in a global ranking "
                  "(search, params, reference, zscore, none; default: the method's)",
+    "search_every": "--normalize search: measure the candidate rates' losses on every K-th calibration batch "
+                    "(default: 4)",
     "taylor_weights": "Taylor methods: which weights a structure's score sums, all (q rows + o columns of a head, "
                       "gate/up rows + down column of a channel) or output (o columns / down column)",
     "compensate": "replace removed o_proj/down_proj inputs by their calibration mean, kept as an output bias "

@@ -30,6 +30,8 @@ class PruneConfig:
     down column only). ``compensate``: removed ``o_proj`` / ``down_proj`` inputs are replaced by
     their calibration mean, carried as an output bias (FLAP's bias compensation; for ``gisp`` the
     Taylor scores then measure the compensated removal); ``None`` takes the method's default.
+    ``search_every`` (``normalize="search"`` only): the rate search measures its candidates on every
+    K-th calibration batch; ``None`` takes the objective's default (:func:`default_search_every`).
     ``saliency`` (Taylor methods with ``output`` weights): ``first-order`` (``|W * g|`` of the mean
     gradient) or ``fisher`` (per-token squared first-order effects, summed).
     ``gradient_checkpointing`` and ``loss_chunk`` (positions of next-token cross-entropy taken at a
@@ -59,6 +61,7 @@ class PruneConfig:
     answer_field: str = "answer"
     chat_template: bool = False
     normalize: str | None = None
+    search_every: int | None = None
     scope: str | None = None
     taylor_weights: str | None = None
     compensate: bool | None = None
@@ -87,6 +90,7 @@ class PruneConfig:
 
         self.device = check_spec(str(self.device))  # a torch.device becomes its name: configs are JSON
         method_for(self.method).validate(self)  # every rule that depends on the method
+        check_search_every(self)
         if not 0.0 < self.sparsity < 1.0:
             raise GispError(f"sparsity must be in (0, 1), got {self.sparsity:g}")
         check_positive(self, ("steps", "samples", "seq_len", "batch_size", "round_to"))
@@ -126,6 +130,24 @@ class PruneConfig:
     def trajectory_keys(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
         return {k: v for k, v in self.to_dict().items() if k != "model" and k not in self.EXECUTION}
+
+
+def default_search_every(objective: str) -> int:
+    """How sparsely ``--normalize search`` samples the calibration batches by default: every
+    fourth (a quarter of a forward pass per candidate)."""
+    return 4
+
+
+def check_search_every(config: PruneConfig) -> None:
+    """``search_every`` belongs to the rate search: filled with the objective's default there,
+    refused elsewhere (it would be recorded in the run as if it had changed something)."""
+    if config.normalize != "search":
+        if config.search_every is not None:
+            raise GispError(f"--search-every applies to --normalize search, not --normalize {config.normalize}")
+        return
+    if config.search_every is None:
+        config.search_every = default_search_every(config.objective)
+    check_positive(config, ("search_every",))
 
 
 def check_chat_template(chat_template: bool, objective: str) -> None:

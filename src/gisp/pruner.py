@@ -68,7 +68,8 @@ def open_run(run_dir: str | Path | None, config: PruneConfig, identity: dict) ->
     # Settings a run predates take the values that version used, so older runs still resume.
     defaults = {f.name: f.default for f in fields(PruneConfig)} | {"method": LEGACY_METHOD, "steps": 8, "normalize": "reference", "scope": "global",
                                                                 "taylor_weights": "all", "compensate": traj.compensated,
-                                                                "saliency": ours["saliency"] and "first-order"}
+                                                                "saliency": ours["saliency"] and "first-order",
+                                                                "search_every": 4 if traj.config.get("normalize") == "search" else None}
     theirs = {k: traj.config.get(k, defaults.get(k)) for k in ours}
     if theirs != ours:
         diff = ", ".join(f"{k}: {theirs.get(k)!r} there vs {v!r} here" for k, v in ours.items() if theirs.get(k) != v)

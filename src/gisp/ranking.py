@@ -151,7 +151,7 @@ def rounded(chosen: list[Structure], masks: Masks, before: Masks, scores: Scores
     return [s for s in chosen if s not in taken_back] + extra
 
 
-def search_batches(batches: list[dict]) -> list[dict]:
-    """Every fourth calibration batch (at least one): the paired subset ``--normalize search``
-    compares its candidates on, at a quarter of a forward pass each."""
-    return batches[::4] if len(batches) >= 4 else batches[:1]
+def search_batches(batches: list[dict], every: int = 4) -> list[dict]:
+    """Every ``every``-th calibration batch (at least one): the paired subset ``--normalize search``
+    compares its candidates on, at ``1/every`` of a forward pass each (``--search-every``)."""
+    return batches[::every] if len(batches) >= every else batches[:1]
