@@ -15,7 +15,10 @@ show how far one calibration moves between draws.
 Calibrations (the commands a user types; GISP 3 steps of 10%):
 - ``margin``: ``--objective margin`` on PIQA dev 1-500, 4,096 tokens (gisp's default scoring for it),
 - ``lm``: WikiText-2 articles 1-31, 32 windows of 128 tokens (4,096 tokens),
-- ``flap``: FLAP on the margin run's PIQA tokens.
+- ``flap``: FLAP on the margin run's PIQA tokens,
+- ``margin-search-all``: ``margin`` with ``--search-every 1``: the head/channel exchange rate chosen by
+  the margin over all calibration questions instead of every fourth batch (8 questions each), i.e.
+  about 16 of the 56 questions.
 (The paper's reference scoring of the margin, measured at seed 0 by ``quality.py --model smollm2-piqa``
 at 0.596, is left out: a margin run costs about half an hour here, an evaluation about four minutes.)
 """
@@ -42,7 +45,10 @@ CALIBRATIONS = {
     "margin": ["--steps", "3", *MARGIN],
     "lm": ["--steps", "3", "--data", LM_CALIB, "--samples", str(TOKENS // 128), "--seq-len", "128"],
     "flap": ["--method", "flap", *MARGIN],
+    "margin-search-all": ["--steps", "3", *MARGIN, "--search-every", "1"],
 }
+PAIRS = [("margin", "lm"), ("margin", "flap"),  # compared question by question, within a seed
+         ("margin-search-all", "margin"), ("margin-search-all", "lm"), ("margin-search-all", "flap")]
 EVAL = ["--task", "mc", "--data", PIQA_EVAL, "--batch-size", "16"]
 OUT = RESULTS / NAME
 WORK = Path("runs") / NAME
@@ -78,7 +84,8 @@ def measure(runner: Runner, results: dict, name: str, seed: int) -> None:
              "--out", str(out), "--quiet"]
     if cell not in results.setdefault("runs", {}):
         _, seconds, rss = runner.run(prune)
-        results["runs"][cell] = {"command": " ".join(prune), "prune_seconds": seconds, "prune_peak_mb": rss}
+        results["runs"][cell] = {"command": " ".join(prune), "prune_seconds": seconds, "prune_peak_mb": rss,
+                                 "git_commit": environment()["git_commit"]}
         save(results)
     OUT.mkdir(parents=True, exist_ok=True)
     stdout, seconds, _ = runner.run(["gisp", "eval", str(out), "--levels", str(LEVEL), "--no-dense", *EVAL,
@@ -86,7 +93,7 @@ def measure(runner: Runner, results: dict, name: str, seed: int) -> None:
     row = json.loads(stdout.strip().splitlines()[-1])["rows"][0]
     records_path(f"{cell}-{LEVEL:g}").replace(records_path(cell))  # eval --levels names a level's file NAME-0.3
     results["cells"][cell] = _metrics(row) | {"calibration": name, "seed": seed, "sparsity": row["sparsity"],
-                                              "eval_seconds": seconds}
+                                              "eval_seconds": seconds, "git_commit": environment()["git_commit"]}
     save(results)
 
 
@@ -124,17 +131,17 @@ def report(results: dict) -> None:
                      " ".join(f"{a:.3f}" for a in norms), f"{sum(norms) / len(norms):.3f}"])
     head = ["calibration", "seeds", "acc per seed", "mean acc", "range", "acc_norm per seed", "mean acc_norm"]
     pairs = []
-    for other in ("lm", "flap"):
+    for mine, other in PAIRS:
         for seed in SEEDS:
-            a, b = f"margin-s{seed}", f"{other}-s{seed}"
+            a, b = f"{mine}-s{seed}", f"{other}-s{seed}"
             if a in cells and b in cells:
                 d, se = paired(read_records(a), read_records(b))
                 dn, sen = paired(read_records(a), read_records(b), "pick_norm")
-                pairs.append([f"margin - {other}", str(seed), f"{d:+.3f}", f"{se:.3f}", f"{dn:+.3f}", f"{sen:.3f}"])
+                pairs.append([f"{mine} - {other}", str(seed), f"{d:+.3f}", f"{se:.3f}", f"{dn:+.3f}", f"{sen:.3f}"])
     seeds = sorted({c["seed"] for c in cells.values() if "seed" in c})
     text = (f"# PIQA at {int(LEVEL * 100)}%, {TOKENS:,} calibration tokens, seeds measured: {', '.join(map(str, seeds))} "
             f"({MODEL}, held-out PIQA dev 501-1000)\n\n" + markdown_table(head, rows) + "\n\n"
-            "## Margin calibration against the others, question by question (same seed)\n\n"
+            "## Task calibrations against the others, question by question (same seed)\n\n"
             + markdown_table(["comparison", "seed", "acc difference", "paired stderr", "acc_norm difference",
                               "paired stderr"], pairs) + "\n")
     (RESULTS / f"{NAME}.md").write_text(text)
@@ -143,13 +150,15 @@ def report(results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--only", nargs="+", choices=list(CALIBRATIONS), help="measure these calibrations only")
+    parser.add_argument("--seeds", nargs="+", type=int, choices=SEEDS, help="at these seeds only")
     args = parser.parse_args()
     results = load()
     if not args.report:
         runner = Runner(WORK)
         measure_dense(runner, results)
-        for seed in SEEDS:  # every calibration at a seed before the next seed: a partial run still compares
-            for name in CALIBRATIONS:
+        for seed in args.seeds or SEEDS:  # every calibration at a seed before the next: a partial run still compares
+            for name in args.only or CALIBRATIONS:
                 measure(runner, results, name, seed)
                 report(results)
     report(results)  # --report rewrites the table only: the results file keeps its measurement's stamp
