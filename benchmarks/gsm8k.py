@@ -114,11 +114,20 @@ def load_results() -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"cells": {}, "runs": {}}
 
 
-def save_results(results: dict) -> None:
-    """Atomically: a crash never leaves half a results file."""
-    results["environment"] = environment()
+def save_results(results: dict, stamp: bool = True) -> None:
+    """Atomically: a crash never leaves half a results file. ``stamp``: record this machine, date and
+    commit as the file's (``--report`` measures nothing, so it keeps the stamp of the last measurement;
+    each cell and run also carries the commit that measured it)."""
+    if stamp or "environment" not in results:
+        results["environment"] = environment()
     results["protocol"] = __doc__.split("Protocol (written into the results file):")[1].split("Every prune")[0].strip()
     write_json(RESULTS / f"{NAME}.json", results)
+
+
+def _stamp() -> dict:
+    """The commit and date of one measurement (cells measured before this was kept have none)."""
+    env = environment()
+    return {"git_commit": env["git_commit"], "date": env["date"]}
 
 
 def _setting(cell: dict) -> str:
@@ -189,7 +198,7 @@ def evaluate(runner: Runner, results: dict, key: str, model: str, data: str, fmt
             # the problems this invocation generated (eval_seconds covers only them: a resumed or seeded cell's rest
             # was generated earlier)
             "timed_problems": em["problems"] - answered,
-            "commands": [" ".join(cmd), " ".join(ppl_cmd)]}
+            "commands": [" ".join(cmd), " ".join(ppl_cmd)], **_stamp()}
     results["cells"][key] = cell
     save_results(results)
     print(f"{key}: exact match {cell['exact_match']:.3f} +- {cell['stderr']:.3f}, answer ppl {cell['answer_ppl']:.3f}",
@@ -236,7 +245,8 @@ def prune(runner: Runner, results: dict, key: str, spec: dict) -> Path:
     for name in ("run.json", "trajectory.safetensors"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, kept / name)
-    results["runs"][key] = {"label": spec["label"], "command": " ".join(cmd), "prune_seconds": seconds, "prune_peak_mb": rss}
+    results["runs"][key] = {"label": spec["label"], "command": " ".join(cmd), "prune_seconds": seconds, "prune_peak_mb": rss,
+                            **_stamp()}
     save_results(results)
     return run_dir
 
@@ -277,7 +287,7 @@ def rerun(runner: Runner, results: dict, cell: str) -> None:
     results.setdefault("reruns", {})[cell] = {
         "exact_match": em["exact_match"], "correct": em["correct"], "first_correct": first["correct"],
         "problems": em["problems"], "predictions_differing": flipped, "eval_seconds": seconds,
-        "command": " ".join(cmd)}
+        "command": " ".join(cmd), **_stamp()}
     save_results(results)
     if model != MODEL:
         shutil.rmtree(model, ignore_errors=True)
@@ -301,7 +311,7 @@ def crosstask(runner: Runner, results: dict) -> None:
             row = row["rows"][0] if "rows" in row else row
             keep = ("acc", "acc_norm", "questions") if task == "piqa" else ("ppl", "tokens")
             done.setdefault(name, {})[task] = {k: row[k] for k in keep if k in row} | {
-                "parameters": row.get("parameters"), "seconds": seconds, "command": " ".join(cmd)}
+                "parameters": row.get("parameters"), "seconds": seconds, "command": " ".join(cmd), **_stamp()}
             save_results(results)
             print(f"{name} {task}: {done[name][task]}", flush=True)
 
@@ -323,7 +333,7 @@ def recovery(runner: Runner, results: dict, fmt: str) -> None:
             cmd = ["gisp", "recover", str(export), *args, "--out", str(recovered), "--quiet"]
             _, seconds, rss = runner.run(cmd)
             results.setdefault("recovery", {})[cell] = {"command": " ".join(cmd), "recover_seconds": seconds,
-                                                        "recover_peak_mb": rss}
+                                                        "recover_peak_mb": rss, **_stamp()}
             save_results(results)
         evaluate(runner, results, cell, str(recovered), TEST, fmt)
     shutil.rmtree(WORK / f"{key}-{int(level * 100)}-export", ignore_errors=True)
@@ -346,7 +356,7 @@ def main() -> None:
     results = load_results()
     rescore(results)
     if args.report:
-        save_results(results)
+        save_results(results, stamp=False)
         write_report(results)
         return
     runner = Runner(WORK)

@@ -124,3 +124,13 @@ def test_paired_difference_of_two_cells_on_the_same_problems():
     d = [1] * 4 + [-1] * 2 + [0] * 4  # per-problem differences: their mean's standard error
     mean = sum(d) / 10
     assert se == pytest.approx((sum((x - mean) ** 2 for x in d) / 9 / 10) ** 0.5)
+
+
+def test_a_report_keeps_the_stamp_of_the_last_measurement(tmp_path, monkeypatch):
+    """``--report`` measures nothing: the results file keeps the commit and date that measured it."""
+    monkeypatch.setattr(gsm8k, "RESULTS", tmp_path)
+    measured = {"date": "2026-01-01T00:00:00+00:00", "git_commit": "abc1234"}
+    gsm8k.save_results({"cells": {}, "environment": measured}, stamp=False)
+    assert json.loads((tmp_path / f"{gsm8k.NAME}.json").read_text())["environment"] == measured
+    gsm8k.save_results({"cells": {}, "environment": measured})
+    assert json.loads((tmp_path / f"{gsm8k.NAME}.json").read_text())["environment"]["git_commit"] != "abc1234"
