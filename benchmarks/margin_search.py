@@ -15,7 +15,7 @@ measures each distinct look-ahead on:
 
 - the margin over every fourth batch (what the default search compares),
 - the margin over all calibration batches (``--search-every 1``),
-- held-out PIQA dev 501-1000: accuracy and acc_norm (gisp's ``mc`` evaluation), and the margin.
+- held-out PIQA dev 501-1000: accuracy and acc_norm (gisp's ``mc`` evaluation).
 
 Question: does the rate each criterion picks differ, and which is better on held-out questions?
 Output: ``benchmarks/results/margin_search.{json,md}``.
@@ -41,7 +41,7 @@ from gisp.examples import choice_examples
 from gisp.gradients import mean_objective
 from gisp.masking import masked_view
 from gisp.methods import MethodInputs, method_for
-from gisp.objectives import choice_batches, margin_loss
+from gisp.objectives import margin_loss
 from gisp.ranking import SEARCH, normalized, search_batches
 from gisp.report import markdown_table
 from gisp.structures import Masks, dense_layer_params, layer_shape, protected_layers
@@ -57,8 +57,8 @@ def config_for(seed: int) -> PruneConfig:
                        max_tokens=TOKENS, seq_len=256, seed=seed)
 
 
-def measure_seed(seed: int, model, tokenizer, heldout_examples, heldout_batches) -> dict:
-    """Every distinct look-ahead of the first step at ``seed``, measured four ways."""
+def measure_seed(seed: int, model, tokenizer, heldout_examples) -> dict:
+    """Every distinct look-ahead of the first step at ``seed``, measured three ways."""
     config = config_for(seed)
     batches = build_batches(config, read_source(config), tokenizer)
     adapter = adapter_for(model.config)
@@ -80,7 +80,6 @@ def measure_seed(seed: int, model, tokenizer, heldout_examples, heldout_batches)
             rows.append({"rates": option.rates, "rate": preferred_rate(option.rates), "heads_removed": option.heads,
                          "margin_every4": mean_objective(view, search_batches(batches, 4), margin_loss),
                          "margin_all": mean_objective(view, batches, margin_loss),
-                         "heldout_margin": mean_objective(view, heldout_batches, margin_loss),
                          "heldout_acc": mc.acc, "heldout_acc_norm": mc.acc_norm})
     questions = sum(int(b["correct"].sum()) for b in batches)
     return {"seed": seed, "calibration_questions": questions, "batches": len(batches),
@@ -91,11 +90,10 @@ def measure_seed(seed: int, model, tokenizer, heldout_examples, heldout_batches)
 def run(results: dict) -> None:
     model, tokenizer = models.load(MODEL)
     examples = choice_examples(PIQA_EVAL)
-    heldout_batches = choice_batches(tokenizer, examples, samples=None, max_tokens=None, seq_len=256, batch_size=16, seed=0)
     for seed in SEEDS:
         if str(seed) in results["seeds"]:
             continue
-        results["seeds"][str(seed)] = measure_seed(seed, model, tokenizer, examples, heldout_batches)
+        results["seeds"][str(seed)] = measure_seed(seed, model, tokenizer, examples)
         save(results)
         report(results)
 
@@ -109,15 +107,14 @@ def report(results: dict) -> None:
     rows = []
     for seed, cell in sorted(results["seeds"].items()):
         looks = cell["look_aheads"]
-        picks = {key: min(looks, key=lambda r: r[key]) for key in ("margin_every4", "margin_all", "heldout_margin")}
+        picks = {key: min(looks, key=lambda r: r[key]) for key in ("margin_every4", "margin_all")}
         best = max(r["heldout_acc"] for r in looks)
         for r in sorted(looks, key=lambda r: r["rate"]):
-            mark = [name for name, key in (("every 4th", "margin_every4"), ("all", "margin_all"),
-                                           ("held-out margin", "heldout_margin")) if picks[key] is r]
+            mark = [name for name, key in (("every 4th", "margin_every4"), ("all", "margin_all")) if picks[key] is r]
             rows.append([seed, f"{r['rate']:g}", r["heads_removed"], f"{r['margin_every4']:.4f}", f"{r['margin_all']:.4f}",
-                         f"{r['heldout_margin']:.4f}", f"{r['heldout_acc']:.3f}" + (" (best)" if r["heldout_acc"] == best else ""),
+                         f"{r['heldout_acc']:.3f}" + (" (best)" if r["heldout_acc"] == best else ""),
                          f"{r['heldout_acc_norm']:.3f}", ", ".join(mark) or "-"])
-    head = ["seed", "rate", "heads removed", "margin, every 4th batch", "margin, all batches", "held-out margin",
+    head = ["seed", "rate", "heads removed", "margin, every 4th batch", "margin, all batches",
             "held-out acc", "held-out acc_norm", "picked by"]
     text = (f"# The first step's look-aheads to {LEVEL:.0%}, margin calibration ({MODEL}, {TOKENS:,} PIQA tokens)\n\n"
             "Lower margin is better; held-out: PIQA dev 501-1000.\n\n" + markdown_table(head, rows) + "\n")
