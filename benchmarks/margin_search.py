@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 from common import RESULTS, environment, write_json
@@ -57,8 +58,10 @@ def config_for(seed: int) -> PruneConfig:
                        max_tokens=TOKENS, seq_len=256, seed=seed)
 
 
-def measure_seed(seed: int, model, tokenizer, heldout_examples) -> dict:
-    """Every distinct look-ahead of the first step at ``seed``, measured three ways."""
+def measure_seed(seed: int, model, tokenizer, heldout_examples, cell: dict, saved) -> None:
+    """Every distinct look-ahead of the first step at ``seed``, measured three ways, into ``cell``:
+    both calibration margins of every look-ahead first, then held-out accuracy, the two criteria's
+    picks before the rest (``saved()`` after each; a restart recomputes the scores and goes on)."""
     config = config_for(seed)
     batches = build_batches(config, read_source(config), tokenizer)
     adapter = adapter_for(model.config)
@@ -68,34 +71,47 @@ def measure_seed(seed: int, model, tokenizer, heldout_examples) -> dict:
                                                        bool(config.compensate), config.saliency))
     start = time.perf_counter()
     scores = importance(model, adapter)
-    score_seconds = time.perf_counter() - start
+    cell.setdefault("score_seconds", round(time.perf_counter() - start, 1))
     masks = Masks.dense(geo)
     protect = protected_layers(geo.num_layers, config.protect_first, config.protect_last)
     heads, channels = normalized(scores, masks, geo, SEARCH)
     final = LEVEL * dense_layer_params(shape) * geo.num_layers
-    rows = []
-    for option in tqdm(candidates(heads, channels, masks, protect, shape, 0, final), desc=f"seed {seed} look-aheads"):
-        with masked_view(model, adapter, option.masks, scores.input_means) as view:
+    options = candidates(heads, channels, masks, protect, shape, 0, final)
+    cell.update({"seed": seed, "batches": len(batches), "calibration_questions": sum(int(b["correct"].sum()) for b in batches),
+                 "every4_questions": sum(int(b["correct"].sum()) for b in search_batches(batches, 4)),
+                 "environment": environment()})
+    rows = cell.setdefault("look_aheads", [])
+    if len(rows) != len(options):
+        rows.clear()
+        for option in tqdm(options, desc=f"seed {seed} calibration margins"):
+            with masked_view(model, adapter, option.masks, scores.input_means) as view:
+                rows.append({"rates": option.rates, "rate": preferred_rate(option.rates), "heads_removed": option.heads,
+                             "margin_every4": mean_objective(view, search_batches(batches, 4), margin_loss),
+                             "margin_all": mean_objective(view, batches, margin_loss)})
+        saved()
+    picks = {id(min(rows, key=lambda r: r[key])) for key in ("margin_every4", "margin_all")}
+    order = sorted(range(len(rows)), key=lambda i: (id(rows[i]) not in picks, abs(math.log2(rows[i]["rate"]))))
+    for i in tqdm(order, desc=f"seed {seed} held-out accuracy"):
+        if "heldout_acc" in rows[i]:
+            continue
+        with masked_view(model, adapter, options[i].masks, scores.input_means) as view:
             mc = multiple_choice(view, tokenizer, heldout_examples, batch_size=16, progress=False)
-            rows.append({"rates": option.rates, "rate": preferred_rate(option.rates), "heads_removed": option.heads,
-                         "margin_every4": mean_objective(view, search_batches(batches, 4), margin_loss),
-                         "margin_all": mean_objective(view, batches, margin_loss),
-                         "heldout_acc": mc.acc, "heldout_acc_norm": mc.acc_norm})
-    questions = sum(int(b["correct"].sum()) for b in batches)
-    return {"seed": seed, "calibration_questions": questions, "batches": len(batches),
-            "every4_questions": sum(int(b["correct"].sum()) for b in search_batches(batches, 4)),
-            "score_seconds": round(score_seconds, 1), "look_aheads": rows, "environment": environment()}
+        rows[i].update({"heldout_acc": mc.acc, "heldout_acc_norm": mc.acc_norm})
+        saved()
 
 
 def run(results: dict) -> None:
     model, tokenizer = models.load(MODEL)
     examples = choice_examples(PIQA_EVAL)
     for seed in SEEDS:
-        if str(seed) in results["seeds"]:
+        cell = results["seeds"].setdefault(str(seed), {})
+        if cell.get("look_aheads") and all("heldout_acc" in r for r in cell["look_aheads"]):
             continue
-        results["seeds"][str(seed)] = measure_seed(seed, model, tokenizer, examples)
-        save(results)
-        report(results)
+
+        def saved() -> None:
+            save(results)
+            report(results)
+        measure_seed(seed, model, tokenizer, examples, cell, saved)
 
 
 def save(results: dict) -> None:
@@ -106,14 +122,16 @@ def report(results: dict) -> None:
     """One row per look-ahead; marks each criterion's pick."""
     rows = []
     for seed, cell in sorted(results["seeds"].items()):
-        looks = cell["look_aheads"]
+        looks = cell.get("look_aheads", [])
+        if not looks:
+            continue
         picks = {key: min(looks, key=lambda r: r[key]) for key in ("margin_every4", "margin_all")}
-        best = max(r["heldout_acc"] for r in looks)
+        best = max((r["heldout_acc"] for r in looks if "heldout_acc" in r), default=None)
         for r in sorted(looks, key=lambda r: r["rate"]):
             mark = [name for name, key in (("every 4th", "margin_every4"), ("all", "margin_all")) if picks[key] is r]
             rows.append([seed, f"{r['rate']:g}", r["heads_removed"], f"{r['margin_every4']:.4f}", f"{r['margin_all']:.4f}",
-                         f"{r['heldout_acc']:.3f}" + (" (best)" if r["heldout_acc"] == best else ""),
-                         f"{r['heldout_acc_norm']:.3f}", ", ".join(mark) or "-"])
+                         f"{r['heldout_acc']:.3f}" + (" (best)" if r["heldout_acc"] == best else "") if "heldout_acc" in r else "-",
+                         f"{r['heldout_acc_norm']:.3f}" if "heldout_acc" in r else "-", ", ".join(mark) or "-"])
     head = ["seed", "rate", "heads removed", "margin, every 4th batch", "margin, all batches",
             "held-out acc", "held-out acc_norm", "picked by"]
     text = (f"# The first step's look-aheads to {LEVEL:.0%}, margin calibration ({MODEL}, {TOKENS:,} PIQA tokens)\n\n"
