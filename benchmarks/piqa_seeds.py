@@ -2,6 +2,7 @@
 calibration questions, and how much the calibration itself? (issue #25, must-show 5)
 
     python benchmarks/piqa_seeds.py            # resumable; about 45 minutes a seed alone on 2 CPU cores
+    python benchmarks/piqa_seeds.py --tokens 16384 --seeds 0   # the 16K budget (cells NAME-16k-sS)
     python benchmarks/piqa_seeds.py --report   # rewrite the table from the results
 
 A 4,096-token margin budget holds about 56 PIQA questions, and two such samples rank channels with a
@@ -38,15 +39,31 @@ from gisp.report import markdown_table
 MODEL = "smollm2-135m"
 NAME = "piqa_seeds"
 LEVEL = 0.3
-TOKENS = 4096
+TOKENS = 4096  # the budget in question; BUDGETS adds the issue's 16K
+BUDGETS = (TOKENS, 16384)
 SEEDS = (0, 1, 2)
-MARGIN = ["--data", PIQA_CALIB, "--objective", "margin", "--max-tokens", str(TOKENS), "--seq-len", "256"]
-CALIBRATIONS = {
-    "margin": ["--steps", "3", *MARGIN],
-    "lm": ["--steps", "3", "--data", LM_CALIB, "--samples", str(TOKENS // 128), "--seq-len", "128"],
-    "flap": ["--method", "flap", *MARGIN],
-    "margin-search-all": ["--steps", "3", *MARGIN, "--search-every", "1"],
-}
+
+
+def calibrations(tokens: int) -> dict[str, list[str]]:
+    """Each calibration's ``gisp prune`` flags at a budget of ``tokens`` calibration tokens."""
+    margin = ["--data", PIQA_CALIB, "--objective", "margin", "--max-tokens", str(tokens), "--seq-len", "256"]
+    return {
+        "margin": ["--steps", "3", *margin],
+        "lm": ["--steps", "3", "--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"],
+        "flap": ["--method", "flap", *margin],
+        "margin-search-all": ["--steps", "3", *margin, "--search-every", "1"],
+    }
+
+
+CALIBRATIONS = calibrations(TOKENS)
+
+
+def cell_key(name: str, seed: int, tokens: int = TOKENS) -> str:
+    """``margin-s0`` at 4K (the names measured first), ``margin-16k-s0`` at another budget."""
+    return f"{name}-s{seed}" if tokens == TOKENS else f"{name}-{tokens // 1024}k-s{seed}"
+
+
+
 PAIRS = [("margin", "lm"), ("margin", "flap"),  # compared question by question, within a seed
          ("margin-search-all", "margin"), ("margin-search-all", "lm"), ("margin-search-all", "flap")]
 EVAL = ["--task", "mc", "--data", PIQA_EVAL, "--batch-size", "16"]
@@ -73,14 +90,14 @@ def read_records(cell: str) -> list[dict]:
     return [json.loads(line) for line in records_path(cell).read_text().splitlines() if line.strip()]
 
 
-def measure(runner: Runner, results: dict, name: str, seed: int) -> None:
+def measure(runner: Runner, results: dict, name: str, seed: int, tokens: int = TOKENS) -> None:
     """Prune (an interrupted GISP run resumes after its last saved step) and evaluate one calibration
-    at one seed, once."""
-    cell = f"{name}-s{seed}"
+    at one seed and budget, once."""
+    cell = cell_key(name, seed, tokens)
     if cell in results["cells"]:
         return
     out = WORK / cell
-    prune = ["gisp", "prune", "--model", MODEL, "--sparsity", str(LEVEL), *CALIBRATIONS[name], "--seed", str(seed),
+    prune = ["gisp", "prune", "--model", MODEL, "--sparsity", str(LEVEL), *calibrations(tokens)[name], "--seed", str(seed),
              "--out", str(out), "--quiet"]
     if cell not in results.setdefault("runs", {}):
         _, seconds, rss = runner.run(prune)
@@ -92,7 +109,7 @@ def measure(runner: Runner, results: dict, name: str, seed: int) -> None:
                                      "--records", str(records_path(cell)), "--json"])
     row = json.loads(stdout.strip().splitlines()[-1])["rows"][0]
     records_path(f"{cell}-{LEVEL:g}").replace(records_path(cell))  # eval --levels names a level's file NAME-0.3
-    results["cells"][cell] = _metrics(row) | {"calibration": name, "seed": seed, "sparsity": row["sparsity"],
+    results["cells"][cell] = _metrics(row) | {"calibration": name, "seed": seed, "tokens": tokens, "sparsity": row["sparsity"],
                                               "eval_seconds": seconds, "git_commit": environment()["git_commit"]}
     save(results)
 
@@ -119,28 +136,29 @@ def paired(a: list[dict], b: list[dict], key: str = "pick") -> tuple[float, floa
 
 def report(results: dict) -> None:
     cells = results["cells"]
-    rows = []
-    for name in CALIBRATIONS:
-        mine = [cells[f"{name}-s{s}"] for s in SEEDS if f"{name}-s{s}" in cells]
-        if not mine:
-            continue
-        accs = [c["acc"] for c in mine]
-        norms = [c["acc_norm"] for c in mine]
-        spread = lambda v: f"{min(v):.3f}-{max(v):.3f}" if len(v) > 1 else "-"
-        rows.append([name, str(len(mine)), " ".join(f"{a:.3f}" for a in accs), f"{sum(accs) / len(accs):.3f}", spread(accs),
-                     " ".join(f"{a:.3f}" for a in norms), f"{sum(norms) / len(norms):.3f}"])
+    rows, pairs = [], []
+    for tokens in BUDGETS:
+        tag = "" if tokens == TOKENS else f" ({tokens // 1024}K)"
+        for name in CALIBRATIONS:
+            mine = [cells[k] for k in (cell_key(name, s, tokens) for s in SEEDS) if k in cells]
+            if not mine:
+                continue
+            accs = [c["acc"] for c in mine]
+            norms = [c["acc_norm"] for c in mine]
+            spread = lambda v: f"{min(v):.3f}-{max(v):.3f}" if len(v) > 1 else "-"
+            rows.append([name + tag, str(len(mine)), " ".join(f"{a:.3f}" for a in accs), f"{sum(accs) / len(accs):.3f}",
+                         spread(accs), " ".join(f"{a:.3f}" for a in norms), f"{sum(norms) / len(norms):.3f}"])
+        for mine, other in PAIRS:
+            for seed in SEEDS:
+                a, b = cell_key(mine, seed, tokens), cell_key(other, seed, tokens)
+                if a in cells and b in cells:
+                    d, se = paired(read_records(a), read_records(b))
+                    dn, sen = paired(read_records(a), read_records(b), "pick_norm")
+                    pairs.append([f"{mine} - {other}{tag}", str(seed), f"{d:+.3f}", f"{se:.3f}", f"{dn:+.3f}", f"{sen:.3f}"])
     head = ["calibration", "seeds", "acc per seed", "mean acc", "range", "acc_norm per seed", "mean acc_norm"]
-    pairs = []
-    for mine, other in PAIRS:
-        for seed in SEEDS:
-            a, b = f"{mine}-s{seed}", f"{other}-s{seed}"
-            if a in cells and b in cells:
-                d, se = paired(read_records(a), read_records(b))
-                dn, sen = paired(read_records(a), read_records(b), "pick_norm")
-                pairs.append([f"{mine} - {other}", str(seed), f"{d:+.3f}", f"{se:.3f}", f"{dn:+.3f}", f"{sen:.3f}"])
     seeds = sorted({c["seed"] for c in cells.values() if "seed" in c})
-    text = (f"# PIQA at {int(LEVEL * 100)}%, {TOKENS:,} calibration tokens, seeds measured: {', '.join(map(str, seeds))} "
-            f"({MODEL}, held-out PIQA dev 501-1000)\n\n" + markdown_table(head, rows) + "\n\n"
+    text = (f"# PIQA at {int(LEVEL * 100)}%, {TOKENS:,} calibration tokens unless marked, seeds measured: "
+            f"{', '.join(map(str, seeds))} ({MODEL}, held-out PIQA dev 501-1000)\n\n" + markdown_table(head, rows) + "\n\n"
             "## Task calibrations against the others, question by question (same seed)\n\n"
             + markdown_table(["comparison", "seed", "acc difference", "paired stderr", "acc_norm difference",
                               "paired stderr"], pairs) + "\n")
@@ -152,6 +170,7 @@ def main() -> None:
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--only", nargs="+", choices=list(CALIBRATIONS), help="measure these calibrations only")
     parser.add_argument("--seeds", nargs="+", type=int, choices=SEEDS, help="at these seeds only")
+    parser.add_argument("--tokens", type=int, choices=BUDGETS, default=TOKENS, help="calibration token budget")
     args = parser.parse_args()
     results = load()
     if not args.report:
@@ -159,7 +178,7 @@ def main() -> None:
         measure_dense(runner, results)
         for seed in args.seeds or SEEDS:  # every calibration at a seed before the next: a partial run still compares
             for name in args.only or CALIBRATIONS:
-                measure(runner, results, name, seed)
+                measure(runner, results, name, seed, args.tokens)
                 report(results)
     report(results)  # --report rewrites the table only: the results file keeps its measurement's stamp
 
