@@ -245,8 +245,21 @@ def seeds_section() -> str:
     body = table.read_text().split("\n", 1)[1].replace("\n## ", "\n### ")
     dense = data["cells"].get("dense")
     line = f"Dense acc {dense['acc']:.3f} / acc_norm {dense['acc_norm']:.3f}." if dense else ""
-    return "\n".join(["## PIQA at 4K tokens: the calibration draw against the calibration", "",
+    return "\n".join(["## PIQA at 4K and 16K tokens: the calibration draw against the calibration", "",
                       provenance("piqa_seeds", data), "", data["protocol"], "", line, body]) + "\n"
+
+
+def margin_search_section() -> str:
+    """The first step's look-aheads of the margin run, by the rate search's two criteria and held-out
+    accuracy (margin_search.py): its own table."""
+    data = load("margin_search")
+    table = RESULTS / "margin_search.md"
+    if data is None or not table.is_file():
+        return ""
+    env = next(iter(data["seeds"].values()), {}).get("environment", {})
+    body = table.read_text().split("\n", 1)[1]
+    return "\n".join(["## Does the rate search choose the margin's exchange rate on too few questions?", "",
+                      provenance("margin_search", {"environment": env}), "", data["protocol"], "", body]) + "\n"
 
 
 def anchor_section() -> str:
@@ -514,7 +527,7 @@ PAGES: dict[str, tuple[str, str, list[Callable[[], str]]]] = {
     "task-alignment.md": ("Task alignment",
                           "Calibrating on the task's own loss: multiple choice (margin), answers (GSM8K).",
                           [lambda: quality_section("quality-smollm2-piqa", "PIQA, SmolLM2-135M, 30%"),
-                           score_noise_section, seeds_section, anchor_section, gsm8k_section, gsm8k_lmeval_section,
+                           score_noise_section, seeds_section, margin_search_section, anchor_section, gsm8k_section, gsm8k_lmeval_section,
                            gsm8k_prefix_section, gsm8k_batch_section, lmeval_agreement_section]),
     "scale-and-speed.md": ("Scale, memory and speed",
                            "Scoring throughput and memory, inference speed of exports (transformers and llama.cpp), "
