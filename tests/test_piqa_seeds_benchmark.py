@@ -43,33 +43,30 @@ def test_report_tables_the_seeds_it_has(tmp_path, monkeypatch):
     assert "flap" not in text and "seeds measured: 0 (" in text
 
 
-def test_report_pairs_the_search_over_all_questions_with_the_default(tmp_path, monkeypatch):
+def _report(tmp_path, monkeypatch, picks: dict[str, list[int]], seed: int) -> str:
+    """piqa_seeds.report over cells whose records pick ``picks`` on four questions; the table's text."""
     monkeypatch.setattr(piqa_seeds, "RESULTS", tmp_path)
     monkeypatch.setattr(piqa_seeds, "OUT", tmp_path / "records")
     (tmp_path / "records").mkdir()
     labels = [0, 1, 0, 1]
-    picks = {"margin-s1": [0, 1, 0, 0], "margin-search-all-s1": [0, 1, 0, 1], "flap-s1": [1, 0, 0, 0]}
     for cell, p in picks.items():
         (tmp_path / "records" / f"{cell}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(p, labels)))
-    cell = {"acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "questions": 4, "seed": 1}
+    cell = {"acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "questions": 4, "seed": seed}
     piqa_seeds.report({"cells": {k: cell | {"acc": sum(x == y for x, y in zip(p, labels)) / 4} for k, p in picks.items()}})
-    text = (tmp_path / "piqa_seeds.md").read_text()
+    return (tmp_path / "piqa_seeds.md").read_text()
+
+
+def test_report_pairs_the_search_over_all_questions_with_the_default(tmp_path, monkeypatch):
+    picks = {"margin-s1": [0, 1, 0, 0], "margin-search-all-s1": [0, 1, 0, 1], "flap-s1": [1, 0, 0, 0]}
+    text = _report(tmp_path, monkeypatch, picks, seed=1)
     assert "| margin-search-all - margin | 1 | +0.250 |" in text
     assert "| margin-search-all - flap | 1 | +0.750 |" in text
     assert "| margin - flap | 1 | +0.500 |" in text and "- lm |" not in text
 
 
 def test_a_16k_cell_is_named_and_paired_within_its_budget(tmp_path, monkeypatch):
-    monkeypatch.setattr(piqa_seeds, "RESULTS", tmp_path)
-    monkeypatch.setattr(piqa_seeds, "OUT", tmp_path / "records")
-    (tmp_path / "records").mkdir()
     assert piqa_seeds.cell_key("margin", 0, 16384) == "margin-16k-s0" and piqa_seeds.cell_key("margin", 0) == "margin-s0"
-    labels = [0, 1, 0, 1]
     picks = {"margin-16k-s0": [0, 1, 0, 1], "flap-16k-s0": [0, 1, 0, 0], "flap-s0": [1, 0, 1, 0]}
-    for cell, p in picks.items():
-        (tmp_path / "records" / f"{cell}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(p, labels)))
-    cell = {"acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "questions": 4, "seed": 0}
-    piqa_seeds.report({"cells": {k: cell | {"acc": sum(x == y for x, y in zip(p, labels)) / 4} for k, p in picks.items()}})
-    text = (tmp_path / "piqa_seeds.md").read_text()
+    text = _report(tmp_path, monkeypatch, picks, seed=0)
     assert "| margin - flap (16K) | 0 | +0.250 |" in text  # not against the 4K FLAP cell
     assert "| margin (16K) | 1 | 1.000 |" in text and "| flap | 1 | 0.000 |" in text
