@@ -64,6 +64,7 @@ def test_search_run_records_its_choice_and_exports_its_masked_model():
         best = min(record.candidates, key=lambda c: c["loss"])
         assert record.exchange_rate in best["rates"] or len(record.candidates) == 1
     rows = info_text(traj).splitlines()
+    assert "normalize: search  search-every: 4  scope: global" in info_text(traj)
     header = next(i for i, line in enumerate(rows) if line.startswith("step"))
     assert rows[header].endswith("head/channel rate")
     assert [float(rows[header + 2 + s].split()[-1]) for s in (1, 2, 3)] == [r.exchange_rate for r in traj.steps[1:]]

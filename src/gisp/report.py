@@ -59,7 +59,9 @@ def info_text(traj: Trajectory) -> str:
         f"model: {traj.model.get('spec')} ({traj.model.get('model_type')}, fingerprint {traj.model.get('fingerprint')})",
         f"data: {cfg.get('data')}  objective: {cfg.get('objective')}  calibration: {_budget(cfg, traj.calibration)}  seed: {cfg.get('seed')}",
         f"method: {cfg.get('method', LEGACY_METHOD)}  target sparsity: {cfg.get('sparsity')}  steps: {traj.completed_steps}/{cfg.get('steps')} ({cfg.get('schedule')})  "
-        f"normalize: {cfg.get('normalize')}  scope: {cfg.get('scope', 'global')}  "
+        f"normalize: {cfg.get('normalize')}  "
+        + (f"search-every: {cfg['search_every']}  " if cfg.get("search_every") else "")
+        + f"scope: {cfg.get('scope', 'global')}  "
         + (f"taylor-weights: {cfg['taylor_weights']}  " if cfg.get("taylor_weights") else "")
         + (f"saliency: {cfg['saliency']}  " if cfg.get("saliency") else "")
         + f"compensate: {'yes' if traj.compensated else 'no'}  "
