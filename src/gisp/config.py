@@ -13,6 +13,12 @@ from gisp.methods import DEFAULT_METHOD
 OBJECTIVE_NAMES = ("lm", "answer", "margin")
 
 
+#: ``--normalize search`` measures candidates on every fourth calibration batch: a quarter of a
+#: forward pass each. Measuring on all of them did not change the margin's held-out accuracy on PIQA
+#: (``benchmarks/margin_search.py``, ``docs/results/history.md``), so no objective overrides it.
+DEFAULT_SEARCH_EVERY = 4
+
+
 @dataclass
 class PruneConfig:
     """Everything that determines a pruning run (and so its trajectory).
@@ -31,7 +37,7 @@ class PruneConfig:
     their calibration mean, carried as an output bias (FLAP's bias compensation; for ``gisp`` the
     Taylor scores then measure the compensated removal); ``None`` takes the method's default.
     ``search_every`` (``normalize="search"`` only): the rate search measures its candidates on every
-    K-th calibration batch; ``None`` takes the objective's default (:func:`default_search_every`).
+    K-th calibration batch; ``None`` takes :data:`DEFAULT_SEARCH_EVERY`.
     ``saliency`` (Taylor methods with ``output`` weights): ``first-order`` (``|W * g|`` of the mean
     gradient) or ``fisher`` (per-token squared first-order effects, summed).
     ``gradient_checkpointing`` and ``loss_chunk`` (positions of next-token cross-entropy taken at a
@@ -132,12 +138,6 @@ class PruneConfig:
         return {k: v for k, v in self.to_dict().items() if k != "model" and k not in self.EXECUTION}
 
 
-def default_search_every(objective: str) -> int:
-    """How sparsely ``--normalize search`` samples the calibration batches by default: every
-    fourth (a quarter of a forward pass per candidate)."""
-    return 4
-
-
 def check_search_every(config: PruneConfig) -> None:
     """``search_every`` belongs to the rate search: filled with the objective's default there,
     refused elsewhere (it would be recorded in the run as if it had changed something)."""
@@ -146,7 +146,7 @@ def check_search_every(config: PruneConfig) -> None:
             raise GispError(f"--search-every applies to --normalize search, not --normalize {config.normalize}")
         return
     if config.search_every is None:
-        config.search_every = default_search_every(config.objective)
+        config.search_every = DEFAULT_SEARCH_EVERY
     check_positive(config, ("search_every",))
 
 
