@@ -35,7 +35,7 @@ from tqdm import tqdm
 from gisp import models
 from gisp.adapters import adapter_for
 from gisp.balance import candidates, preferred_rate
-from gisp.batches import build_batches, read_source
+from gisp.batches import batch_size, build_batches, read_source
 from gisp.config import PruneConfig
 from gisp.evaluation.choice import multiple_choice
 from gisp.examples import choice_examples
@@ -56,6 +56,17 @@ def config_for(seed: int) -> PruneConfig:
     """The piqa_seeds margin cell's settings (``benchmarks/piqa_seeds.py``)."""
     return PruneConfig(model=MODEL, data=PIQA_CALIB, objective="margin", sparsity=LEVEL, steps=STEPS,
                        max_tokens=TOKENS, seq_len=256, seed=seed)
+
+
+def both_margins(model, batches: list[dict]) -> tuple[float, float]:
+    """The margin over every fourth batch (the default search's subset) and over all batches, each
+    batch forwarded once: the whole is the subset's and the rest's means weighted by sequences."""
+    subset = search_batches(batches, 4)
+    rest = [b for b in batches if not any(b is s for s in subset)]
+    n_subset, n_rest = (sum(batch_size(b) for b in part) for part in (subset, rest))
+    m_subset = mean_objective(model, subset, margin_loss)
+    m_rest = mean_objective(model, rest, margin_loss) if rest else 0.0
+    return m_subset, (m_subset * n_subset + m_rest * n_rest) / (n_subset + n_rest)
 
 
 def measure_seed(seed: int, model, tokenizer, heldout_examples, cell: dict, saved) -> None:
@@ -85,9 +96,9 @@ def measure_seed(seed: int, model, tokenizer, heldout_examples, cell: dict, save
         rows.clear()
         for option in tqdm(options, desc=f"seed {seed} calibration margins"):
             with masked_view(model, adapter, option.masks, scores.input_means) as view:
+                every4, all_batches = both_margins(view, batches)
                 rows.append({"rates": option.rates, "rate": preferred_rate(option.rates), "heads_removed": option.heads,
-                             "margin_every4": mean_objective(view, search_batches(batches, 4), margin_loss),
-                             "margin_all": mean_objective(view, batches, margin_loss)})
+                             "margin_every4": every4, "margin_all": all_batches})
         saved()
     picks = {id(min(rows, key=lambda r: r[key])) for key in ("margin_every4", "margin_all")}
     order = sorted(range(len(rows)), key=lambda i: (id(rows[i]) not in picks, abs(math.log2(rows[i]["rate"]))))
