@@ -19,9 +19,10 @@ Calibrations (the commands a user types; GISP 3 steps of 10%):
 - ``flap``: FLAP on the margin run's PIQA tokens,
 - ``margin-search-all``: ``margin`` with ``--search-every 1``: the head/channel exchange rate chosen by
   the margin over all calibration questions instead of every fourth batch (8 questions each), i.e.
-  about 16 of the 56 questions.
-(The paper's reference scoring of the margin, measured at seed 0 by ``quality.py --model smollm2-piqa``
-at 0.596, is left out: a margin run costs about half an hour here, an evaluation about four minutes.)
+  about 16 of the 56 questions,
+- ``margin-reference``: ``margin`` scored as the paper's reference code scores (``--taylor-weights all
+  --normalize reference``: first-order ``|W * g|`` of q/gate/up rows and o/down columns, the reference
+  divisors, no compensation, no rate search): the scoring issue #25 measured ahead on its own questions.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import json
 from pathlib import Path
 
 from common import RESULTS, environment, write_json
-from quality import LM_CALIB, PIQA_CALIB, PIQA_EVAL, Runner
+from quality import LM_CALIB, PIQA_CALIB, PIQA_EVAL, REFERENCE_SCORING, Runner
 
 from gisp.evaluation.stats import paired_stderr
 from gisp.report import markdown_table
@@ -52,6 +53,7 @@ def calibrations(tokens: int) -> dict[str, list[str]]:
         "lm": ["--steps", "3", "--data", LM_CALIB, "--samples", str(tokens // 128), "--seq-len", "128"],
         "flap": ["--method", "flap", *margin],
         "margin-search-all": ["--steps", "3", *margin, "--search-every", "1"],
+        "margin-reference": ["--steps", "3", *REFERENCE_SCORING, *margin],
     }
 
 
@@ -65,7 +67,8 @@ def cell_key(name: str, seed: int, tokens: int = TOKENS) -> str:
 
 
 PAIRS = [("margin", "lm"), ("margin", "flap"),  # compared question by question, within a seed
-         ("margin-search-all", "margin"), ("margin-search-all", "lm"), ("margin-search-all", "flap")]
+         ("margin-search-all", "margin"), ("margin-search-all", "lm"), ("margin-search-all", "flap"),
+         ("margin-reference", "margin"), ("margin-reference", "lm"), ("margin-reference", "flap")]
 EVAL = ["--task", "mc", "--data", PIQA_EVAL, "--batch-size", "16"]
 OUT = RESULTS / NAME
 WORK = Path("runs") / NAME
