@@ -154,6 +154,10 @@ def gsm8k_section() -> str:
              markdown_table(["cell", "level", "prompt", "problems", "exact match", "stderr", "answer ppl (held out)"], rows)]
     if runs:
         parts += ["", "Pruning runs:", "", markdown_table(["run", "calibration", "prune s", "peak MB"], runs)]
+    for cell, again in data.get("reruns", {}).items():  # must-show 1: does a cell reproduce?
+        parts += ["", f"Re-run of `{cell}` ({again['date'][:10]}, export rebuilt from the trajectory, new records): "
+                      f"{again['correct']} of {again['problems']} correct against {again['first_correct']} the first "
+                      f"time; {len(again['predictions_differing'])} predictions differ."]
     parts += ["", image("gsm8k-qwen2.5-0.5b.png")]
     if data.get("crosstask"):  # the same table the benchmark's report writes
         sys.path.insert(0, str(Path(__file__).parent))
