@@ -70,3 +70,29 @@ def test_a_16k_cell_is_named_and_paired_within_its_budget(tmp_path, monkeypatch)
     text = _report(tmp_path, monkeypatch, picks, seed=0)
     assert "| margin - flap (16K) | 0 | +0.250 |" in text  # not against the 4K FLAP cell
     assert "| margin (16K) | 1 | 1.000 |" in text and "| flap | 1 | 0.000 |" in text
+
+
+def test_pooled_difference_averages_each_question_over_seeds():
+    labels = [0, 1, 0, 1]
+    seed0 = (_records([0, 1, 0, 0], labels), _records([1, 1, 0, 0], labels))  # a - b per question: 1, 0, 0, 0
+    seed1 = (_records([0, 1, 1, 1], labels), _records([0, 1, 0, 1], labels))  # 0, 0, -1, 0
+    diff, se = piqa_seeds.pooled([seed0, seed1])
+    d = [0.5, 0.0, -0.5, 0.0]  # each question's mean over the two seeds
+    var = sum(x ** 2 for x in d) / 3
+    assert diff == 0.0 and math.isclose(se, math.sqrt(var / 4))
+    assert piqa_seeds.pooled([seed0]) == piqa_seeds.paired(*seed0)  # one seed: the paired difference itself
+
+
+def test_report_pools_the_seeds_both_calibrations_have(tmp_path, monkeypatch):
+    monkeypatch.setattr(piqa_seeds, "RESULTS", tmp_path)
+    monkeypatch.setattr(piqa_seeds, "OUT", tmp_path / "records")
+    (tmp_path / "records").mkdir()
+    labels = [0, 1, 0, 1]
+    picks = {"margin-s0": [0, 1, 0, 0], "flap-s0": [1, 1, 0, 0], "margin-s1": [0, 1, 1, 1], "flap-s1": [0, 1, 0, 1],
+             "margin-s2": [0, 1, 0, 1]}  # no flap at seed 2: seed 2 is not pooled
+    for cell, p in picks.items():
+        (tmp_path / "records" / f"{cell}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(p, labels)))
+    cell = {"acc_stderr": 0.1, "acc_norm": 0.5, "acc_norm_stderr": 0.1, "questions": 4}
+    piqa_seeds.report({"cells": {k: cell | {"acc": 0.5, "seed": int(k[-1])} for k in picks}})
+    text = (tmp_path / "piqa_seeds.md").read_text()
+    assert "| **margin - flap** | 2 pooled | **+0.000** | 0.204 |" in text
