@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from common import RESULTS, environment, write_json
@@ -143,8 +144,6 @@ def pooled(pairs: list[tuple[list[dict], list[dict]]], key: str = "pick") -> tup
     averaged over the seeds, because the seeds share the held-out questions (their per-seed errors
     are correlated, so combining per-seed standard errors as independent would understate it). What
     the calibration draw adds beyond that shows in the per-seed rows' spread."""
-    import math
-
     per_question = [sum(int(x[key] == x["label"]) - int(y[key] == y["label"]) for x, y in question) / len(pairs)
                     for question in zip(*(zip(a, b, strict=True) for a, b in pairs), strict=True)]
     n = len(per_question)
