@@ -139,7 +139,7 @@ class PruneConfig:
 
 
 def check_search_every(config: PruneConfig) -> None:
-    """``search_every`` belongs to the rate search: filled with the objective's default there,
+    """``search_every`` belongs to the rate search: filled with :data:`DEFAULT_SEARCH_EVERY` there,
     refused elsewhere (it would be recorded in the run as if it had changed something)."""
     if config.normalize != "search":
         if config.search_every is not None:
